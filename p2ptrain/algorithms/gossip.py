@@ -1,0 +1,69 @@
+"""Gossip averaging: x_i <- sum_j W_ij x_j over itself and the neighbours heard this round.
+
+With local SGD steps before each exchange this is adapt-then-combine
+decentralized SGD (D-PSGD). A neighbour that did not arrive gives its weight
+back to the peer itself, so each row of the weights used stays stochastic.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from .base import Algorithm, Tensors
+
+
+def effective_weights(self_id: str, row: Mapping[str, float], heard: set[str] | frozenset[str]) -> dict[str, float]:
+    """The mixing row for this round: weights of missing neighbours move to ``self_id``."""
+    weights = {self_id: row[self_id]}
+    for peer_id, weight in row.items():
+        if peer_id == self_id:
+            continue
+        if peer_id in heard:
+            weights[peer_id] = weight
+        else:
+            weights[self_id] += weight
+    return weights
+
+
+def mix(
+    self_id: str,
+    own: Mapping[str, torch.Tensor],
+    received: Mapping[str, Mapping[str, torch.Tensor]],
+    row: Mapping[str, float],
+) -> Tensors:
+    """Weighted average of ``own`` and ``received`` into new tensors (inputs are never modified)."""
+    weights = effective_weights(self_id, row, set(received))
+    mixed: Tensors = {}
+    for name, tensor in own.items():
+        # ``*`` allocates a fresh tensor, so the in-place adds below touch nothing shared.
+        acc = tensor.detach() * weights[self_id]
+        # A fixed order (the row's, not arrival order) makes the float sums, and
+        # so the result, the same however the messages raced each other.
+        for peer_id in row:
+            if peer_id in received:
+                acc.add_(received[peer_id][name], alpha=weights[peer_id])
+        mixed[name] = acc
+    return mixed
+
+
+class Gossip(Algorithm):
+    """Mix the model's parameters with the neighbours' after the local steps."""
+
+    name = "gossip"
+
+    def __init__(self, self_id: str, row: Mapping[str, float], parameters: Mapping[str, torch.nn.Parameter]):
+        self.self_id = self_id
+        self.row = dict(row)
+        self.parameters = dict(parameters)
+
+    def outgoing(self, round_: int) -> Tensors:
+        return {name: p.detach() for name, p in self.parameters.items()}
+
+    def update(self, round_: int, received: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        mixed = mix(self.self_id, self.outgoing(round_), received, self.row)
+        for name, p in self.parameters.items():
+            # New storage rather than an in-place copy: the tensors just sent
+            # may still be queued in ZeroMQ, zero-copy, and must not change.
+            p.data = mixed[name]

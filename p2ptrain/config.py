@@ -1,0 +1,171 @@
+"""A peer's whole configuration: one dataclass, one parser, logged with the run as config.json."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+from .algorithms import ALGORITHMS
+from .data import DATASETS, DataError, parse_partition
+from .models import MODELS
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class PeerConfig:
+    topology: str = ""
+    peer: str = ""
+    rounds: int = 200
+    local_steps: int = 1
+    lr: float = 0.1
+    lr_schedule: str = "cosine"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    algo: str = "gossip"
+    dataset: str = "digits"
+    partition: str = "iid"
+    model: str = "mlp"
+    hidden: int = 64
+    seed: int = 0
+    out: str = ""
+    run_id: str = ""
+    recv_timeout: float = 5.0
+    startup_timeout: float = 60.0
+    eval_every: int = 10
+    log_every: int = 10
+    threads: int = 1
+    overwrite: bool = False
+    log_level: str = "INFO"
+
+    def validate(self) -> "PeerConfig":
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        need(self.rounds >= 1, f"--rounds {self.rounds}: run at least one round")
+        need(self.local_steps >= 0, f"--local-steps {self.local_steps}: must be 0 (pure averaging) or more")
+        need(self.lr > 0 and math.isfinite(self.lr), f"--lr {self.lr}: use a positive learning rate, e.g. 0.1")
+        need(0 <= self.momentum < 1, f"--momentum {self.momentum}: use a value in [0, 1)")
+        need(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
+        need(self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1")
+        need(self.hidden >= 1, f"--hidden {self.hidden}: must be >= 1")
+        need(self.recv_timeout > 0, f"--recv-timeout {self.recv_timeout}: must be > 0 seconds")
+        need(self.startup_timeout > 0, f"--startup-timeout {self.startup_timeout}: must be > 0 seconds")
+        need(self.eval_every >= 1, f"--eval-every {self.eval_every}: must be >= 1")
+        need(self.log_every >= 1, f"--log-every {self.log_every}: must be >= 1")
+        need(self.threads >= 1, f"--threads {self.threads}: must be >= 1")
+        need(self.algo in ALGORITHMS, f"--algo {self.algo}: choose from {', '.join(ALGORITHMS)}")
+        need(self.dataset in DATASETS, f"--dataset {self.dataset}: choose from {', '.join(DATASETS)}")
+        need(self.model in MODELS, f"--model {self.model}: choose from {', '.join(MODELS)}")
+        need(self.lr_schedule in LR_SCHEDULES, f"--lr-schedule {self.lr_schedule}: choose from {', '.join(LR_SCHEDULES)}")
+        try:
+            parse_partition(self.partition)
+        except DataError as error:
+            raise ConfigError(f"--partition: {error}") from None
+        return self
+
+    def lr_at(self, round_: int) -> float:
+        if self.lr_schedule == "constant":
+            return self.lr
+        # Cosine decay to zero over the run: the last rounds take tiny steps, so
+        # the peers' replicas settle onto each other instead of jittering apart.
+        return 0.5 * self.lr * (1 + math.cos(math.pi * round_ / self.rounds))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PeerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by a single peer and the swarm launcher (which passes them on)."""
+    d = PeerConfig()
+    add = parser.add_argument
+    add("--rounds", type=int, default=d.rounds, help="communication rounds to run (default: %(default)s)")
+    add("--local-steps", type=int, default=d.local_steps,
+        help="SGD steps on the local shard before each exchange; 0 = pure gossip averaging (default: %(default)s)")
+    add("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    add("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+        help="constant, or cosine decay to 0 over the rounds (default: %(default)s)")
+    add("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s)")
+    add("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay (default: %(default)s)")
+    add("--batch-size", type=int, default=d.batch_size, help="examples per local SGD step (default: %(default)s)")
+    add("--algo", choices=ALGORITHMS, default=d.algo, help="how peers combine parameters (default: %(default)s)")
+    add("--dataset", choices=DATASETS, default=d.dataset,
+        help="digits (scikit-learn, 8x8 images, 10 classes) or synthetic (softmax of a known linear model) "
+             "(default: %(default)s)")
+    add("--partition", default=d.partition,
+        help="how the training set is split: iid, or dirichlet:ALPHA for label skew, smaller ALPHA = more skew "
+             "(default: %(default)s)")
+    add("--model", choices=MODELS, default=d.model, help="logreg (linear) or mlp (one hidden layer) (default: %(default)s)")
+    add("--hidden", type=int, default=d.hidden, help="hidden units of the mlp (default: %(default)s)")
+    add("--seed", type=int, default=d.seed,
+        help="seed of the partition, the initial model (the same on every peer) and each peer's batches "
+             "(default: %(default)s)")
+    add("--recv-timeout", type=float, default=d.recv_timeout,
+        help="seconds a round waits for its neighbours before mixing without the missing ones (default: %(default)s)")
+    add("--startup-timeout", type=float, default=d.startup_timeout,
+        help="seconds the first round waits for neighbours to come up (default: %(default)s)")
+    add("--eval-every", type=int, default=d.eval_every,
+        help="evaluate test accuracy every N rounds, and after the last (default: %(default)s)")
+    add("--log-every", type=int, default=d.log_every, help="print a progress line every N rounds (default: %(default)s)")
+    add("--threads", type=int, default=d.threads,
+        help="torch threads per peer; keep 1 when several peers share a machine (default: %(default)s)")
+    add("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m p2ptrain.peer",
+        description="Run one peer of a p2ptrain swarm: train on this peer's shard, exchange parameters "
+                    "with the neighbours named in the topology file, and mix.",
+    )
+    parser.add_argument("--topology", required=True, help="topology file (TOML), e.g. topologies/ring8.toml")
+    parser.add_argument("--peer", default="",
+                        help="this peer's id in the topology; if omitted, taken from $RANK or $SLURM_PROCID "
+                             "(the n-th peer of the file)")
+    parser.add_argument("--out", default="", help="output directory (default: runs/RUN_ID/PEER)")
+    parser.add_argument("--run-id", default="",
+                        help="name shared by all peers of one run; messages of other runs are rejected "
+                             "(default: TOPOLOGY-ALGO-sSEED)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the outputs of an earlier run in --out instead of refusing")
+    add_training_options(parser)
+    return parser
+
+
+def resolve_peer_id(requested: str, ids: tuple[str, ...], environ=os.environ) -> str:
+    """--peer if given, else the n-th peer for n = $RANK or $SLURM_PROCID (torchrun, srun)."""
+    if requested:
+        return requested
+    for variable in ("RANK", "SLURM_PROCID"):
+        value = environ.get(variable)
+        if value is None:
+            continue
+        if not value.isdigit() or int(value) >= len(ids):
+            raise ConfigError(
+                f"${variable}={value!r} does not name a peer: the topology has {len(ids)} peers "
+                f"(ranks 0..{len(ids) - 1}); start as many processes as peers"
+            )
+        return ids[int(value)]
+    raise ConfigError("no peer id: pass --peer ID, or set RANK or SLURM_PROCID to the peer's position in the topology")
+
+
+def config_from_args(argv: list[str] | None = None) -> PeerConfig:
+    args = build_parser().parse_args(argv)
+    return PeerConfig.from_dict(vars(args)).validate()

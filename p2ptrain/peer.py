@@ -1,0 +1,287 @@
+"""python -m p2ptrain.peer: one peer of a swarm.
+
+Each round: local SGD steps on this peer's shard, send the parameters to the
+out-neighbours, gather the in-neighbours' parameters of the same round until
+the deadline, mix with the topology's weights (adapt-then-combine D-PSGD), and
+write one line of metrics. No peer is special; there is no coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import zmq
+import zmq.asyncio
+
+from . import __version__, wire
+from .config import ConfigError, PeerConfig, build_parser, resolve_peer_id
+from .data import DataError
+from .inbox import Inbox
+from .membership import Membership
+from .replica import build_replica
+from .storage import JsonLines, atomic_torch_save, atomic_write_json
+from .topology import TopologyError, load_topology
+from .transport import Transport, TransportError
+
+OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "config.json")
+# Rejections logged one by one before switching to one line per thousand: a
+# flood of garbage must not flood the log too.
+REJECTIONS_LOGGED = 100
+
+
+class Peer:
+    def __init__(self, config: PeerConfig, context: zmq.asyncio.Context, clock=time.monotonic):
+        self.config = config
+        self.clock = clock
+        self.topology = load_topology(config.topology)
+        self.id = resolve_peer_id(config.peer, self.topology.ids)
+        self.index = self.topology.index(self.id)
+        config.peer = self.id
+        config.run_id = config.run_id or f"{self.topology.name}-{config.algo}-s{config.seed}"
+        self.log = logging.LoggerAdapter(logging.getLogger("p2ptrain.peer"), {"peer": self.id})
+        self.out = Path(config.out or Path("runs") / config.run_id / self.id)
+        _prepare_output(self.out, config.overwrite)
+
+        torch.set_num_threads(config.threads)
+        self.replica = build_replica(config, self.topology, self.id)
+        self.shard, self.model = self.replica.shard, self.replica.model
+        self.trainer, self.algorithm = self.replica.trainer, self.replica.algorithm
+
+        specs = wire.specs_of(self.algorithm.outgoing(0))
+        self.fingerprint = wire.fingerprint(specs, salt=f"{config.model}/{config.dataset}")
+        self.in_neighbours = self.topology.in_neighbours(self.id)
+        self.out_neighbours = self.topology.out_neighbours(self.id)
+        self.contract = wire.Contract(config.run_id, self.fingerprint, frozenset(self.in_neighbours), specs)
+        self.inbox = Inbox()
+        self.membership = Membership(frozenset(self.in_neighbours))
+        self.rejected: Counter[str] = Counter()
+        self.send_dropped = 0
+        self.rounds_completed = 0
+        self.last: dict = {}
+        self.started = self.clock()
+
+        atomic_write_json(self.out / "config.json", {
+            "config": config.to_dict(),
+            "topology": {"name": self.topology.name, "size": self.topology.size,
+                         "in_neighbours": list(self.in_neighbours), "out_neighbours": list(self.out_neighbours),
+                         "mixing_row": self.topology.mixing_row(self.id)},
+            "fingerprint": self.fingerprint,
+            "shard_size": len(self.shard.x),
+            "versions": {"p2ptrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                         "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()},
+        })
+        self.transport = Transport(
+            context,
+            self.topology.peer(self.id).bind,
+            {j: self.topology.peer(j).endpoint for j in self.out_neighbours},
+            linger_seconds=min(config.recv_timeout, 5.0),
+        )
+        self.metrics = JsonLines(self.out / "metrics.jsonl")
+        self.log.info("listening on %s; in-neighbours %s; out-neighbours %s; %d training examples",
+                      self.topology.peer(self.id).bind, ",".join(self.in_neighbours),
+                      ",".join(self.out_neighbours), len(self.shard.x))
+
+    async def run(self) -> None:
+        for round_ in range(self.config.rounds):
+            await self.run_round(round_)
+            self.rounds_completed = round_ + 1
+
+    async def run_round(self, round_: int) -> None:
+        config = self.config
+        loss = self.replica.train(config, round_)
+
+        outgoing = self.algorithm.outgoing(round_)
+        frames = wire.encode(kind="params", sender=self.id, run_id=config.run_id, round=round_,
+                             fingerprint=self.fingerprint, tensors=outgoing)
+        bytes_sent = 0
+        for neighbour in self.out_neighbours:
+            if self.transport.send(neighbour, frames):
+                bytes_sent += wire.frame_bytes(frames)
+            else:
+                self.send_dropped += 1
+
+        timeout = config.startup_timeout if round_ == 0 else config.recv_timeout
+        waited, bytes_received, messages = await self._gather(round_, timeout)
+        outcome = self.membership.close_round(set(messages))
+        for neighbour in sorted(outcome.newly_suspected):
+            self.log.warning("round %d: no parameters from %s within %.1fs; mixing without it",
+                             round_, neighbour, timeout)
+        for neighbour in sorted(outcome.recovered):
+            self.log.info("round %d: heard from %s again", round_, neighbour)
+
+        received = {sender: message.tensors for sender, message in messages.items()}
+        distance = _relative_distance_to_mean(outgoing, list(received.values()))
+        self.algorithm.update(round_, received)
+
+        record = {
+            "round": round_,
+            "time": round(self.clock() - self.started, 4),
+            "lr": config.lr_at(round_),
+            "loss": loss,
+            "neighbour_distance": distance,
+            "bytes_sent": bytes_sent,
+            "bytes_received": bytes_received,
+            "wait_seconds": round(waited, 6),
+            "heard": sorted(outcome.heard),
+            "missing": sorted(outcome.missing),
+            "send_dropped": self.send_dropped,
+            "stale_dropped": self.inbox.stale,
+            "rejected": dict(self.rejected),
+        }
+        last_round = round_ == config.rounds - 1
+        if (round_ + 1) % config.eval_every == 0 or last_round:
+            record["test_loss"], record["test_accuracy"] = self.trainer.evaluate(self.shard.x_test, self.shard.y_test)
+        self.metrics.write(record)
+        self.last = record | {"test_accuracy": record.get("test_accuracy", self.last.get("test_accuracy"))}
+        if (round_ + 1) % config.log_every == 0 or last_round:
+            accuracy = self.last.get("test_accuracy")
+            self.log.info("round %d/%d loss %s acc %s heard %d/%d waited %.3fs",
+                          round_ + 1, config.rounds, "-" if loss is None else f"{loss:.4f}",
+                          "-" if accuracy is None else f"{accuracy:.4f}",
+                          len(outcome.heard), len(self.in_neighbours), waited)
+
+    async def _gather(self, round_: int, timeout: float) -> tuple[float, int, dict[str, wire.Message]]:
+        """Collect round ``round_``'s messages until every awaited neighbour is heard or the deadline passes."""
+        start = self.clock()
+        deadline = start + timeout
+        bytes_received = 0
+        while self.membership.awaited(self.inbox.senders(round_)):
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                break
+            frames = await self.transport.receive(remaining)
+            if frames is None:
+                break
+            bytes_received += wire.frame_bytes(frames)
+            self._file(frames)
+        return self.clock() - start, bytes_received, self.inbox.take(round_)
+
+    def _file(self, frames) -> None:
+        try:
+            message = wire.decode(frames, self.contract)
+        except wire.WireError as error:
+            self.rejected[error.reason] += 1
+            total = sum(self.rejected.values())
+            if total <= REJECTIONS_LOGGED or total % 1000 == 0:
+                self.log.warning("rejected message #%d (%s): %s", total, error.reason, error)
+            return
+        self.membership.saw(message.sender)
+        if self.inbox.put(message) == "stale":
+            self.log.debug("dropped stale round-%d message from %s", message.round, message.sender)
+
+    def finish(self, status: str) -> None:
+        """Write the final model and result, then release the sockets. Safe to call once per peer."""
+        atomic_torch_save(self.model.state_dict(), self.out / "model.pt")
+        test_loss, test_accuracy = self.trainer.evaluate(self.shard.x_test, self.shard.y_test)
+        atomic_write_json(self.out / "result.json", {
+            "peer": self.id,
+            "status": status,
+            "rounds": self.config.rounds,
+            "rounds_completed": self.rounds_completed,
+            "test_accuracy": test_accuracy,
+            "test_loss": test_loss,
+            "train_loss": self.last.get("loss"),
+            "wall_seconds": self.clock() - self.started,
+            "rejected": dict(self.rejected),
+            "stale_dropped": self.inbox.stale,
+            "send_dropped": self.send_dropped,
+        })
+        self.metrics.close()
+        self.transport.close()
+
+
+def _relative_distance_to_mean(own: dict[str, torch.Tensor], neighbours: list[dict[str, torch.Tensor]]) -> float | None:
+    """||x_i - mean_j x_j|| / ||x_i|| over the neighbours heard this round, before mixing."""
+    if not neighbours:
+        return None
+    mine = torch.cat([t.reshape(-1).double() for t in own.values()])
+    mean = sum(torch.cat([n[k].reshape(-1).double() for k in own]) for n in neighbours) / len(neighbours)
+    return float(torch.linalg.vector_norm(mine - mean) / max(float(torch.linalg.vector_norm(mine)), 1e-30))
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{out} already holds the outputs of a run ({', '.join(existing)}); "
+            "pass another --out, or --overwrite to replace them"
+        )
+    for name in existing:
+        (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+async def run_peer(config: PeerConfig, context: zmq.asyncio.Context | None = None) -> int:
+    """Run one peer to the end; returns the process exit code (0 only when every round ran)."""
+    own_context = context is None
+    context = context or zmq.asyncio.Context()
+    task = asyncio.current_task()
+    signals: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals.append(signum)
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    peer = None
+    try:
+        peer = Peer(config, context)
+        await peer.run()
+        peer.finish("completed")
+        peer.log.info("finished %d rounds in %.1fs", peer.rounds_completed, peer.clock() - peer.started)
+        return 0
+    except asyncio.CancelledError:
+        if not signals:
+            raise
+        task.uncancel()
+        if peer is not None:
+            peer.log.warning("stopped by %s after %d rounds", signal.Signals(signals[0]).name, peer.rounds_completed)
+            peer.finish("interrupted")
+        return 128 + signals[0]
+    except Exception:
+        if peer is not None:
+            peer.finish("failed")
+        raise
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        if peer is not None and not peer.transport.closed:
+            peer.transport.close()
+        if own_context:
+            context.term()  # returns once queued messages are delivered or the linger ends
+
+
+def _default_peer_field(record: logging.LogRecord) -> bool:
+    # Records from other libraries (asyncio, zmq) carry no peer id.
+    if not hasattr(record, "peer"):
+        record.peer = "-"
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(peer)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_default_peer_field)
+    logging.basicConfig(level=args.log_level, handlers=[handler])
+    try:
+        config = PeerConfig.from_dict(vars(args)).validate()
+        return asyncio.run(run_peer(config))
+    except (ConfigError, TopologyError, DataError, TransportError) as error:
+        print(f"p2ptrain.peer: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Reading what peers wrote: their final models, results and metrics, and the swarm-wide numbers made from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .storage import read_json_lines
+
+
+def flat_parameters(state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
+    """All floating-point entries of a state_dict as one float64 vector, in key order."""
+    return torch.cat([t.reshape(-1).double() for _, t in sorted(state_dict.items()) if t.is_floating_point()])
+
+
+def consensus_distance(models: list[dict[str, torch.Tensor]]) -> float:
+    """Mean over peers of ||x_i - x_mean|| / ||x_mean||: 0 when every replica is identical."""
+    if not models:
+        raise ValueError("no models to compare")
+    vectors = torch.stack([flat_parameters(m) for m in models])
+    mean = vectors.mean(dim=0)
+    scale = max(float(torch.linalg.vector_norm(mean)), 1e-30)
+    return float(torch.linalg.vector_norm(vectors - mean, dim=1).mean() / scale)
+
+
+def load_model(peer_dir: Path) -> dict[str, torch.Tensor] | None:
+    path = peer_dir / "model.pt"
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def peer_outcome(peer_dir: Path) -> dict:
+    """Rounds completed, final accuracy and loss of one peer, from result.json or, failing that, its metrics."""
+    result_path = peer_dir / "result.json"
+    if result_path.exists():
+        result = json.loads(result_path.read_text())
+        return {
+            "rounds_completed": result["rounds_completed"],
+            "test_accuracy": result["test_accuracy"],
+            "train_loss": result["train_loss"],
+            "status": result["status"],
+        }
+    # Killed before it could write a result: its metrics say how far it got.
+    records = read_json_lines(peer_dir / "metrics.jsonl")
+    accuracies = [r["test_accuracy"] for r in records if "test_accuracy" in r]
+    return {
+        "rounds_completed": records[-1]["round"] + 1 if records else 0,
+        "test_accuracy": accuracies[-1] if accuracies else None,
+        "train_loss": records[-1]["loss"] if records else None,
+        "status": "killed",
+    }

@@ -1,0 +1,72 @@
+"""Files a run writes: atomic replacement for state, line-flushed JSON for metrics.
+
+A file replaced atomically is either the old one or the new one, never half
+of each: write a temporary file next to it, fsync, rename over, fsync the
+directory so the rename itself survives a crash.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def atomic_write_json(path: str | Path, value: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class JsonLines:
+    """Append-only JSON lines, flushed per line so a reader (the launcher) sees every round as it ends."""
+
+    def __init__(self, path: str | Path):
+        self._file = open(path, "a", encoding="utf-8", buffering=1)
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_json_lines(path: str | Path) -> list[dict]:
+    """Every complete line of a JSON-lines file; a torn last line (a peer killed mid-write) is skipped."""
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.endswith("\n"):
+                    records.append(json.loads(line))
+    except FileNotFoundError:
+        pass
+    return records

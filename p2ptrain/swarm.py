@@ -1,0 +1,322 @@
+"""Start every peer of a topology on this machine, watch them, summarise the run.
+
+The launcher is a process supervisor only: peers talk to each other directly,
+and the launcher learns how they are doing by reading the files they write.
+It never sends or relays a parameter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ConfigError, PeerConfig, add_training_options
+from .results import consensus_distance, load_model, peer_outcome
+from .storage import atomic_write_json, read_json_lines
+from .topology import PeerSpec, Topology, TopologyError, build_topology, dump_topology, generate, load_topology
+
+DEFAULT_TOPOLOGY = "ring8 (built in: ring of 8 peers on 127.0.0.1:25000-25007)"
+# How long peers get to exit after SIGTERM before they are killed.
+STOP_GRACE_SECONDS = 10.0
+_TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+)$")
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+@dataclass
+class PeerProcess:
+    id: str
+    out: Path
+    process: subprocess.Popen
+    log_file: object
+    metrics_offset: int = 0
+    round: int = 0
+    loss: float | None = None
+    accuracy: float | None = None
+    exit_code: int | None = None
+    records: list = field(default_factory=list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/launch_swarm.py",
+        description="Start one p2ptrain peer process per peer of TOPOLOGY on this machine, show their "
+                    "progress, and write DIR/summary.json. Training options are passed to every peer.",
+    )
+    parser.add_argument("topology", nargs="?", default="",
+                        help=f"topology file (default: {DEFAULT_TOPOLOGY})")
+    parser.add_argument("--out", default="", help="run directory (default: runs/TOPOLOGY-ALGO-TIME)")
+    parser.add_argument("--base-port", type=int, default=0,
+                        help="move peer i to port BASE+i on its host, to run beside another swarm")
+    parser.add_argument("--run-id", default="", help="run id shared by the peers (default: the run directory's name)")
+    parser.add_argument("--timeout", type=float, default=0.0,
+                        help="stop every peer after this many seconds (default: no limit)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    add_training_options(parser)
+    return parser
+
+
+def peer_arguments(args: argparse.Namespace) -> list[str]:
+    """The training options of ``args`` as a peer's command line (every option explicit, for the record)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_training_options(probe)
+    argv = []
+    for action in probe._actions:
+        value = getattr(args, action.dest)
+        argv += [action.option_strings[0], str(value)]
+    return argv
+
+
+def with_ports(topology: Topology, base_port: int) -> Topology:
+    peers = []
+    for i, spec in enumerate(topology.peers):
+        match = _TCP.match(spec.endpoint)
+        if not match:
+            raise LaunchError(f"--base-port needs tcp:// endpoints; {spec.id} has {spec.endpoint}")
+        endpoint = f"tcp://{match['host']}:{base_port + i}"
+        peers.append(PeerSpec(spec.id, endpoint, endpoint))
+    explicit = {pid: topology.mixing_row(pid) for pid in topology.ids} if topology.mixing == "explicit" else None
+    return build_topology(topology.name, peers, topology.edges(), directed=topology.directed,
+                          mixing=topology.mixing, explicit_weights=explicit)
+
+
+def check_endpoints_free(topology: Topology) -> None:
+    """Every peer must be able to listen here; say which port is taken before any peer starts."""
+    for spec in topology.peers:
+        match = _TCP.match(spec.bind)
+        if not match:
+            continue
+        host = match["host"].strip("[]")
+        host = "0.0.0.0" if host == "*" else host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As ZeroMQ does: connections of a finished run in TIME_WAIT do not block the port.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, int(match["port"])))
+            except OSError as error:
+                if error.errno == 98:  # EADDRINUSE
+                    raise LaunchError(
+                        f"port {match['port']} for peer {spec.id} ({spec.bind}) is in use, perhaps by another "
+                        "swarm; stop it or pass --base-port N to move this swarm to ports N, N+1, ..."
+                    ) from None
+                raise LaunchError(
+                    f"peer {spec.id} cannot listen on {spec.bind} here ({error.strerror}); the launcher starts "
+                    "every peer on this machine, so use a topology with local endpoints, or start remote "
+                    "peers with python -m p2ptrain.peer on their own hosts"
+                ) from None
+
+
+def _die_with_parent() -> None:
+    # Linux: the peer gets SIGTERM if the launcher dies, even by SIGKILL, so no peer outlives it.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def start_peers(topology_file: Path, topology: Topology, run_dir: Path, run_id: str,
+                training_argv: list[str]) -> list[PeerProcess]:
+    peers = []
+    for peer_id in topology.ids:
+        out = run_dir / "peers" / peer_id
+        out.mkdir(parents=True, exist_ok=True)
+        log_file = open(out / "peer.log", "wb")
+        command = [sys.executable, "-m", "p2ptrain.peer", "--topology", str(topology_file), "--peer", peer_id,
+                   "--out", str(out), "--run-id", run_id, *training_argv]
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the peers in order
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        peers.append(PeerProcess(peer_id, out, process, log_file))
+    return peers
+
+
+def poll_progress(peer: PeerProcess) -> None:
+    """Read the metrics lines a peer added since the last look."""
+    path = peer.out / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(peer.metrics_offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return
+    complete = chunk[: chunk.rfind(b"\n") + 1]
+    peer.metrics_offset += len(complete)
+    for line in complete.decode().splitlines():
+        record = __import__("json").loads(line)
+        peer.round = record["round"] + 1
+        peer.loss = record["loss"]
+        if "test_accuracy" in record:
+            peer.accuracy = record["test_accuracy"]
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def progress_table(peers: list[PeerProcess], rounds: int, elapsed: float) -> list[str]:
+    lines = [f"{elapsed:7.1f}s  {'peer':<10} {'round':>9} {'loss':>8} {'accuracy':>9}  state"]
+    for p in peers:
+        state = "running" if p.exit_code is None else f"exit {p.exit_code}"
+        lines.append(f"{'':9}{p.id:<10} {p.round:>4}/{rounds:<4} {_fmt(p.loss):>8} {_fmt(p.accuracy):>9}  {state}")
+    return lines
+
+
+def stop_peers(peers: list[PeerProcess], grace: float = STOP_GRACE_SECONDS) -> None:
+    for p in peers:
+        if p.process.poll() is None:
+            p.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in peers:
+        try:
+            p.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.process.kill()
+            p.process.wait()
+
+
+def summarise(topology: Topology, algo: str, peers: list[PeerProcess], wall_seconds: float) -> dict:
+    models = [m for m in (load_model(p.out) for p in peers) if m is not None]
+    summary_peers = {}
+    for p in peers:
+        outcome = peer_outcome(p.out)
+        summary_peers[p.id] = {
+            "rounds_completed": outcome["rounds_completed"],
+            "test_accuracy": outcome["test_accuracy"],
+            "train_loss": outcome["train_loss"],
+            "exit_code": p.exit_code,
+            "status": outcome["status"],
+        }
+    return {
+        "topology": topology.name,
+        "algo": algo,
+        "wall_seconds": wall_seconds,
+        # From the final models of the peers that wrote one; None if none did.
+        "consensus_distance": consensus_distance(models) if models else None,
+        "peers": summary_peers,
+    }
+
+
+def summary_table(summary: dict) -> str:
+    lines = [f"{'peer':<10} {'rounds':>6} {'accuracy':>9} {'loss':>8} {'exit':>5}"]
+    for peer_id, p in summary["peers"].items():
+        lines.append(f"{peer_id:<10} {p['rounds_completed']:>6} {_fmt(p['test_accuracy']):>9} "
+                     f"{_fmt(p['train_loss']):>8} {p['exit_code']!s:>5}")
+    accuracies = [p["test_accuracy"] for p in summary["peers"].values() if p["test_accuracy"] is not None]
+    if accuracies:
+        lines.append(f"accuracy min {min(accuracies):.4f} mean {sum(accuracies) / len(accuracies):.4f} "
+                     f"max {max(accuracies):.4f}")
+    lines.append(f"consensus distance {_fmt(summary['consensus_distance'], '.3e')}; "
+                 f"wall time {summary['wall_seconds']:.1f}s ({summary['topology']}, {summary['algo']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        PeerConfig.from_dict({k: v for k, v in vars(args).items()
+                              if k not in ("topology", "base_port", "timeout", "out")}).validate()
+        if args.topology:
+            topology = load_topology(args.topology)
+        else:
+            topology = generate("ring", 8, base_port=25000, name="ring8")
+        if args.base_port:
+            topology = with_ports(topology, args.base_port)
+        check_endpoints_free(topology)
+    except (ConfigError, TopologyError, LaunchError) as error:
+        print(f"launch_swarm: error: {error}", file=sys.stderr)
+        return 2
+
+    run_dir = Path(args.out or Path("runs") / f"{topology.name}-{args.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (run_dir / "summary.json").exists() or (run_dir / "peers").exists():
+        if not args.overwrite:
+            print(f"launch_swarm: error: {run_dir} holds an earlier run; pass another --out, "
+                  "or --overwrite to replace it", file=sys.stderr)
+            return 2
+        import shutil
+
+        shutil.rmtree(run_dir / "peers", ignore_errors=True)
+        (run_dir / "summary.json").unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    topology_file = run_dir / "topology.toml"
+    topology_file.write_text(dump_topology(topology, "The topology this run used, as the launcher gave it to the peers."))
+    run_id = args.run_id or run_dir.name
+    training_argv = peer_arguments(args)
+    atomic_write_json(run_dir / "launch.json", {"argv": sys.argv, "run_id": run_id, "peer_argv": training_argv})
+
+    print(f"starting {topology.size} peers of {topology.name} ({args.algo}, {args.dataset}, {args.partition}) "
+          f"in {run_dir}", flush=True)
+    started = time.monotonic()
+    peers = start_peers(topology_file, topology, run_dir, run_id, training_argv)
+    interrupted = None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum, _frame):
+        nonlocal interrupted
+        interrupted = signum
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    tty = sys.stdout.isatty()
+    drawn = 0
+    last_line = 0.0
+    try:
+        while interrupted is None:
+            for p in peers:
+                poll_progress(p)
+                p.exit_code = p.process.poll()
+            elapsed = time.monotonic() - started
+            if tty:
+                table = progress_table(peers, args.rounds, elapsed)
+                sys.stdout.write(f"\x1b[{drawn}F" if drawn else "")
+                sys.stdout.write("".join(f"\x1b[2K{line}\n" for line in table))
+                sys.stdout.flush()
+                drawn = len(table)
+            elif elapsed - last_line >= 5.0:
+                last_line = elapsed
+                rounds = [p.round for p in peers]
+                accuracies = [p.accuracy for p in peers if p.accuracy is not None]
+                print(f"{elapsed:6.1f}s rounds {min(rounds)}-{max(rounds)}/{args.rounds}"
+                      + (f" accuracy {min(accuracies):.3f}-{max(accuracies):.3f}" if accuracies else ""), flush=True)
+            if all(p.exit_code is not None for p in peers):
+                break
+            if args.timeout and elapsed > args.timeout:
+                print(f"launch_swarm: --timeout {args.timeout}s reached; stopping the peers", file=sys.stderr)
+                break
+            time.sleep(0.5)
+    finally:
+        if interrupted is not None:
+            print(f"\nlaunch_swarm: {signal.Signals(interrupted).name}: stopping every peer", file=sys.stderr)
+        stop_peers(peers)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for p in peers:
+            p.exit_code = p.process.returncode
+            p.log_file.close()
+
+    summary = summarise(topology, args.algo, peers, time.monotonic() - started)
+    summary["run_id"] = run_id
+    atomic_write_json(run_dir / "summary.json", summary)
+    print(summary_table(summary))
+    failed = [p.id for p in peers if p.exit_code != 0]
+    if failed:
+        print(f"launch_swarm: peers {', '.join(failed)} did not finish; see {run_dir}/peers/ID/peer.log",
+              file=sys.stderr)
+    print(f"summary: {run_dir / 'summary.json'}")
+    if interrupted is not None:
+        return 128 + interrupted
+    return 1 if failed else 0

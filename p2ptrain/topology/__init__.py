@@ -1,0 +1,17 @@
+"""Communication graphs: peers, endpoints, edges, mixing weights, spectra, TOML files."""
+
+from .files import dump_topology, load_topology, parse_topology
+from .generators import GENERATORS, generate
+from .graph import PeerSpec, Topology, TopologyError, build_topology
+
+__all__ = [
+    "GENERATORS",
+    "PeerSpec",
+    "Topology",
+    "TopologyError",
+    "build_topology",
+    "dump_topology",
+    "generate",
+    "load_topology",
+    "parse_topology",
+]

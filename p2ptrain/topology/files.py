@@ -1,0 +1,109 @@
+"""Topology files: TOML in, TOML out (see topologies/README.md for the format)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from .graph import PeerSpec, Topology, TopologyError, build_topology
+
+_TOP_KEYS = {"name", "directed", "mixing", "edges", "peers", "weights", "description"}
+_PEER_KEYS = {"id", "endpoint", "bind"}
+
+
+def load_topology(path: str | Path) -> Topology:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TopologyError(
+            f"topology file {path} does not exist; pass a file from topologies/ or write one "
+            "(format: topologies/README.md)"
+        ) from None
+    return parse_topology(text, where=str(path), default_name=path.stem)
+
+
+def parse_topology(text: str, *, where: str = "<topology>", default_name: str = "topology") -> Topology:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise TopologyError(f"{where}: not valid TOML ({error})") from None
+
+    def fail(message: str) -> TopologyError:
+        return TopologyError(f"{where}: {message}")
+
+    unknown = set(doc) - _TOP_KEYS
+    if unknown:
+        raise fail(f"unknown key(s) {', '.join(sorted(unknown))}; known keys: {', '.join(sorted(_TOP_KEYS))}")
+    peers_doc = doc.get("peers")
+    if not isinstance(peers_doc, list) or not peers_doc:
+        raise fail('no peers; add [[peers]] tables, each with id = "..." and endpoint = "tcp://host:port"')
+    peers = []
+    for n, entry in enumerate(peers_doc):
+        if not isinstance(entry, dict):
+            raise fail(f"peers[{n}] must be a table with id and endpoint")
+        extra = set(entry) - _PEER_KEYS
+        if extra:
+            raise fail(f"peers[{n}] has unknown key(s) {', '.join(sorted(extra))}; known: id, endpoint, bind")
+        for key in ("id", "endpoint"):
+            if not isinstance(entry.get(key), str):
+                raise fail(f'peers[{n}] needs {key} = "..." (a string)')
+        bind = entry.get("bind", entry["endpoint"])
+        if not isinstance(bind, str):
+            raise fail(f"peers[{n}].bind must be a string like tcp://0.0.0.0:25000")
+        peers.append(PeerSpec(id=entry["id"], endpoint=entry["endpoint"], bind=bind))
+
+    edges = doc.get("edges", [])
+    if not isinstance(edges, list) or not all(isinstance(e, list) for e in edges):
+        raise fail('edges must be a list of pairs, like edges = [["p0", "p1"], ["p1", "p2"]]')
+    directed = doc.get("directed", False)
+    if not isinstance(directed, bool):
+        raise fail("directed must be true or false")
+    mixing = doc.get("mixing", "metropolis")
+    if not isinstance(mixing, str):
+        raise fail('mixing must be "metropolis", "uniform" or "explicit"')
+    name = doc.get("name", default_name)
+    if not isinstance(name, str):
+        raise fail("name must be a string")
+    return build_topology(
+        name,
+        peers,
+        [tuple(e) for e in edges],
+        directed=directed,
+        mixing=mixing,
+        explicit_weights=doc.get("weights"),
+        where=where,
+    )
+
+
+def dump_topology(topology: Topology, description: str = "") -> str:
+    """The TOML text of a topology; ``parse_topology`` of it gives the same graph and weights."""
+
+    def q(value: str) -> str:
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+    lines = []
+    if description:
+        lines += [f"# {line}" for line in description.splitlines()] + [""]
+    lines += [
+        f"name = {q(topology.name)}",
+        f"directed = {'true' if topology.directed else 'false'}",
+        f"mixing = {q(topology.mixing)}",
+        "edges = [",
+        *[f"  [{q(a)}, {q(b)}]," for a, b in topology.edges()],
+        "]",
+        "",
+    ]
+    for spec in topology.peers:
+        lines += ["[[peers]]", f"id = {q(spec.id)}", f"endpoint = {q(spec.endpoint)}"]
+        if spec.bind != spec.endpoint:
+            lines.append(f"bind = {q(spec.bind)}")
+        lines.append("")
+    if topology.mixing == "explicit":
+        lines.append("[weights]")
+        for peer_id in topology.ids:
+            row = ", ".join(f"{q(j)} = {w!r}" for j, w in topology.mixing_row(peer_id).items())
+            lines.append(f"{q(peer_id)} = {{ {row} }}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,260 @@
+"""The communication graph of a swarm: who exists, where they listen, who talks to whom, with what weight.
+
+A Topology is built only through ``build_topology``, which checks everything a
+file could get wrong and says how to fix it. Once built it is immutable, so
+every peer that loads the same file sees the same graph and the same weights.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from . import weights as mixing_weights
+
+MIXING_KINDS = ("metropolis", "uniform", "explicit")
+_ENDPOINT = re.compile(r"^(tcp://(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d+)|ipc://\S+|inproc://\S+)$")
+_PEER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class TopologyError(ValueError):
+    """A topology that cannot be used; the message names the problem and its fix."""
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    id: str
+    endpoint: str  # where neighbours connect
+    bind: str  # where this peer listens; the endpoint unless the file says otherwise
+
+
+@dataclass(frozen=True, eq=False)
+class Topology:
+    name: str
+    peers: tuple[PeerSpec, ...]
+    directed: bool
+    mixing: str
+    # A[i, j] True when peer i receives from peer j (see weights.py for the convention).
+    adjacency: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.peers)
+
+    @cached_property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(p.id for p in self.peers)
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {pid: i for i, pid in enumerate(self.ids)}
+
+    def index(self, peer_id: str) -> int:
+        try:
+            return self._index[peer_id]
+        except KeyError:
+            raise TopologyError(
+                f"peer {peer_id!r} is not in topology {self.name!r}; its peers are {', '.join(self.ids)}"
+            ) from None
+
+    def peer(self, peer_id: str) -> PeerSpec:
+        return self.peers[self.index(peer_id)]
+
+    def in_neighbours(self, peer_id: str) -> tuple[str, ...]:
+        """Peers whose parameters ``peer_id`` receives and mixes."""
+        row = self.adjacency[self.index(peer_id)]
+        return tuple(self.ids[j] for j in np.flatnonzero(row))
+
+    def out_neighbours(self, peer_id: str) -> tuple[str, ...]:
+        """Peers that ``peer_id`` sends its parameters to."""
+        column = self.adjacency[:, self.index(peer_id)]
+        return tuple(self.ids[i] for i in np.flatnonzero(column))
+
+    def mixing_row(self, peer_id: str) -> dict[str, float]:
+        """Weights peer_id gives to itself and to each in-neighbour; they sum to 1."""
+        i = self.index(peer_id)
+        return {self.ids[j]: float(self.weights[i, j]) for j in np.flatnonzero(self.weights[i])} | {
+            peer_id: float(self.weights[i, i])
+        }
+
+    def edges(self) -> list[tuple[str, str]]:
+        """Edges as written in a file: (a, b) pairs once each if undirected, (sender, receiver) if directed."""
+        pairs = []
+        for i, j in zip(*np.nonzero(self.adjacency)):
+            if self.directed:
+                pairs.append((self.ids[j], self.ids[i]))
+            elif i < j:
+                pairs.append((self.ids[i], self.ids[j]))
+        return sorted(pairs, key=lambda e: (self.index(e[0]), self.index(e[1])))
+
+    @cached_property
+    def consensus_rate(self) -> float:
+        return mixing_weights.consensus_rate(self.weights)
+
+    @cached_property
+    def doubly_stochastic(self) -> bool:
+        return mixing_weights.is_doubly_stochastic(self.weights)
+
+
+def build_topology(
+    name: str,
+    peers: list[PeerSpec],
+    edges: list[tuple[str, str]],
+    *,
+    directed: bool = False,
+    mixing: str = "metropolis",
+    explicit_weights: dict[str, dict[str, float]] | None = None,
+    where: str = "",
+) -> Topology:
+    """Validate and assemble a topology. ``where`` prefixes error messages (a file name)."""
+    at = f"{where}: " if where else ""
+
+    def fail(message: str) -> TopologyError:
+        return TopologyError(at + message)
+
+    if not peers:
+        raise fail("no peers; add [[peers]] tables with an id and an endpoint")
+    index: dict[str, int] = {}
+    seen_endpoints: dict[str, str] = {}
+    for spec in peers:
+        if not _PEER_ID.match(spec.id):
+            raise fail(
+                f"peer id {spec.id!r} is not usable; use 1-64 letters, digits, '_', '.' or '-'"
+            )
+        if spec.id in index:
+            raise fail(f"duplicate peer id {spec.id!r}; give every peer its own id")
+        index[spec.id] = len(index)
+        for address in {spec.endpoint, spec.bind}:
+            check_endpoint(address, spec.id, fail)
+        if spec.endpoint in seen_endpoints:
+            raise fail(
+                f"peers {seen_endpoints[spec.endpoint]!r} and {spec.id!r} share endpoint {spec.endpoint}; "
+                "give each peer its own host:port"
+            )
+        seen_endpoints[spec.endpoint] = spec.id
+
+    n = len(peers)
+    adjacency = np.zeros((n, n), dtype=bool)
+    for edge in edges:
+        if len(edge) != 2:
+            raise fail(f"edge {list(edge)!r} must name exactly two peers, like [\"p0\", \"p1\"]")
+        a, b = edge
+        for end in (a, b):
+            if end not in index:
+                raise fail(
+                    f"edge [{a!r}, {b!r}] names unknown peer {end!r}; "
+                    f"add it to [[peers]] or fix the edge (known peers: {', '.join(index)})"
+                )
+        if a == b:
+            raise fail(f"self-loop [{a!r}, {b!r}]; remove it (a peer always keeps its own weight)")
+        # Edge a -> b: b receives from a.
+        adjacency[index[b], index[a]] = True
+        if not directed:
+            adjacency[index[a], index[b]] = True
+
+    ids = [p.id for p in peers]
+    if n > 1:
+        unreachable = _unreachable(adjacency, directed)
+        if unreachable:
+            kind = "strongly connected" if directed else "connected"
+            raise fail(
+                f"the graph is not {kind}: {', '.join(ids[i] for i in unreachable)} cannot be reached "
+                f"from {ids[0]!r} (or cannot reach it); add edges so every peer hears, directly or "
+                "through others, from every other"
+            )
+
+    if mixing not in MIXING_KINDS:
+        raise fail(f"unknown mixing {mixing!r}; use one of {', '.join(MIXING_KINDS)}")
+    if mixing == "explicit":
+        if explicit_weights is None:
+            raise fail('mixing = "explicit" needs a [weights] table with one row per peer')
+        w = _explicit_matrix(explicit_weights, index, adjacency, fail)
+    elif explicit_weights is not None:
+        raise fail(f'a [weights] table is given but mixing = "{mixing}"; set mixing = "explicit" or remove it')
+    elif mixing == "metropolis":
+        if directed:
+            raise fail(
+                'Metropolis-Hastings weights need an undirected graph; use mixing = "uniform" '
+                "or explicit weights for a directed one"
+            )
+        w = mixing_weights.metropolis_hastings(adjacency)
+    else:
+        w = mixing_weights.uniform(adjacency)
+
+    return Topology(
+        name=name,
+        peers=tuple(peers),
+        directed=directed,
+        mixing=mixing,
+        adjacency=adjacency,
+        weights=w,
+    )
+
+
+def check_endpoint(address: str, peer_id: str, fail) -> None:
+    match = _ENDPOINT.match(address or "")
+    if not match:
+        raise fail(
+            f"peer {peer_id!r} has endpoint {address!r}; write it as tcp://HOST:PORT "
+            "(or ipc://PATH, inproc://NAME)"
+        )
+    port = match.group("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise fail(f"peer {peer_id!r} has port {port} in {address!r}; use a port from 1 to 65535")
+
+
+def _unreachable(adjacency: np.ndarray, directed: bool) -> list[int]:
+    def reach(matrix: np.ndarray) -> set[int]:
+        seen, queue = {0}, deque([0])
+        while queue:
+            i = queue.popleft()
+            for j in np.flatnonzero(matrix[i]):
+                if j not in seen:
+                    seen.add(int(j))
+                    queue.append(int(j))
+        return seen
+
+    n = adjacency.shape[0]
+    reached = reach(adjacency) & reach(adjacency.T) if directed else reach(adjacency)
+    return [i for i in range(n) if i not in reached]
+
+
+def _explicit_matrix(rows, index, adjacency, fail) -> np.ndarray:
+    n = len(index)
+    ids = list(index)
+    w = np.zeros((n, n))
+    for peer_id in ids:
+        if peer_id not in rows:
+            raise fail(f"[weights] has no row for {peer_id!r}; give every peer a row")
+    for peer_id, row in rows.items():
+        if peer_id not in index:
+            raise fail(f"[weights] has a row for unknown peer {peer_id!r}; remove it or add the peer")
+        if not isinstance(row, dict):
+            raise fail(f"[weights].{peer_id} must be a table like {{ {peer_id} = 0.5, p1 = 0.5 }}")
+        i = index[peer_id]
+        for other, value in row.items():
+            if other not in index:
+                raise fail(f"[weights].{peer_id} names unknown peer {other!r}")
+            j = index[other]
+            if j != i and not adjacency[i, j]:
+                raise fail(
+                    f"[weights].{peer_id} gives weight to {other!r}, but {peer_id!r} does not receive "
+                    f"from {other!r}; add the edge or drop the weight"
+                )
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise fail(f"[weights].{peer_id}.{other} = {value!r} must be a number")
+            if value < 0:
+                raise fail(f"[weights].{peer_id}.{other} = {value} is negative; weights must be >= 0")
+            w[i, j] = float(value)
+        total = w[i].sum()
+        if abs(total - 1.0) > mixing_weights.ROW_SUM_TOLERANCE:
+            raise fail(
+                f"[weights].{peer_id} sums to {total:.12g}, not 1; rescale the row "
+                f"(the weight {peer_id!r} keeps for itself counts too)"
+            )
+    return w

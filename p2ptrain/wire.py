@@ -1,0 +1,284 @@
+"""The wire format: one msgpack header frame, then one raw frame per tensor.
+
+Tensor bytes never pass through msgpack and are never pickled. ``encode``
+returns buffers that share memory with the tensors (the transport sends them
+with copy=False), and ``decode`` builds tensors on top of the received frames'
+memory. The decoder trusts nothing: every field is checked against the
+``Contract`` of the receiving peer, and any problem raises a ``WireError``
+subclass whose ``reason`` is the short name a peer counts it under.
+
+PROTOCOL.md at the top of the project is the normative description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import msgpack
+import numpy as np
+import torch
+
+PROTOCOL_VERSION = 1
+KINDS = frozenset({"params"})
+# A header describes at most a few thousand tensors; anything bigger is not ours.
+MAX_HEADER_BYTES = 1 << 20
+
+# Wire dtype names, all little-endian on the wire.
+DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for is little-endian
+    raise ImportError("p2ptrain's wire format is little-endian; this host is not")
+
+
+class WireError(ValueError):
+    """A message that must not be used. ``reason`` is the counter it is reported under."""
+
+    reason = "malformed"
+
+
+class MalformedHeader(WireError):
+    reason = "malformed_header"
+
+
+class VersionMismatch(WireError):
+    reason = "version"
+
+
+class UnknownKind(WireError):
+    reason = "unknown_kind"
+
+
+class UnknownSender(WireError):
+    reason = "unknown_sender"
+
+
+class RunMismatch(WireError):
+    reason = "run_id"
+
+
+class FingerprintMismatch(WireError):
+    reason = "fingerprint"
+
+
+class TensorSpecMismatch(WireError):
+    reason = "tensor_spec"
+
+
+class DtypeMismatch(TensorSpecMismatch):
+    reason = "dtype"
+
+
+class ShapeMismatch(TensorSpecMismatch):
+    reason = "shape"
+
+
+class FrameCountMismatch(WireError):
+    reason = "frame_count"
+
+
+class FrameLengthMismatch(WireError):
+    reason = "frame_length"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * DTYPES[self.dtype].itemsize
+
+
+def specs_of(tensors: Mapping[str, torch.Tensor]) -> tuple[TensorSpec, ...]:
+    specs = []
+    for name, tensor in tensors.items():
+        if tensor.dtype not in DTYPE_NAMES:
+            raise TypeError(f"tensor {name!r} has dtype {tensor.dtype}, which the wire does not carry; "
+                            f"use one of {', '.join(DTYPES)}")
+        specs.append(TensorSpec(name, DTYPE_NAMES[tensor.dtype], tuple(tensor.shape)))
+    return tuple(specs)
+
+
+def fingerprint(specs: Sequence[TensorSpec], salt: str = "") -> str:
+    """A short hash of the tensor layout (and ``salt``, e.g. the model name).
+
+    Two peers with different models, or the same model built differently,
+    get different fingerprints, so they never mix each other's parameters.
+    """
+    canonical = json.dumps([salt, [[s.name, s.dtype, list(s.shape)] for s in specs]], separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a receiving peer accepts: its run, its model layout, its in-neighbours."""
+
+    run_id: str
+    fingerprint: str
+    senders: frozenset[str]
+    specs: tuple[TensorSpec, ...]
+    kinds: frozenset[str] = KINDS
+
+
+@dataclass
+class Message:
+    kind: str
+    sender: str
+    run_id: str
+    round: int
+    fingerprint: str
+    tensors: dict[str, torch.Tensor]
+    nbytes: int = 0  # every frame, header included
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encode(
+    *,
+    kind: str,
+    sender: str,
+    run_id: str,
+    round: int,
+    fingerprint: str,
+    tensors: Mapping[str, torch.Tensor],
+) -> list[bytes | memoryview]:
+    """Frames of one message. Tensor frames share memory with ``tensors``.
+
+    The caller must not modify those tensors in place until the frames are
+    sent (the peer replaces parameter storage when it mixes, so it never does).
+    """
+    specs = specs_of(tensors)
+    header = {
+        "version": PROTOCOL_VERSION,
+        "kind": kind,
+        "sender": sender,
+        "run_id": run_id,
+        "round": round,
+        "fingerprint": fingerprint,
+        "tensors": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in specs],
+    }
+    frames: list[bytes | memoryview] = [msgpack.packb(header, use_bin_type=True)]
+    for tensor in tensors.values():
+        flat = tensor.detach().contiguous().reshape(-1)
+        frames.append(memoryview(flat.view(torch.uint8).numpy()))
+    return frames
+
+
+def _require(header: dict, key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in header:
+        raise MalformedHeader(f"header has no {key!r} field")
+    value = header[key]
+    # bool is an int in Python but never a valid round or version on the wire.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise MalformedHeader(f"header field {key!r} has type {type(value).__name__}")
+    return value
+
+
+def decode_header(frame: Any) -> dict:
+    raw = memoryview(getattr(frame, "buffer", frame))
+    if raw.nbytes > MAX_HEADER_BYTES:
+        raise MalformedHeader(f"header frame of {raw.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
+    except Exception as error:  # msgpack raises several unrelated types for bad input
+        raise MalformedHeader(f"header is not valid msgpack: {error}") from None
+    if not isinstance(header, dict):
+        raise MalformedHeader(f"header is a msgpack {type(header).__name__}, not a map")
+    return header
+
+
+def decode(frames: Sequence[Any], contract: Contract) -> Message:
+    """Check ``frames`` against ``contract`` and return the message; raise a WireError if anything is off."""
+    if not frames:
+        raise FrameCountMismatch("empty message")
+    header = decode_header(frames[0])
+    version = _require(header, "version", int)
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(f"protocol version {version}, this peer speaks {PROTOCOL_VERSION}")
+    kind = _require(header, "kind", str)
+    if kind not in contract.kinds:
+        raise UnknownKind(f"message kind {kind!r} is not one of {sorted(contract.kinds)}")
+    sender = _require(header, "sender", str)
+    if sender not in contract.senders:
+        raise UnknownSender(f"sender {sender!r} is not an in-neighbour of this peer")
+    run_id = _require(header, "run_id", str)
+    if run_id != contract.run_id:
+        raise RunMismatch(f"run id {run_id!r} from {sender!r}, this peer runs {contract.run_id!r}")
+    round_ = _require(header, "round", int)
+    if round_ < 0:
+        raise MalformedHeader(f"negative round {round_}")
+    fp = _require(header, "fingerprint", str)
+    if fp != contract.fingerprint:
+        raise FingerprintMismatch(
+            f"model fingerprint {fp} from {sender!r}, this peer's is {contract.fingerprint}: "
+            "the peers were started with different models or datasets"
+        )
+    specs = _require(header, "tensors", list)
+    if len(specs) != len(contract.specs):
+        raise TensorSpecMismatch(f"{len(specs)} tensors described, this model has {len(contract.specs)}")
+    if len(frames) != 1 + len(contract.specs):
+        raise FrameCountMismatch(f"{len(frames)} frames, expected 1 header + {len(contract.specs)} tensors")
+
+    tensors: dict[str, torch.Tensor] = {}
+    nbytes = memoryview(getattr(frames[0], "buffer", frames[0])).nbytes
+    for described, expected, frame in zip(specs, contract.specs, frames[1:]):
+        _check_spec(described, expected)
+        buffer = memoryview(getattr(frame, "buffer", frame))
+        if buffer.nbytes != expected.nbytes:
+            raise FrameLengthMismatch(
+                f"tensor {expected.name!r}: frame of {buffer.nbytes} bytes, expected {expected.nbytes}"
+            )
+        nbytes += buffer.nbytes
+        tensors[expected.name] = _tensor_from(buffer, expected)
+    return Message(kind, sender, run_id, round_, fp, tensors, nbytes)
+
+
+def _check_spec(described: Any, expected: TensorSpec) -> None:
+    if not isinstance(described, dict):
+        raise MalformedHeader("a tensor spec is not a map")
+    name = _require(described, "name", str)
+    dtype = _require(described, "dtype", str)
+    shape = _require(described, "shape", list)
+    if name != expected.name:
+        raise TensorSpecMismatch(f"tensor {name!r} where {expected.name!r} was expected")
+    if dtype != expected.dtype:
+        raise DtypeMismatch(f"tensor {name!r} has dtype {dtype}, expected {expected.dtype}")
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape) or tuple(shape) != expected.shape:
+        raise ShapeMismatch(f"tensor {name!r} has shape {shape}, expected {list(expected.shape)}")
+
+
+def _tensor_from(buffer: memoryview, spec: TensorSpec) -> torch.Tensor:
+    dtype = DTYPES[spec.dtype]
+    if spec.nbytes == 0:
+        return torch.empty(spec.shape, dtype=dtype)
+    if buffer.readonly:
+        # Frames from ZeroMQ are writable and used in place; a read-only buffer
+        # (bytes from a test or a file) is copied once rather than aliased.
+        buffer = memoryview(bytearray(buffer))
+    if dtype is torch.bool and np.frombuffer(buffer, dtype=np.uint8).max() > 1:
+        raise DtypeMismatch(f"tensor {spec.name!r} is bool but holds bytes other than 0 and 1")
+    return torch.frombuffer(buffer, dtype=dtype).reshape(spec.shape)
+
+
+def frame_bytes(frames: Iterable[Any]) -> int:
+    return sum(memoryview(getattr(f, "buffer", f)).nbytes for f in frames)

@@ -1,0 +1,74 @@
+"""The per-round bookkeeping, deterministic: which messages are kept, who is waited for."""
+
+from __future__ import annotations
+
+import torch
+
+from p2ptrain.inbox import Inbox
+from p2ptrain.membership import Membership
+from p2ptrain.wire import Message
+
+
+def msg(sender: str, round_: int) -> Message:
+    return Message("params", sender, "run", round_, "fp", {"w": torch.zeros(1)})
+
+
+def test_inbox_keeps_future_rounds_and_drops_stale_ones():
+    inbox = Inbox()
+    assert inbox.put(msg("a", 0)) == "kept"
+    assert inbox.put(msg("a", 2)) == "kept"  # a neighbour one round ahead
+    assert inbox.put(msg("a", 0)) == "duplicate"
+    assert set(inbox.take(0)) == {"a"}
+    assert inbox.put(msg("b", 0)) == "stale"  # round 0 is over
+    assert inbox.senders(1) == set()
+    assert set(inbox.take(1)) == set()
+    assert set(inbox.take(2)) == {"a"}
+    assert (inbox.stale, inbox.duplicates) == (1, 1)
+
+
+def test_messages_left_behind_when_rounds_are_skipped_count_as_stale():
+    inbox = Inbox()
+    inbox.put(msg("a", 1))
+    inbox.put(msg("b", 2))
+    inbox.take(2)  # round 1 never gathered
+    assert inbox.stale == 1
+
+
+def test_inbox_refuses_rounds_far_in_the_future():
+    inbox = Inbox(max_rounds_ahead=4)
+    assert inbox.put(msg("a", 5)) == "too_far_ahead"
+    assert inbox.put(msg("a", 4)) == "kept"
+
+
+def test_a_neighbour_that_misses_a_deadline_is_not_waited_for_again():
+    m = Membership(frozenset({"a", "b"}))
+    assert m.awaited(set()) == {"a", "b"}
+    outcome = m.close_round({"a"})
+    assert outcome.missing == {"b"} and outcome.newly_suspected == {"b"}
+    # Next round completes as soon as "a" is heard.
+    assert m.awaited({"a"}) == set()
+    outcome = m.close_round({"a"})
+    assert outcome.newly_suspected == frozenset()  # logged once, not every round
+
+
+def test_a_suspected_neighbour_heard_again_is_waited_for_again():
+    m = Membership(frozenset({"a", "b"}))
+    m.close_round({"a"})
+    m.saw("b")  # a late message of an old round: b is alive, just behind
+    outcome = m.close_round({"a"})
+    assert outcome.recovered == {"b"}
+    assert m.awaited({"a"}) == {"b"}
+
+
+def test_a_suspected_neighbour_that_arrives_in_time_recovers():
+    m = Membership(frozenset({"a", "b"}))
+    m.close_round({"a"})
+    outcome = m.close_round({"a", "b"})
+    assert outcome.recovered == {"b"} and outcome.missing == frozenset()
+    assert m.suspected == set()
+
+
+def test_messages_from_strangers_do_not_count_as_life():
+    m = Membership(frozenset({"a"}))
+    m.saw("zz")
+    assert m.close_round(set()).newly_suspected == {"a"}
