@@ -1,0 +1,87 @@
+"""Real peer processes for tests: start them, read their log lines as they come, never wait without a deadline."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class PeerProcess:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "p2ptrain.peer", *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}), cwd=ROOT,
+        )
+        self.lines: list[str] = []
+        self._pending = b""
+        os.set_blocking(self.process.stderr.fileno(), False)
+
+    def wait_for_line(self, pattern: str, timeout: float) -> str:
+        """Block until a log line matches ``pattern``; fail after ``timeout`` seconds or if the process ends."""
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if regex.search(line):
+                return line
+        for line in self._read_lines(timeout):
+            if regex.search(line):
+                return line
+        state = "exited" if self.process.poll() is not None else f"no such line within {timeout}s"
+        raise AssertionError(f"peer {state} before logging /{pattern}/:\n" + "\n".join(self.lines[-20:]))
+
+    def _read_lines(self, timeout: float):
+        """Yield log lines as they arrive, until the log ends or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stderr, selectors.EVENT_READ)
+            while (remaining := deadline - time.monotonic()) > 0:
+                if not selector.select(remaining):
+                    continue
+                chunk = self.process.stderr.read()
+                if chunk is None:
+                    continue
+                if not chunk:  # end of the log: the process closed stderr
+                    yield from self._split(b"\n")
+                    return
+                yield from self._split(chunk)
+
+    def _split(self, chunk: bytes) -> list[str]:
+        data = self._pending + chunk
+        *complete, self._pending = data.split(b"\n")
+        new = [line.decode(errors="replace") for line in complete if line]
+        self.lines.extend(new)
+        return new
+
+    def finish(self, timeout: float) -> int:
+        """Wait for exit (reading the rest of the log); kill and fail if it takes longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
+        for _ in self._read_lines(timeout):
+            pass
+        try:
+            return self.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"peer still running after {timeout}s:\n" + "\n".join(self.lines[-20:])) from None
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+
+def run_launcher(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "launch_swarm.py"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL,
+    )

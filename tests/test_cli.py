@@ -1,0 +1,104 @@
+"""Command lines: bad input is refused before anything starts, with a message that says what to do."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from p2ptrain import peer, swarm
+from p2ptrain.config import ConfigError, resolve_peer_id
+
+from .processes import ROOT
+
+RING8 = str(ROOT / "topologies" / "ring8.toml")
+
+
+def test_peer_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        peer.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for option in ["--topology", "--peer", "--rounds", "--local-steps", "--lr", "--batch-size", "--algo",
+                   "--dataset", "--partition", "--model", "--seed", "--out", "--recv-timeout", "--log-level"]:
+        assert option in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--partition", "dirichlet:-1"], "dirichlet:ALPHA"),
+        (["--rounds", "0"], "run at least one round"),
+        (["--lr", "-0.1"], "use a positive learning rate"),
+        (["--recv-timeout", "0"], "must be > 0 seconds"),
+        (["--peer", "p9"], "peer 'p9' is not in topology 'ring8'"),
+    ],
+)
+def test_peer_refuses_bad_options_with_exit_code_2(args, message, capsys, tmp_path):
+    code = peer.main(["--topology", RING8, "--peer", "p0", "--out", str(tmp_path), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_peer_id_comes_from_rank_then_slurm_procid():
+    ids = ("a", "b", "c")
+    assert resolve_peer_id("b", ids, environ={"RANK": "0"}) == "b"
+    assert resolve_peer_id("", ids, environ={"RANK": "2"}) == "c"
+    assert resolve_peer_id("", ids, environ={"SLURM_PROCID": "1"}) == "b"
+    with pytest.raises(ConfigError, match="ranks 0..2"):
+        resolve_peer_id("", ids, environ={"RANK": "3"})
+    with pytest.raises(ConfigError, match="pass --peer ID, or set RANK or SLURM_PROCID"):
+        resolve_peer_id("", ids, environ={})
+
+
+def test_peer_will_not_overwrite_an_earlier_run(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text('{"round": 0}\n')
+    code = peer.main(["--topology", RING8, "--peer", "p0", "--out", str(tmp_path)])
+    assert code == 2
+    assert "pass another --out, or --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"round": 0}\n'
+
+
+def test_launcher_reports_a_missing_topology(tmp_path, capsys):
+    assert swarm.main([str(tmp_path / "nope.toml"), "--out", str(tmp_path / "run")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_launcher_names_a_taken_port_and_the_way_around_it(topology_file, tmp_path, capsys):
+    path = topology_file("ring", 3)
+    taken = int(path.read_text().split("tcp://127.0.0.1:")[2].split('"')[0])  # p1's port
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))
+        holder.listen()
+        assert swarm.main([str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"port {taken} for peer p1" in err and "--base-port" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_launcher_will_not_replace_an_earlier_run(topology_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"kept": True}))
+    assert swarm.main([str(topology_file("ring", 3)), "--out", str(out)]) == 2
+    assert "pass another --out, or --overwrite" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text()) == {"kept": True}
+
+
+def test_launcher_refuses_endpoints_of_other_machines(tmp_path, capsys):
+    path = tmp_path / "remote.toml"
+    path.write_text('edges = [["a", "b"]]\n[[peers]]\nid = "a"\nendpoint = "tcp://127.0.0.1:29999"\n'
+                    '[[peers]]\nid = "b"\nendpoint = "tcp://192.0.2.7:29999"\n')
+    assert swarm.main([str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "start remote peers with python -m p2ptrain.peer on their own hosts" in capsys.readouterr().err
+
+
+def test_launcher_passes_every_training_option_to_the_peers():
+    args = swarm.build_parser().parse_args(["--rounds", "7", "--partition", "dirichlet:0.3", "--lr", "0.05"])
+    argv = swarm.peer_arguments(args)
+    assert argv[argv.index("--rounds") + 1] == "7"
+    assert argv[argv.index("--partition") + 1] == "dirichlet:0.3"
+    assert argv[argv.index("--lr") + 1] == "0.05"
+    config = peer.build_parser().parse_args(["--topology", "t", *argv])
+    assert (config.rounds, config.partition, config.lr) == (7, "dirichlet:0.3", 0.05)

@@ -1,0 +1,122 @@
+"""Real swarms: separate peer processes over TCP loopback, checked against a lockstep simulation."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import msgpack
+import pytest
+import torch
+import zmq
+
+from p2ptrain.config import PeerConfig
+from p2ptrain.simulate import simulate
+from p2ptrain.storage import read_json_lines
+from p2ptrain.topology import load_topology
+
+from .processes import PeerProcess, run_launcher
+
+pytestmark = pytest.mark.swarm
+
+
+def test_four_peer_swarm_trains_and_ends_exactly_where_the_simulation_does(topology_file, tmp_path):
+    topology_path = topology_file("ring", 4)
+    out = tmp_path / "run"
+    result = run_launcher([str(topology_path), "--out", str(out), "--rounds", "60", "--eval-every", "20",
+                           "--timeout", "100"], timeout=110)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["topology"] == "ring4" and summary["algo"] == "gossip"
+    assert set(summary["peers"]) == {"p0", "p1", "p2", "p3"}
+    for peer in summary["peers"].values():
+        assert peer["rounds_completed"] == 60 and peer["exit_code"] == 0
+        assert peer["test_accuracy"] >= 0.9
+    assert summary["consensus_distance"] <= 1e-2
+    assert summary["wall_seconds"] > 0
+
+    # The oracle: with every message on time, a synchronous swarm is a deterministic
+    # computation, and the lockstep simulation of it must give the same models.
+    config = PeerConfig.from_dict(json.loads((out / "peers" / "p0" / "config.json").read_text())["config"])
+    expected = simulate(config, load_topology(out / "topology.toml"))
+    for peer_id, state in expected.items():
+        got = torch.load(out / "peers" / peer_id / "model.pt", weights_only=True)
+        for name, tensor in state.items():
+            torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-6)
+
+    records = read_json_lines(out / "peers" / "p1" / "metrics.jsonl")
+    assert [r["round"] for r in records] == list(range(60))
+    assert all(set(r["heard"]) == {"p0", "p2"} and not r["missing"] for r in records)
+    # Every round p1 sends one message to each of its two neighbours and gets one from each;
+    # all messages are the same size, and none was lost.
+    message_bytes = records[0]["bytes_sent"] // 2
+    assert message_bytes > 4 * sum(p.numel() for p in expected["p1"].values())
+    assert sum(r["bytes_sent"] for r in records) == sum(r["bytes_received"] for r in records) == 60 * 2 * message_bytes
+    assert [r["round"] for r in records if "test_accuracy" in r] == [19, 39, 59]
+
+
+def test_a_peer_whose_neighbour_is_killed_logs_it_and_finishes_its_rounds(topology_file, tmp_path):
+    topology_path = topology_file("complete", 2)
+    common = ["--topology", str(topology_path), "--rounds", "300", "--recv-timeout", "1", "--log-every", "10"]
+    p0 = PeerProcess(common + ["--peer", "p0", "--out", str(tmp_path / "p0")])
+    p1 = PeerProcess(common + ["--peer", "p1", "--out", str(tmp_path / "p1")])
+    try:
+        p1.wait_for_line(r"round 20/300", timeout=60)
+        p1.kill(signal.SIGKILL)
+        assert p0.finish(timeout=60) == 0, p0.log()
+    finally:
+        p0.kill()
+        p1.kill()
+        p1.finish(timeout=10)
+    assert "no parameters from p1 within 1.0s; mixing without it" in p0.log()
+    records = read_json_lines(tmp_path / "p0" / "metrics.jsonl")
+    assert len(records) == 300
+    lost = [r for r in records if r["missing"] == ["p1"]]
+    assert lost and lost[-1]["round"] == 299  # p1 never came back
+    # The first round without p1 waits out the deadline; after that p1 is suspected
+    # and no round waits for it again, so the rest run at full speed.
+    assert 0.9 <= lost[0]["wait_seconds"] <= 1.5
+    assert sum(r["wait_seconds"] for r in lost[1:]) < 1.0
+    result = json.loads((tmp_path / "p0" / "result.json").read_text())
+    assert result["status"] == "completed" and result["rounds_completed"] == 300
+
+
+def test_peers_from_rank_variables_reject_garbage_and_stop_cleanly_on_sigterm(topology_file, tmp_path):
+    topology_path = topology_file("complete", 2)
+    topology = load_topology(topology_path)
+    common = ["--topology", str(topology_path), "--rounds", "1000000", "--log-every", "50", "--eval-every", "1000"]
+    p0 = PeerProcess(common + ["--out", str(tmp_path / "p0")], env={"RANK": "0"})
+    p1 = PeerProcess(common + ["--out", str(tmp_path / "p1")], env={"SLURM_PROCID": "1"})
+    context = zmq.Context()
+    attacker = context.socket(zmq.PUSH)
+    attacker.setsockopt(zmq.LINGER, 0)
+    try:
+        p0.wait_for_line(r"round 50/", timeout=60)
+        attacker.connect(topology.peer("p0").endpoint)
+        header = {"version": 1, "kind": "params", "run_id": "complete2-gossip-s0", "round": 10**9,
+                  "fingerprint": "0" * 16, "tensors": []}
+        attacker.send_multipart([b"\xc1 not msgpack"])
+        attacker.send_multipart([msgpack.packb(header | {"sender": "intruder"})])
+        attacker.send_multipart([msgpack.packb(header | {"sender": "p1"})])
+        p0.wait_for_line(r"rejected message #3 \(fingerprint\)", timeout=30)
+        p0.wait_for_line(r"round \d+/", timeout=30)  # still training after the garbage
+        p0.kill(signal.SIGTERM)
+        p1.kill(signal.SIGTERM)
+        assert p0.finish(timeout=30) == 128 + signal.SIGTERM
+        assert p1.finish(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        attacker.close()
+        context.term()
+        p0.kill()
+        p1.kill()
+    assert "rejected message #1 (malformed_header)" in p0.log()
+    assert "rejected message #2 (unknown_sender)" in p0.log()
+    for peer_id in ("p0", "p1"):
+        config = json.loads((tmp_path / peer_id / "config.json").read_text())
+        assert config["config"]["peer"] == peer_id
+        result = json.loads((tmp_path / peer_id / "result.json").read_text())
+        assert result["status"] == "interrupted"
+        assert 50 <= result["rounds_completed"] < 1000000
+        assert torch.load(tmp_path / peer_id / "model.pt", weights_only=True)
+    rejected = json.loads((tmp_path / "p0" / "result.json").read_text())["rejected"]
+    assert rejected == {"malformed_header": 1, "unknown_sender": 1, "fingerprint": 1}
