@@ -85,6 +85,9 @@ class Peer:
             linger_seconds=min(config.recv_timeout, 5.0),
         )
         self.metrics = JsonLines(self.out / "metrics.jsonl")
+        if not self.topology.doubly_stochastic:
+            self.log.warning("the mixing weights of %s are not doubly stochastic: gossip will not keep the "
+                             "mean of the peers' parameters", self.topology.name)
         self.log.info("listening on %s; in-neighbours %s; out-neighbours %s; %d training examples",
                       self.topology.peer(self.id).bind, ",".join(self.in_neighbours),
                       ",".join(self.out_neighbours), len(self.shard.x))

@@ -216,24 +216,24 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
     if version != PROTOCOL_VERSION:
         raise VersionMismatch(f"protocol version {version}, this peer speaks {PROTOCOL_VERSION}")
     kind = _require(header, "kind", str)
+    sender = _require(header, "sender", str)
+    run_id = _require(header, "run_id", str)
+    round_ = _require(header, "round", int)
+    fp = _require(header, "fingerprint", str)
+    specs = _require(header, "tensors", list)
     if kind not in contract.kinds:
         raise UnknownKind(f"message kind {kind!r} is not one of {sorted(contract.kinds)}")
-    sender = _require(header, "sender", str)
     if sender not in contract.senders:
         raise UnknownSender(f"sender {sender!r} is not an in-neighbour of this peer")
-    run_id = _require(header, "run_id", str)
     if run_id != contract.run_id:
         raise RunMismatch(f"run id {run_id!r} from {sender!r}, this peer runs {contract.run_id!r}")
-    round_ = _require(header, "round", int)
     if round_ < 0:
         raise MalformedHeader(f"negative round {round_}")
-    fp = _require(header, "fingerprint", str)
     if fp != contract.fingerprint:
         raise FingerprintMismatch(
             f"model fingerprint {fp} from {sender!r}, this peer's is {contract.fingerprint}: "
             "the peers were started with different models or datasets"
         )
-    specs = _require(header, "tensors", list)
     if len(specs) != len(contract.specs):
         raise TensorSpecMismatch(f"{len(specs)} tensors described, this model has {len(contract.specs)}")
     if len(frames) != 1 + len(contract.specs):

@@ -171,3 +171,8 @@ def test_random_bytes_never_escape_as_anything_but_a_wire_error(frames):
 def test_unsupported_dtype_is_refused_when_encoding():
     with pytest.raises(TypeError, match="the wire does not carry"):
         message({"z": torch.zeros(2, dtype=torch.complex64)})
+
+
+def test_unknown_header_fields_are_ignored_for_forward_compatibility():
+    frames = with_header(priority="high")
+    assert wire.decode(frames, contract_for(TENSORS)).round == 3
