@@ -68,23 +68,28 @@ class Peer:
         self.last: dict = {}
         self.started = self.clock()
 
-        atomic_write_json(self.out / "config.json", {
-            "config": config.to_dict(),
-            "topology": {"name": self.topology.name, "size": self.topology.size,
-                         "in_neighbours": list(self.in_neighbours), "out_neighbours": list(self.out_neighbours),
-                         "mixing_row": self.topology.mixing_row(self.id)},
-            "fingerprint": self.fingerprint,
-            "shard_size": len(self.shard.x),
-            "versions": {"p2ptrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                         "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()},
-        })
         self.transport = Transport(
             context,
             self.topology.peer(self.id).bind,
             {j: self.topology.peer(j).endpoint for j in self.out_neighbours},
             linger_seconds=min(config.recv_timeout, 5.0),
         )
-        self.metrics = JsonLines(self.out / "metrics.jsonl")
+        # Written only once the port is ours: a peer that cannot start leaves no run behind.
+        try:
+            atomic_write_json(self.out / "config.json", {
+                "config": config.to_dict(),
+                "topology": {"name": self.topology.name, "size": self.topology.size,
+                             "in_neighbours": list(self.in_neighbours), "out_neighbours": list(self.out_neighbours),
+                             "mixing_row": self.topology.mixing_row(self.id)},
+                "fingerprint": self.fingerprint,
+                "shard_size": len(self.shard.x),
+                "versions": {"p2ptrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                             "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()},
+            })
+            self.metrics = JsonLines(self.out / "metrics.jsonl")
+        except BaseException:
+            self.transport.close()  # an open socket would keep the context from terminating
+            raise
         if not self.topology.doubly_stochastic:
             self.log.warning("the mixing weights of %s are not doubly stochastic: gossip will not keep the "
                              "mean of the peers' parameters", self.topology.name)

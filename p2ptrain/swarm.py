@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, PeerConfig, add_training_options
 from .results import consensus_distance, load_model, peer_outcome
-from .storage import atomic_write_json, read_json_lines
+from .storage import atomic_write_json
 from .topology import PeerSpec, Topology, TopologyError, build_topology, dump_topology, generate, load_topology
 
 DEFAULT_TOPOLOGY = "ring8 (built in: ring of 8 peers on 127.0.0.1:25000-25007)"
@@ -45,7 +47,6 @@ class PeerProcess:
     loss: float | None = None
     accuracy: float | None = None
     exit_code: int | None = None
-    records: list = field(default_factory=list)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +158,7 @@ def poll_progress(peer: PeerProcess) -> None:
     complete = chunk[: chunk.rfind(b"\n") + 1]
     peer.metrics_offset += len(complete)
     for line in complete.decode().splitlines():
-        record = __import__("json").loads(line)
+        record = json.loads(line)
         peer.round = record["round"] + 1
         peer.loss = record["loss"]
         if "test_accuracy" in record:
@@ -247,8 +248,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"launch_swarm: error: {run_dir} holds an earlier run; pass another --out, "
                   "or --overwrite to replace it", file=sys.stderr)
             return 2
-        import shutil
-
         shutil.rmtree(run_dir / "peers", ignore_errors=True)
         (run_dir / "summary.json").unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -256,12 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     topology_file.write_text(dump_topology(topology, "The topology this run used, as the launcher gave it to the peers."))
     run_id = args.run_id or run_dir.name
     training_argv = peer_arguments(args)
-    atomic_write_json(run_dir / "launch.json", {"argv": sys.argv, "run_id": run_id, "peer_argv": training_argv})
-
     print(f"starting {topology.size} peers of {topology.name} ({args.algo}, {args.dataset}, {args.partition}) "
           f"in {run_dir}", flush=True)
     started = time.monotonic()
     peers = start_peers(topology_file, topology, run_dir, run_id, training_argv)
+    atomic_write_json(run_dir / "launch.json", {"argv": sys.argv, "run_id": run_id, "peer_argv": training_argv,
+                                                "pids": {p.id: p.process.pid for p in peers}})
     interrupted = None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 

@@ -14,16 +14,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class PeerProcess:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+class LoggedProcess:
+    """A child process whose output (stdout and stderr together) is read line by line as it comes."""
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "p2ptrain.peer", *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}), cwd=ROOT,
         )
         self.lines: list[str] = []
         self._pending = b""
-        os.set_blocking(self.process.stderr.fileno(), False)
+        os.set_blocking(self.process.stdout.fileno(), False)
+
+    @classmethod
+    def peer(cls, args: list[str], env: dict[str, str] | None = None) -> "LoggedProcess":
+        return cls([sys.executable, "-m", "p2ptrain.peer", *args], env)
+
+    @classmethod
+    def launcher(cls, args: list[str]) -> "LoggedProcess":
+        return cls([sys.executable, str(ROOT / "scripts" / "launch_swarm.py"), *args])
 
     def wait_for_line(self, pattern: str, timeout: float) -> str:
         """Block until a log line matches ``pattern``; fail after ``timeout`` seconds or if the process ends."""
@@ -35,17 +44,17 @@ class PeerProcess:
             if regex.search(line):
                 return line
         state = "exited" if self.process.poll() is not None else f"no such line within {timeout}s"
-        raise AssertionError(f"peer {state} before logging /{pattern}/:\n" + "\n".join(self.lines[-20:]))
+        raise AssertionError(f"process {state} before logging /{pattern}/:\n" + "\n".join(self.lines[-20:]))
 
     def _read_lines(self, timeout: float):
         """Yield log lines as they arrive, until the log ends or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stderr, selectors.EVENT_READ)
+            selector.register(self.process.stdout, selectors.EVENT_READ)
             while (remaining := deadline - time.monotonic()) > 0:
                 if not selector.select(remaining):
                     continue
-                chunk = self.process.stderr.read()
+                chunk = self.process.stdout.read()
                 if chunk is None:
                     continue
                 if not chunk:  # end of the log: the process closed stderr
@@ -70,7 +79,7 @@ class PeerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"peer still running after {timeout}s:\n" + "\n".join(self.lines[-20:])) from None
+            raise AssertionError(f"process still running after {timeout}s:\n" + "\n".join(self.lines[-20:])) from None
 
     def kill(self, signum: int = signal.SIGKILL) -> None:
         if self.process.poll() is None:

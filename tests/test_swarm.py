@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import msgpack
@@ -15,7 +16,7 @@ from p2ptrain.simulate import simulate
 from p2ptrain.storage import read_json_lines
 from p2ptrain.topology import load_topology
 
-from .processes import PeerProcess, run_launcher
+from .processes import LoggedProcess, run_launcher
 
 pytestmark = pytest.mark.swarm
 
@@ -58,8 +59,8 @@ def test_four_peer_swarm_trains_and_ends_exactly_where_the_simulation_does(topol
 def test_a_peer_whose_neighbour_is_killed_logs_it_and_finishes_its_rounds(topology_file, tmp_path):
     topology_path = topology_file("complete", 2)
     common = ["--topology", str(topology_path), "--rounds", "300", "--recv-timeout", "1", "--log-every", "10"]
-    p0 = PeerProcess(common + ["--peer", "p0", "--out", str(tmp_path / "p0")])
-    p1 = PeerProcess(common + ["--peer", "p1", "--out", str(tmp_path / "p1")])
+    p0 = LoggedProcess.peer(common + ["--peer", "p0", "--out", str(tmp_path / "p0")])
+    p1 = LoggedProcess.peer(common + ["--peer", "p1", "--out", str(tmp_path / "p1")])
     try:
         p1.wait_for_line(r"round 20/300", timeout=60)
         p1.kill(signal.SIGKILL)
@@ -85,8 +86,8 @@ def test_peers_from_rank_variables_reject_garbage_and_stop_cleanly_on_sigterm(to
     topology_path = topology_file("complete", 2)
     topology = load_topology(topology_path)
     common = ["--topology", str(topology_path), "--rounds", "1000000", "--log-every", "50", "--eval-every", "1000"]
-    p0 = PeerProcess(common + ["--out", str(tmp_path / "p0")], env={"RANK": "0"})
-    p1 = PeerProcess(common + ["--out", str(tmp_path / "p1")], env={"SLURM_PROCID": "1"})
+    p0 = LoggedProcess.peer(common + ["--out", str(tmp_path / "p0")], env={"RANK": "0"})
+    p1 = LoggedProcess.peer(common + ["--out", str(tmp_path / "p1")], env={"SLURM_PROCID": "1"})
     context = zmq.Context()
     attacker = context.socket(zmq.PUSH)
     attacker.setsockopt(zmq.LINGER, 0)
@@ -120,3 +121,24 @@ def test_peers_from_rank_variables_reject_garbage_and_stop_cleanly_on_sigterm(to
         assert torch.load(tmp_path / peer_id / "model.pt", weights_only=True)
     rejected = json.loads((tmp_path / "p0" / "result.json").read_text())["rejected"]
     assert rejected == {"malformed_header": 1, "unknown_sender": 1, "fingerprint": 1}
+
+
+def test_ctrl_c_on_the_launcher_stops_every_peer_and_still_writes_a_summary(topology_file, tmp_path):
+    out = tmp_path / "run"
+    launcher = LoggedProcess.launcher([str(topology_file("ring", 3)), "--out", str(out), "--rounds", "1000000",
+                                       "--eval-every", "1000"])
+    try:
+        launcher.wait_for_line(r"rounds [1-9]\d*-", timeout=60)  # every peer is past round 0
+        launcher.kill(signal.SIGINT)
+        assert launcher.finish(timeout=60) == 128 + signal.SIGINT
+    finally:
+        launcher.kill()
+    pids = json.loads((out / "launch.json").read_text())["pids"]
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    summary = json.loads((out / "summary.json").read_text())
+    for peer in summary["peers"].values():
+        assert peer["status"] == "interrupted" and peer["exit_code"] == 128 + signal.SIGTERM
+        assert peer["rounds_completed"] >= 1
+    assert "stopping every peer" in launcher.log()
