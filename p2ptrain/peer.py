@@ -203,7 +203,7 @@ class Peer:
             "send_dropped": self.send_dropped,
         })
         self.metrics.close()
-        self.transport.close()
+        self.transport.close(abandon=self.membership.suspected)
 
 
 def _relative_distance_to_mean(own: dict[str, torch.Tensor], neighbours: list[dict[str, torch.Tensor]]) -> float | None:

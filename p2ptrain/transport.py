@@ -12,7 +12,7 @@ them when it does, so peers can start in any order.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import zmq
 import zmq.asyncio
@@ -80,12 +80,14 @@ class Transport:
             return None
         return await self._pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
 
-    def close(self) -> None:
+    def close(self, abandon: Iterable[str] = ()) -> None:
+        """Close the sockets. Messages queued for live neighbours are still delivered
+        for up to the linger when the context terminates; those for the ``abandon``ed
+        ones (neighbours believed dead) are dropped at once instead of holding up the exit."""
         if self.closed:
             return
         self.closed = True
         self._pull.close()
-        for sock in self._push.values():
-            sock.close()  # waits up to the linger for queued messages
-
-
+        abandoned = set(abandon)
+        for peer_id, sock in self._push.items():
+            sock.close(linger=0 if peer_id in abandoned else None)
