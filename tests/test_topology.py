@@ -125,32 +125,6 @@ def test_dump_and_parse_round_trip_keeps_graph_and_weights():
         np.testing.assert_array_equal(again.weights, topology.weights)
 
 
-def test_explicit_weights_are_used_as_written():
-    text = """
-name = "explicit3"
-mixing = "explicit"
-edges = [["a", "b"], ["b", "c"]]
-[[peers]]
-id = "a"
-endpoint = "tcp://127.0.0.1:21000"
-[[peers]]
-id = "b"
-endpoint = "tcp://127.0.0.1:21001"
-[[peers]]
-id = "c"
-endpoint = "tcp://127.0.0.1:21002"
-[weights]
-a = { a = 0.75, b = 0.25 }
-b = { a = 0.25, b = 0.5, c = 0.25 }
-c = { b = 0.25, c = 0.75 }
-"""
-    topology = parse_topology(text)
-    np.testing.assert_array_equal(topology.weights, [[0.75, 0.25, 0], [0.25, 0.5, 0.25], [0, 0.25, 0.75]])
-    assert topology.mixing_row("b") == {"a": 0.25, "b": 0.5, "c": 0.25}
-    again = parse_topology(dump_topology(topology))
-    np.testing.assert_array_equal(again.weights, topology.weights)
-
-
 PEERS = """
 [[peers]]
 id = "a"
@@ -162,6 +136,20 @@ endpoint = "tcp://127.0.0.1:21001"
 id = "c"
 endpoint = "tcp://127.0.0.1:21002"
 """
+
+
+def test_explicit_weights_are_used_as_written():
+    text = 'name = "explicit3"\nmixing = "explicit"\nedges = [["a", "b"], ["b", "c"]]\n' + PEERS + """
+[weights]
+a = { a = 0.75, b = 0.25 }
+b = { a = 0.25, b = 0.5, c = 0.25 }
+c = { b = 0.25, c = 0.75 }
+"""
+    topology = parse_topology(text)
+    np.testing.assert_array_equal(topology.weights, [[0.75, 0.25, 0], [0.25, 0.5, 0.25], [0, 0.25, 0.75]])
+    assert topology.mixing_row("b") == {"a": 0.25, "b": 0.5, "c": 0.25}
+    again = parse_topology(dump_topology(topology))
+    np.testing.assert_array_equal(again.weights, topology.weights)
 
 
 @pytest.mark.parametrize(
