@@ -12,6 +12,10 @@ from .data import DATASETS, DataError, parse_partition
 from .models import MODELS
 
 LR_SCHEDULES = ("constant", "cosine")
+ADMM_SOLVERS = ("auto", "exact", "inexact")
+# ADMM's penalty c depends on the scale of the local objectives: these are the
+# best values of the sweep in docs/admm.md (ring8), used unless --admm-penalty is given.
+DEFAULT_ADMM_PENALTY = {"synthetic-lstsq": 100.0, "breast-cancer": 1.0, "digits": 0.1, "synthetic": 0.1}
 
 
 class ConfigError(ValueError):
@@ -32,8 +36,11 @@ class PeerConfig:
     algo: str = "gossip"
     dataset: str = "digits"
     partition: str = "iid"
-    model: str = "mlp"
+    model: str = "auto"
     hidden: int = 64
+    admm_penalty: float = 0.0  # 0: the dataset's default, DEFAULT_ADMM_PENALTY
+    admm_solver: str = "auto"
+    reference: str = ""
     seed: int = 0
     out: str = ""
     run_id: str = ""
@@ -65,12 +72,20 @@ class PeerConfig:
         need(self.algo in ALGORITHMS, f"--algo {self.algo}: choose from {', '.join(ALGORITHMS)}")
         need(self.dataset in DATASETS, f"--dataset {self.dataset}: choose from {', '.join(DATASETS)}")
         need(self.model in MODELS, f"--model {self.model}: choose from {', '.join(MODELS)}")
+        need(self.admm_penalty >= 0 and math.isfinite(self.admm_penalty),
+             f"--admm-penalty {self.admm_penalty}: use a positive penalty, or 0 for the dataset's default "
+             "(docs/admm.md shows how to pick it)")
+        need(self.admm_solver in ADMM_SOLVERS, f"--admm-solver {self.admm_solver}: choose from {', '.join(ADMM_SOLVERS)}")
         need(self.lr_schedule in LR_SCHEDULES, f"--lr-schedule {self.lr_schedule}: choose from {', '.join(LR_SCHEDULES)}")
         try:
             parse_partition(self.partition)
         except DataError as error:
             raise ConfigError(f"--partition: {error}") from None
         return self
+
+    def penalty(self) -> float:
+        """ADMM's c: --admm-penalty if given, else the dataset's default."""
+        return self.admm_penalty or DEFAULT_ADMM_PENALTY[self.dataset]
 
     def lr_at(self, round_: int) -> float:
         if self.lr_schedule == "constant":
@@ -106,13 +121,22 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, default=d.batch_size, help="examples per local SGD step (default: %(default)s)")
     add("--algo", choices=ALGORITHMS, default=d.algo, help="how peers combine parameters (default: %(default)s)")
     add("--dataset", choices=DATASETS, default=d.dataset,
-        help="digits (scikit-learn, 8x8 images, 10 classes) or synthetic (softmax of a known linear model) "
-             "(default: %(default)s)")
+        help="digits (scikit-learn, 8x8 images, 10 classes), synthetic (softmax of a known linear model), "
+             "synthetic-lstsq (least squares, a different A_i, b_i per peer), breast-cancer (scikit-learn, "
+             "L2 logistic regression) (default: %(default)s)")
     add("--partition", default=d.partition,
         help="how the training set is split: iid, or dirichlet:ALPHA for label skew, smaller ALPHA = more skew "
              "(default: %(default)s)")
-    add("--model", choices=MODELS, default=d.model, help="logreg (linear) or mlp (one hidden layer) (default: %(default)s)")
+    add("--model", choices=MODELS, default=d.model,
+        help="logreg (linear classifier) or mlp (one hidden layer) for classification; linear (the vector x) "
+             "for the convex datasets; auto picks mlp or linear (default: %(default)s)")
     add("--hidden", type=int, default=d.hidden, help="hidden units of the mlp (default: %(default)s)")
+    add("--admm-penalty", type=float, default=d.admm_penalty,
+        help="ADMM penalty c; 0 = the dataset's default (synthetic-lstsq 100, breast-cancer 1, digits and "
+             "synthetic 0.1); docs/admm.md shows how to choose it (default: %(default)s)")
+    add("--admm-solver", choices=ADMM_SOLVERS, default=d.admm_solver,
+        help="ADMM local solve: exact (closed form or Newton, convex datasets only), inexact (--local-steps "
+             "optimizer steps on the augmented loss, any model), auto = exact where possible (default: %(default)s)")
     add("--seed", type=int, default=d.seed,
         help="seed of the partition, the initial model (the same on every peer) and each peer's batches "
              "(default: %(default)s)")
@@ -143,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-id", default="",
                         help="name shared by all peers of one run; messages of other runs are rejected "
                              "(default: TOPOLOGY-ALGO-sSEED)")
+    parser.add_argument("--reference", default="",
+                        help="file with the centralized optimum x* (torch.save of a tensor); adds rel_error to the "
+                             "metrics (the launcher writes one for the convex datasets)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the outputs of an earlier run in --out instead of refusing")
     add_training_options(parser)

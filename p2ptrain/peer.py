@@ -22,16 +22,18 @@ import zmq
 import zmq.asyncio
 
 from . import __version__, wire
+from .algorithms import Diverged
 from .config import ConfigError, PeerConfig, build_parser, resolve_peer_id
 from .data import DataError
 from .inbox import Inbox
 from .membership import Membership
 from .replica import build_replica
+from .results import relative_error
 from .storage import JsonLines, atomic_torch_save, atomic_write_json
 from .topology import TopologyError, load_topology
 from .transport import Transport, TransportError
 
-OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "config.json")
+OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "algorithm.pt", "config.json")
 # Rejections logged one by one before switching to one line per thousand: a
 # flood of garbage must not flood the log too.
 REJECTIONS_LOGGED = 100
@@ -54,6 +56,7 @@ class Peer:
         self.replica = build_replica(config, self.topology, self.id)
         self.shard, self.model = self.replica.shard, self.replica.model
         self.trainer, self.algorithm = self.replica.trainer, self.replica.algorithm
+        self.reference = _load_reference(config.reference, self.model) if config.reference else None
 
         specs = wire.specs_of(self.algorithm.outgoing(0))
         self.fingerprint = wire.fingerprint(specs, salt=f"{config.model}/{config.dataset}")
@@ -104,7 +107,7 @@ class Peer:
 
     async def run_round(self, round_: int) -> None:
         config = self.config
-        loss = self.replica.train(config, round_)
+        loss = self.replica.train(round_)
 
         outgoing = self.algorithm.outgoing(round_)
         frames = wire.encode(kind="params", sender=self.id, run_id=config.run_id, round=round_,
@@ -126,7 +129,8 @@ class Peer:
             self.log.info("round %d: heard from %s again", round_, neighbour)
 
         received = {sender: message.tensors for sender, message in messages.items()}
-        distance = _relative_distance_to_mean(outgoing, list(received.values()))
+        distance = _relative_distance_to_mean(self.algorithm.parameters_in(outgoing),
+                                              [self.algorithm.parameters_in(m) for m in received.values()])
         self.algorithm.update(round_, received)
 
         record = {
@@ -143,7 +147,9 @@ class Peer:
             "send_dropped": self.send_dropped,
             "stale_dropped": self.inbox.stale,
             "rejected": dict(self.rejected),
-        }
+        } | self.algorithm.metrics()
+        if self.reference is not None:
+            record["rel_error"] = relative_error(self.model.state_dict(), self.reference)
         last_round = round_ == config.rounds - 1
         if (round_ + 1) % config.eval_every == 0 or last_round:
             record["test_loss"], record["test_accuracy"] = self.trainer.evaluate(self.shard.x_test, self.shard.y_test)
@@ -188,6 +194,8 @@ class Peer:
     def finish(self, status: str) -> None:
         """Write the final model and result, then release the sockets. Safe to call once per peer."""
         atomic_torch_save(self.model.state_dict(), self.out / "model.pt")
+        if self.algorithm.state_dict():
+            atomic_torch_save(self.algorithm.state_dict(), self.out / "algorithm.pt")
         test_loss, test_accuracy = self.trainer.evaluate(self.shard.x_test, self.shard.y_test)
         atomic_write_json(self.out / "result.json", {
             "peer": self.id,
@@ -213,6 +221,17 @@ def _relative_distance_to_mean(own: dict[str, torch.Tensor], neighbours: list[di
     mine = torch.cat([t.reshape(-1).double() for t in own.values()])
     mean = sum(torch.cat([n[k].reshape(-1).double() for k in own]) for n in neighbours) / len(neighbours)
     return float(torch.linalg.vector_norm(mine - mean) / max(float(torch.linalg.vector_norm(mine)), 1e-30))
+
+
+def _load_reference(path: str, model: torch.nn.Module) -> torch.Tensor:
+    try:
+        reference = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as error:
+        raise ConfigError(f"--reference {path}: cannot read it ({error}); pass a file written by torch.save") from None
+    size = sum(p.numel() for p in model.parameters())
+    if not isinstance(reference, torch.Tensor) or reference.numel() != size:
+        raise ConfigError(f"--reference {path} is not a tensor of {size} values, the size of this model")
+    return reference.double().reshape(-1)
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
@@ -248,6 +267,10 @@ async def run_peer(config: PeerConfig, context: zmq.asyncio.Context | None = Non
         peer.finish("completed")
         peer.log.info("finished %d rounds in %.1fs", peer.rounds_completed, peer.clock() - peer.started)
         return 0
+    except Diverged as error:
+        peer.log.error("stopping: %s", error)
+        peer.finish("diverged")
+        return 3
     except asyncio.CancelledError:
         if not signals:
             raise

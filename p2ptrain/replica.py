@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .algorithms import Algorithm, Gossip
-from .config import PeerConfig
+from .algorithms import ADMM, Algorithm, Gossip, exact_solver, inexact_solver
+from .config import ConfigError, PeerConfig
 from .data import Shard, load_shard
 from .models import Trainer, build_model
+from .problems import has_reference, local_problem
 from .topology import Topology
 
 
@@ -24,22 +25,57 @@ class Replica:
     model: torch.nn.Module
     trainer: Trainer
     algorithm: Algorithm
+    lr_at: callable
 
-    def train(self, config: PeerConfig, round_: int) -> float | None:
-        """This round's local steps; the mean loss, or None for pure averaging (no steps)."""
-        if not config.local_steps:
-            return None
-        self.trainer.set_lr(config.lr_at(round_))
-        return self.trainer.local_steps(config.local_steps)
+    def train(self, round_: int) -> float | None:
+        """This round's local work (SGD steps or an ADMM local solve); its loss, or None if there was none."""
+        self.trainer.set_lr(self.lr_at(round_))
+        return self.algorithm.local_step(round_)
 
 
 def build_replica(config: PeerConfig, topology: Topology, peer_id: str) -> Replica:
     index = topology.index(peer_id)
     shard = load_shard(config.dataset, config.partition, topology.size, index, config.seed)
-    model = build_model(config.model, shard.n_features, shard.n_classes, hidden=config.hidden, seed=config.seed)
-    trainer = Trainer(model, shard.x, shard.y, batch_size=config.batch_size, lr=config.lr,
+    try:
+        model = build_model(config.model, shard.n_features, shard.n_classes, task=shard.task,
+                            hidden=config.hidden, seed=config.seed)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    trainer = Trainer(model, shard.x, shard.y, task=shard.task, batch_size=config.batch_size, lr=config.lr,
                       momentum=config.momentum, weight_decay=config.weight_decay,
                       # Each peer draws its own batches; a fixed odd multiplier keeps seeds apart.
                       seed=config.seed * 100_003 + index)
-    algorithm = Gossip(peer_id, topology.mixing_row(peer_id), dict(model.named_parameters()))
-    return Replica(peer_id, shard, model, trainer, algorithm)
+    parameters = dict(model.named_parameters())
+
+    def sgd_steps(round_: int) -> float | None:
+        return trainer.local_steps(config.local_steps) if config.local_steps else None
+
+    if config.algo == "gossip":
+        algorithm: Algorithm = Gossip(peer_id, topology.mixing_row(peer_id), parameters, sgd_steps)
+    else:
+        algorithm = ADMM(topology.in_neighbours(peer_id), parameters, config.penalty(),
+                         _admm_solver(config, topology, index, parameters, trainer))
+    return Replica(peer_id, shard, model, trainer, algorithm, config.lr_at)
+
+
+def _admm_solver(config: PeerConfig, topology: Topology, index: int, parameters, trainer: Trainer):
+    if topology.directed:
+        raise ConfigError(f"ADMM needs an undirected graph, and {topology.name} is directed; "
+                          "use gossip on it, or an undirected topology")
+    exact = config.admm_solver == "exact" or (config.admm_solver == "auto" and has_reference(config.dataset))
+    if exact:
+        if not has_reference(config.dataset):
+            raise ConfigError(f"--admm-solver exact needs a convex dataset (synthetic-lstsq, breast-cancer), "
+                              f"not {config.dataset}; use --admm-solver inexact")
+        problem = local_problem(config.dataset, topology.size, index, config.partition, config.seed)
+        return exact_solver(problem)
+    if config.local_steps < 1:
+        raise ConfigError("the inexact ADMM solver takes --local-steps optimizer steps per round; use at least 1")
+
+    def solve_steps(penalty) -> float:
+        # Each x-update is a new subproblem (the penalty's centre and the dual moved):
+        # momentum from the last one points the wrong way and makes the duals oscillate.
+        trainer.reset_optimizer_state()
+        return trainer.local_steps(config.local_steps, penalty)
+
+    return inexact_solver(parameters, solve_steps)

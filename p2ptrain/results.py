@@ -25,6 +25,12 @@ def consensus_distance(models: list[dict[str, torch.Tensor]]) -> float:
     return float(torch.linalg.vector_norm(vectors - mean, dim=1).mean() / scale)
 
 
+def relative_error(state_dict: dict[str, torch.Tensor], reference: torch.Tensor) -> float:
+    """||x - x*|| / ||x*|| for a model whose parameters, flattened in key order, are x."""
+    x = flat_parameters(state_dict)
+    return float(torch.linalg.vector_norm(x - reference.double()) / torch.linalg.vector_norm(reference.double()))
+
+
 def load_model(peer_dir: Path) -> dict[str, torch.Tensor] | None:
     path = peer_dir / "model.pt"
     if not path.exists():

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, PeerConfig, add_training_options
-from .results import consensus_distance, load_model, peer_outcome
-from .storage import atomic_write_json
+from .problems import centralized_optimum, has_reference
+from .results import consensus_distance, load_model, peer_outcome, relative_error
+from .storage import atomic_torch_save, atomic_write_json
 from .topology import PeerSpec, Topology, TopologyError, build_topology, dump_topology, generate, load_topology
 
 DEFAULT_TOPOLOGY = "ring8 (built in: ring of 8 peers on 127.0.0.1:25000-25007)"
@@ -190,7 +191,8 @@ def stop_peers(peers: list[PeerProcess], grace: float = STOP_GRACE_SECONDS) -> N
             p.process.wait()
 
 
-def summarise(topology: Topology, algo: str, peers: list[PeerProcess], wall_seconds: float) -> dict:
+def summarise(topology: Topology, algo: str, peers: list[PeerProcess], wall_seconds: float,
+              reference=None) -> dict:
     models = [m for m in (load_model(p.out) for p in peers) if m is not None]
     summary_peers = {}
     for p in peers:
@@ -202,7 +204,7 @@ def summarise(topology: Topology, algo: str, peers: list[PeerProcess], wall_seco
             "exit_code": p.exit_code,
             "status": outcome["status"],
         }
-    return {
+    summary = {
         "topology": topology.name,
         "algo": algo,
         "wall_seconds": wall_seconds,
@@ -210,6 +212,9 @@ def summarise(topology: Topology, algo: str, peers: list[PeerProcess], wall_seco
         "consensus_distance": consensus_distance(models) if models else None,
         "peers": summary_peers,
     }
+    if reference is not None and models:
+        summary["max_rel_error_to_optimum"] = max(relative_error(m, reference) for m in models)
+    return summary
 
 
 def summary_table(summary: dict) -> str:
@@ -221,6 +226,8 @@ def summary_table(summary: dict) -> str:
     if accuracies:
         lines.append(f"accuracy min {min(accuracies):.4f} mean {sum(accuracies) / len(accuracies):.4f} "
                      f"max {max(accuracies):.4f}")
+    if "max_rel_error_to_optimum" in summary:
+        lines.append(f"max relative error to the centralized optimum {summary['max_rel_error_to_optimum']:.3e}")
     lines.append(f"consensus distance {_fmt(summary['consensus_distance'], '.3e')}; "
                  f"wall time {summary['wall_seconds']:.1f}s ({summary['topology']}, {summary['algo']})")
     return "\n".join(lines)
@@ -255,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     topology_file.write_text(dump_topology(topology, "The topology this run used, as the launcher gave it to the peers."))
     run_id = args.run_id or run_dir.name
     training_argv = peer_arguments(args)
+    reference = None
+    if has_reference(args.dataset):
+        # Computed once here, from all the data, only to measure the peers against.
+        reference = centralized_optimum(args.dataset, topology.size)
+        atomic_torch_save(reference, run_dir / "reference.pt")
+        training_argv += ["--reference", str(run_dir / "reference.pt")]
     print(f"starting {topology.size} peers of {topology.name} ({args.algo}, {args.dataset}, {args.partition}) "
           f"in {run_dir}", flush=True)
     started = time.monotonic()
@@ -307,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             p.exit_code = p.process.returncode
             p.log_file.close()
 
-    summary = summarise(topology, args.algo, peers, time.monotonic() - started)
+    summary = summarise(topology, args.algo, peers, time.monotonic() - started, reference)
     summary["run_id"] = run_id
     atomic_write_json(run_dir / "summary.json", summary)
     print(summary_table(summary))

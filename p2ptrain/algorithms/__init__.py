@@ -1,8 +1,10 @@
 """Algorithms: pure tensor math, one round at a time."""
 
-from .base import Algorithm
+from .admm import ADMM, exact_solver, inexact_solver
+from .base import Algorithm, Diverged
 from .gossip import Gossip, effective_weights, mix
 
-ALGORITHMS = ("gossip",)
+ALGORITHMS = ("gossip", "admm")
 
-__all__ = ["ALGORITHMS", "Algorithm", "Gossip", "effective_weights", "mix"]
+__all__ = ["ADMM", "ALGORITHMS", "Algorithm", "Diverged", "Gossip", "effective_weights", "exact_solver",
+           "inexact_solver", "mix"]

@@ -1,4 +1,4 @@
-"""What every algorithm offers the peer: tensors out for the neighbours, tensors in from them.
+"""What every algorithm offers the peer: a local step, tensors out for the neighbours, tensors in from them.
 
 Algorithms are pure math. They never see sockets, clocks or files: the peer
 hands them what arrived, so the same inbox always gives the same update and
@@ -15,8 +15,16 @@ import torch
 Tensors = dict[str, torch.Tensor]
 
 
+class Diverged(ArithmeticError):
+    """A peer's state became NaN or Inf; the message names the likely cause."""
+
+
 class Algorithm(ABC):
     name: str
+
+    @abstractmethod
+    def local_step(self, round_: int) -> float | None:
+        """This round's local work on the peer's own data; returns its loss (None if there was none)."""
 
     @abstractmethod
     def outgoing(self, round_: int) -> Tensors:
@@ -25,3 +33,21 @@ class Algorithm(ABC):
     @abstractmethod
     def update(self, round_: int, received: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         """Fold in what arrived this round (only the neighbours heard before the deadline)."""
+
+    def parameters_in(self, message: Mapping[str, torch.Tensor]) -> Tensors:
+        """The model parameters carried by one of this algorithm's messages."""
+        return dict(message)
+
+    def metrics(self) -> dict:
+        """Numbers of the last round worth a column in metrics.jsonl."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Algorithm state beyond the model's parameters (duals, sums), for checkpoints."""
+        return {}
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str, round_: int, advice: str) -> None:
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise Diverged(f"round {round_}: {what} {name!r} holds NaN or Inf; {advice}")

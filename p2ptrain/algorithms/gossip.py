@@ -7,11 +7,11 @@ back to the peer itself, so each row of the weights used stays stochastic.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
-from .base import Algorithm, Tensors
+from .base import Algorithm, Tensors, check_finite
 
 
 def effective_weights(self_id: str, row: Mapping[str, float], heard: set[str] | frozenset[str]) -> dict[str, float]:
@@ -53,16 +53,23 @@ class Gossip(Algorithm):
 
     name = "gossip"
 
-    def __init__(self, self_id: str, row: Mapping[str, float], parameters: Mapping[str, torch.nn.Parameter]):
+    def __init__(self, self_id: str, row: Mapping[str, float], parameters: Mapping[str, torch.nn.Parameter],
+                 train: Callable[[int], float | None] = lambda round_: None):
         self.self_id = self_id
         self.row = dict(row)
         self.parameters = dict(parameters)
+        self.train = train
+
+    def local_step(self, round_: int) -> float | None:
+        return self.train(round_)
 
     def outgoing(self, round_: int) -> Tensors:
         return {name: p.detach() for name, p in self.parameters.items()}
 
     def update(self, round_: int, received: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         mixed = mix(self.self_id, self.outgoing(round_), received, self.row)
+        check_finite(mixed, "parameter", round_, "the learning rate (--lr) is probably too large for this "
+                     "problem; try a smaller one")
         for name, p in self.parameters.items():
             # New storage rather than an in-place copy: the tensors just sent
             # may still be queued in ZeroMQ, zero-copy, and must not change.

@@ -1,0 +1,145 @@
+"""Decentralized consensus ADMM (Shi, Ling, Yuan, Wu, Yin, IEEE TSP 2014), one peer's share.
+
+With penalty c, neighbours N_i (d = |N_i|), dual alpha_i (0 at the start), iteration k:
+
+    x_i(k+1)     = argmin_x f_i(x) + <alpha_i(k), x> + c sum_j ||x - (x_i(k) + x_j(k)) / 2||^2
+    alpha_i(k+1) = alpha_i(k) + c sum_j (x_i(k+1) - x_j(k+1))
+
+Expanding the square, the x-update is argmin_x f_i(x) + q ||x||^2 - <v, x> with
+q = c d and v = c (d x_i(k) + sum_j x_j(k)) - alpha_i(k); the local solver does that.
+
+Missing messages. The dual is a sum over edges, alpha_i = sum_j lambda_ij with
+lambda_ij(k) = c sum_{t<=k} (x_i(t) - x_j(t)), and it is only right while
+lambda_ij = -lambda_ji: if one end of an edge applied an increment the other
+did not see, the duals stop summing to zero and the iteration converges,
+quietly, to the wrong point. So peers do not accumulate increments. Each
+sends, with x_i(k), its running sum S_i(k) = sum_{t<=k} x_i(t), and
+lambda_ij is *recomputed* as c (S_i(k) - S_j(k)) whenever j's message of
+round k arrives; when it does not, lambda_ij and the x_j used in the next
+x-update stay as they were. A lost message makes the two ends disagree only
+until the next message over that edge gets through, and then both hold the
+exact value again: nothing is lost for good, and no acknowledgement is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+
+from .base import Algorithm, Tensors, check_finite
+
+# Local solvers: (v, q, x_i) -> (argmin_x f_i(x) + q||x||^2 - <v, x>, loss to report)
+Solver = Callable[[Tensors, float, Tensors], tuple[Tensors, float]]
+
+X_PREFIX, SUM_PREFIX = "x/", "sum/"
+DIVERGENCE_ADVICE = ("the ADMM penalty (--admm-penalty) is probably too small for this problem, or the "
+                     "learning rate of the inexact solver (--lr) too large; try a larger penalty or a smaller lr")
+
+
+class ADMM(Algorithm):
+    name = "admm"
+
+    def __init__(self, neighbours: tuple[str, ...], parameters: Mapping[str, torch.nn.Parameter],
+                 penalty: float, solver: Solver):
+        if penalty <= 0:
+            raise ValueError(f"the ADMM penalty must be > 0, got {penalty}")
+        self.neighbours = tuple(neighbours)
+        self.parameters = dict(parameters)
+        self.c = float(penalty)
+        self.solver = solver
+        start = self._x()
+        self.running_sum = {n: torch.zeros_like(t, dtype=torch.float64) for n, t in start.items()}
+        # x_j(0) = x_i(0): every peer builds its model from the same seed.
+        self.neighbour_x = {j: {n: t.clone() for n, t in start.items()} for j in self.neighbours}
+        self.edge_dual = {j: {n: torch.zeros_like(t, dtype=torch.float64) for n, t in start.items()}
+                          for j in self.neighbours}
+        self._primal_residual: float | None = None
+        self._objective: float | None = None
+
+    def _x(self) -> Tensors:
+        return {n: p.detach() for n, p in self.parameters.items()}
+
+    def dual(self) -> Tensors:
+        """alpha_i = sum over neighbours of the edge duals."""
+        alpha = {n: torch.zeros_like(s) for n, s in self.running_sum.items()}
+        for duals in self.edge_dual.values():
+            for n, value in duals.items():
+                alpha[n] += value
+        return alpha
+
+    def local_step(self, round_: int) -> float:
+        x, alpha, d = self._x(), self.dual(), len(self.neighbours)
+        v = {}
+        for n, xi in x.items():
+            total = d * xi.double()
+            for j in self.neighbours:
+                total = total + self.neighbour_x[j][n].double()
+            v[n] = self.c * total - alpha[n]
+        new, loss = self.solver(v, self.c * d, x)
+        check_finite(new, "x", round_, DIVERGENCE_ADVICE)
+        for n, p in self.parameters.items():
+            # New storage, never in place: the x sent last round may still sit in a ZeroMQ queue.
+            p.data = new[n].to(p.dtype)
+            self.running_sum[n] = self.running_sum[n] + p.data.double()
+        self._objective = loss
+        return loss
+
+    def outgoing(self, round_: int) -> Tensors:
+        x = self._x()
+        return {X_PREFIX + n: x[n] for n in x} | {SUM_PREFIX + n: s for n, s in self.running_sum.items()}
+
+    def parameters_in(self, message: Mapping[str, torch.Tensor]) -> Tensors:
+        return {n: message[X_PREFIX + n] for n in self.parameters}
+
+    def update(self, round_: int, received: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        x = self._x()
+        residual = 0.0
+        for j, tensors in received.items():
+            if j not in self.edge_dual:
+                continue
+            self.neighbour_x[j] = self.parameters_in(tensors)
+            self.edge_dual[j] = {n: self.c * (self.running_sum[n] - tensors[SUM_PREFIX + n]) for n in x}
+            check_finite(self.edge_dual[j], f"dual of the edge to {j}", round_, DIVERGENCE_ADVICE)
+            residual += float(torch.sqrt(sum(torch.sum((x[n].double() - self.neighbour_x[j][n].double()) ** 2)
+                                             for n in x)))
+        self._primal_residual = residual if received else None
+
+    def metrics(self) -> dict:
+        return {"primal_residual": self._primal_residual, "local_objective": self._objective}
+
+    def state_dict(self) -> dict:
+        return {"penalty": self.c, "running_sum": self.running_sum, "edge_dual": self.edge_dual,
+                "neighbour_x": self.neighbour_x}
+
+
+def exact_solver(problem) -> Solver:
+    """Local solve of a convex problem with one parameter vector named ``x`` (problems.py)."""
+
+    def solve(v: Tensors, q: float, x: Tensors) -> tuple[Tensors, float]:
+        new = problem.argmin_augmented(v["x"], q, x["x"])
+        return {"x": new}, problem.objective(new)
+
+    return solve
+
+
+def inexact_solver(parameters: Mapping[str, torch.nn.Parameter], train_steps: Callable) -> Solver:
+    """A few optimizer steps on the augmented loss, warm-started from x_i (DiNNO: Yu, Vincent, Schwager 2022).
+
+    ``train_steps(penalty)`` runs the peer's optimizer on its batch loss plus
+    ``penalty()``, here q ||x||^2 - <v, x>, and returns the mean batch loss.
+    """
+
+    def solve(v: Tensors, q: float, x: Tensors) -> tuple[Tensors, float]:
+        targets = {n: t.to(parameters[n].dtype) for n, t in v.items()}
+        for p in parameters.values():
+            # The optimizer writes in place; x_i as sent last round must not change under ZeroMQ.
+            p.data = p.data.clone()
+
+        def penalty() -> torch.Tensor:
+            return sum(q * torch.sum(p * p) - torch.sum(targets[n] * p) for n, p in parameters.items())
+
+        loss = train_steps(penalty)
+        return {n: p.detach() for n, p in parameters.items()}, loss
+
+    return solve
