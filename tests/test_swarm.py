@@ -7,11 +7,13 @@ import os
 import signal
 
 import msgpack
+import numpy as np
 import pytest
 import torch
 import zmq
 
 from p2ptrain.config import PeerConfig
+from p2ptrain.data import load_dataset
 from p2ptrain.simulate import simulate
 from p2ptrain.storage import read_json_lines
 from p2ptrain.topology import load_topology
@@ -142,3 +144,23 @@ def test_ctrl_c_on_the_launcher_stops_every_peer_and_still_writes_a_summary(topo
         assert peer["status"] == "interrupted" and peer["exit_code"] == 128 + signal.SIGTERM
         assert peer["rounds_completed"] >= 1
     assert "stopping every peer" in launcher.log()
+
+
+def test_admm_swarm_reaches_least_squares_of_the_stacked_data(topology_file, tmp_path):
+    out = tmp_path / "run"
+    result = run_launcher([str(topology_file("ring", 4)), "--out", str(out), "--algo", "admm",
+                           "--dataset", "synthetic-lstsq", "--rounds", "300", "--timeout", "100"], timeout=110)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["max_rel_error_to_optimum"] <= 1e-8
+    reference = torch.load(out / "reference.pt", weights_only=True)
+    stacked = load_dataset("synthetic-lstsq", 4)
+    expected, *_ = np.linalg.lstsq(stacked.x_train, stacked.y_train, rcond=None)
+    np.testing.assert_allclose(reference.numpy(), expected, rtol=1e-12)
+    for peer_id in summary["peers"]:
+        x = torch.load(out / "peers" / peer_id / "model.pt", weights_only=True)["x"].numpy()
+        assert np.linalg.norm(x - expected) / np.linalg.norm(expected) <= 1e-8
+        records = read_json_lines(out / "peers" / peer_id / "metrics.jsonl")
+        assert records[-1]["rel_error"] <= 1e-8 and records[-1]["primal_residual"] <= 1e-6
+        duals = torch.load(out / "peers" / peer_id / "algorithm.pt", weights_only=True)
+        assert set(duals["edge_dual"]) == set(load_topology(out / "topology.toml").in_neighbours(peer_id))
