@@ -195,11 +195,20 @@ def partition(labels: np.ndarray, n_peers: int, scheme: str, seed: int) -> list[
     return [np.sort(np.asarray(s, dtype=np.int64)) for s in shards]
 
 
+# Datasets generated one block per peer: no partitioner applies to them.
+PRESPLIT = ("synthetic-lstsq",)
+
+
+def check_partition(dataset: str, scheme: str) -> None:
+    parse_partition(scheme)
+    if dataset in PRESPLIT and scheme != "iid":
+        raise DataError(f"{dataset} comes with one block of data per peer; --partition does not apply, "
+                        "leave it at iid")
+
+
 def shard_indices(data: Dataset, scheme: str, n_peers: int, seed: int) -> list[np.ndarray]:
+    check_partition(data.name, scheme)
     if data.blocks is not None:
-        if scheme != "iid":
-            raise DataError(f"{data.name} comes with one block of data per peer; --partition does not apply, "
-                            "leave it at iid")
         return data.blocks
     return partition(data.y_train, n_peers, scheme, seed)
 

@@ -123,7 +123,7 @@ class Peer:
         waited, bytes_received, messages = await self._gather(round_, timeout)
         outcome = self.membership.close_round(set(messages))
         for neighbour in sorted(outcome.newly_suspected):
-            self.log.warning("round %d: no parameters from %s within %.1fs; mixing without it",
+            self.log.warning("round %d: no parameters from %s within %.1fs; going on without it",
                              round_, neighbour, timeout)
         for neighbour in sorted(outcome.recovered):
             self.log.info("round %d: heard from %s again", round_, neighbour)

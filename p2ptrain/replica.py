@@ -12,8 +12,8 @@ import torch
 
 from .algorithms import ADMM, Algorithm, Gossip, exact_solver, inexact_solver
 from .config import ConfigError, PeerConfig
-from .data import Shard, load_shard
-from .models import Trainer, build_model
+from .data import TASKS, Shard, check_partition, load_shard
+from .models import Trainer, build_model, resolve_model_name
 from .problems import has_reference, local_problem
 from .topology import Topology
 
@@ -33,14 +33,35 @@ class Replica:
         return self.algorithm.local_step(round_)
 
 
+def check_run(config: PeerConfig, topology: Topology) -> None:
+    """Refuse option combinations that cannot work on this topology, before anything starts."""
+    try:
+        resolve_model_name(config.model, TASKS[config.dataset])
+        check_partition(config.dataset, config.partition)
+    except ValueError as error:  # DataError is one
+        raise ConfigError(str(error)) from None
+    if config.algo != "admm":
+        return
+    if topology.directed:
+        raise ConfigError(f"ADMM needs an undirected graph, and {topology.name} is directed; "
+                          "use gossip on it, or an undirected topology")
+    if config.admm_solver == "exact" and not has_reference(config.dataset):
+        raise ConfigError(f"--admm-solver exact needs a convex dataset (synthetic-lstsq, breast-cancer), "
+                          f"not {config.dataset}; use --admm-solver inexact")
+    if not uses_exact_solver(config) and config.local_steps < 1:
+        raise ConfigError("the inexact ADMM solver takes --local-steps optimizer steps per round; use at least 1")
+
+
+def uses_exact_solver(config: PeerConfig) -> bool:
+    return config.admm_solver == "exact" or (config.admm_solver == "auto" and has_reference(config.dataset))
+
+
 def build_replica(config: PeerConfig, topology: Topology, peer_id: str) -> Replica:
+    check_run(config, topology)
     index = topology.index(peer_id)
     shard = load_shard(config.dataset, config.partition, topology.size, index, config.seed)
-    try:
-        model = build_model(config.model, shard.n_features, shard.n_classes, task=shard.task,
-                            hidden=config.hidden, seed=config.seed)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    model = build_model(config.model, shard.n_features, shard.n_classes, task=shard.task,
+                        hidden=config.hidden, seed=config.seed)
     trainer = Trainer(model, shard.x, shard.y, task=shard.task, batch_size=config.batch_size, lr=config.lr,
                       momentum=config.momentum, weight_decay=config.weight_decay,
                       # Each peer draws its own batches; a fixed odd multiplier keeps seeds apart.
@@ -59,18 +80,8 @@ def build_replica(config: PeerConfig, topology: Topology, peer_id: str) -> Repli
 
 
 def _admm_solver(config: PeerConfig, topology: Topology, index: int, parameters, trainer: Trainer):
-    if topology.directed:
-        raise ConfigError(f"ADMM needs an undirected graph, and {topology.name} is directed; "
-                          "use gossip on it, or an undirected topology")
-    exact = config.admm_solver == "exact" or (config.admm_solver == "auto" and has_reference(config.dataset))
-    if exact:
-        if not has_reference(config.dataset):
-            raise ConfigError(f"--admm-solver exact needs a convex dataset (synthetic-lstsq, breast-cancer), "
-                              f"not {config.dataset}; use --admm-solver inexact")
-        problem = local_problem(config.dataset, topology.size, index, config.partition, config.seed)
-        return exact_solver(problem)
-    if config.local_steps < 1:
-        raise ConfigError("the inexact ADMM solver takes --local-steps optimizer steps per round; use at least 1")
+    if uses_exact_solver(config):
+        return exact_solver(local_problem(config.dataset, topology.size, index, config.partition, config.seed))
 
     def solve_steps(penalty) -> float:
         # Each x-update is a new subproblem (the penalty's centre and the dual moved):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, PeerConfig, add_training_options
+from .replica import check_run
 from .problems import centralized_optimum, has_reference
 from .results import consensus_distance, load_model, peer_outcome, relative_error
 from .storage import atomic_torch_save, atomic_write_json
@@ -236,14 +237,15 @@ def summary_table(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        PeerConfig.from_dict({k: v for k, v in vars(args).items()
-                              if k not in ("topology", "base_port", "timeout", "out")}).validate()
+        config = PeerConfig.from_dict({k: v for k, v in vars(args).items()
+                                       if k not in ("topology", "base_port", "timeout", "out")}).validate()
         if args.topology:
             topology = load_topology(args.topology)
         else:
             topology = generate("ring", 8, base_port=25000, name="ring8")
         if args.base_port:
             topology = with_ports(topology, args.base_port)
+        check_run(config, topology)
         check_endpoints_free(topology)
     except (ConfigError, TopologyError, LaunchError) as error:
         print(f"launch_swarm: error: {error}", file=sys.stderr)

@@ -10,6 +10,7 @@ import pytest
 from p2ptrain import peer, swarm
 from p2ptrain.config import ConfigError, resolve_peer_id
 
+from .conftest import free_port_block
 from .processes import ROOT
 
 RING8 = str(ROOT / "topologies" / "ring8.toml")
@@ -102,3 +103,22 @@ def test_launcher_passes_every_training_option_to_the_peers():
     assert argv[argv.index("--lr") + 1] == "0.05"
     config = peer.build_parser().parse_args(["--topology", "t", *argv])
     assert (config.rounds, config.partition, config.lr) == (7, "dirichlet:0.3", 0.05)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["topologies/exponential16.toml", "--algo", "admm"], "ADMM needs an undirected graph"),
+        (["--dataset", "synthetic-lstsq", "--model", "mlp"], "use --model linear"),
+        (["--dataset", "digits", "--model", "linear"], "use logreg or mlp"),
+        (["--algo", "admm", "--admm-solver", "exact"], "needs a convex dataset"),
+        (["--algo", "admm", "--local-steps", "0"], "use at least 1"),
+        (["--dataset", "synthetic-lstsq", "--partition", "dirichlet:0.5"], "--partition does not apply"),
+    ],
+)
+def test_launcher_refuses_combinations_that_cannot_work_before_starting(args, message, tmp_path, capsys):
+    args = [str(ROOT / a) if a.endswith(".toml") else a for a in args]
+    code = swarm.main([*args, "--out", str(tmp_path / "run"), "--base-port", str(free_port_block(16))])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
