@@ -30,7 +30,7 @@ from .membership import Membership
 from .replica import build_replica
 from .results import relative_error
 from .storage import JsonLines, atomic_torch_save, atomic_write_json
-from .topology import TopologyError, load_topology
+from .topology import Topology, TopologyError, load_topology
 from .transport import Transport, TransportError
 
 OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "algorithm.pt", "config.json")
@@ -40,10 +40,11 @@ REJECTIONS_LOGGED = 100
 
 
 class Peer:
-    def __init__(self, config: PeerConfig, context: zmq.asyncio.Context, clock=time.monotonic):
+    def __init__(self, config: PeerConfig, context: zmq.asyncio.Context, topology: Topology | None = None,
+                 clock=time.monotonic):
         self.config = config
         self.clock = clock
-        self.topology = load_topology(config.topology)
+        self.topology = topology or load_topology(config.topology)
         self.id = resolve_peer_id(config.peer, self.topology.ids)
         self.index = self.topology.index(self.id)
         config.peer = self.id
@@ -246,23 +247,31 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-async def run_peer(config: PeerConfig, context: zmq.asyncio.Context | None = None) -> int:
-    """Run one peer to the end; returns the process exit code (0 only when every round ran)."""
+async def run_peer(config: PeerConfig, context: zmq.asyncio.Context | None = None,
+                   topology: Topology | None = None, signals: list[int] | None = None) -> int:
+    """Run one peer to the end; returns the process exit code (0 only when every round ran).
+
+    Alone, it stops cleanly on SIGINT and SIGTERM. Run beside other peers in one
+    process, the caller owns the signals: it passes a list it appends the signal
+    to before cancelling the peers' tasks, and the shared ZeroMQ context.
+    """
     own_context = context is None
     context = context or zmq.asyncio.Context()
     task = asyncio.current_task()
-    signals: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        signals.append(signum)
-        task.cancel()
-
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
+    own_signals = signals is None
+    if own_signals:
+        signals = []
+
+        def on_signal(signum: int) -> None:
+            signals.append(signum)
+            task.cancel()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
     peer = None
     try:
-        peer = Peer(config, context)
+        peer = Peer(config, context, topology)
         await peer.run()
         peer.finish("completed")
         peer.log.info("finished %d rounds in %.1fs", peer.rounds_completed, peer.clock() - peer.started)
@@ -284,8 +293,9 @@ async def run_peer(config: PeerConfig, context: zmq.asyncio.Context | None = Non
             peer.finish("failed")
         raise
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+        if own_signals:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
         if peer is not None and not peer.transport.closed:
             peer.transport.close()
         if own_context:
@@ -299,13 +309,17 @@ def _default_peer_field(record: logging.LogRecord) -> bool:
     return True
 
 
+def configure_logging(level: str, stream=sys.stderr) -> None:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(peer)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_default_peer_field)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(peer)s %(levelname)s %(message)s", "%H:%M:%S"))
-    handler.addFilter(_default_peer_field)
-    logging.basicConfig(level=args.log_level, handlers=[handler])
+    configure_logging(args.log_level)
     try:
         config = PeerConfig.from_dict(vars(args)).validate()
         return asyncio.run(run_peer(config))

@@ -8,7 +8,10 @@ It never sends or relays a parameter.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ctypes
+import dataclasses
+import math
 import json
 import os
 import re
@@ -22,15 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, PeerConfig, add_training_options
+from .inprocess import local_endpoints, run_in_process
+from .peer import configure_logging
 from .replica import check_run
 from .problems import centralized_optimum, has_reference
 from .results import consensus_distance, load_model, peer_outcome, relative_error
 from .storage import atomic_torch_save, atomic_write_json
-from .topology import PeerSpec, Topology, TopologyError, build_topology, dump_topology, generate, load_topology
+from .topology import Topology, TopologyError, dump_topology, generate, load_topology, relocate
 
 DEFAULT_TOPOLOGY = "ring8 (built in: ring of 8 peers on 127.0.0.1:25000-25007)"
 # How long peers get to exit after SIGTERM before they are killed.
 STOP_GRACE_SECONDS = 10.0
+# Launcher options that are not peer options.
+LAUNCHER_ONLY = ("topology", "base_port", "timeout", "out", "in_process")
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+)$")
 
 
@@ -42,7 +49,7 @@ class LaunchError(RuntimeError):
 class PeerProcess:
     id: str
     out: Path
-    process: subprocess.Popen
+    process: subprocess.Popen | None  # None when the peer runs in this process
     log_file: object
     metrics_offset: int = 0
     round: int = 0
@@ -66,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=0.0,
                         help="stop every peer after this many seconds (default: no limit)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    parser.add_argument("--in-process", nargs="?", const="inproc", default="", choices=["inproc", "ipc"],
+                        help="run every peer as a task of this one process, over inproc (default) or ipc "
+                             "sockets, for swarms too large for a process per peer; logs go to DIR/peers.log")
     add_training_options(parser)
     return parser
 
@@ -82,16 +92,13 @@ def peer_arguments(args: argparse.Namespace) -> list[str]:
 
 
 def with_ports(topology: Topology, base_port: int) -> Topology:
-    peers = []
+    endpoints = []
     for i, spec in enumerate(topology.peers):
         match = _TCP.match(spec.endpoint)
         if not match:
             raise LaunchError(f"--base-port needs tcp:// endpoints; {spec.id} has {spec.endpoint}")
-        endpoint = f"tcp://{match['host']}:{base_port + i}"
-        peers.append(PeerSpec(spec.id, endpoint, endpoint))
-    explicit = {pid: topology.mixing_row(pid) for pid in topology.ids} if topology.mixing == "explicit" else None
-    return build_topology(topology.name, peers, topology.edges(), directed=topology.directed,
-                          mixing=topology.mixing, explicit_weights=explicit)
+        endpoints.append(f"tcp://{match['host']}:{base_port + i}")
+    return relocate(topology, endpoints)
 
 
 def check_endpoints_free(topology: Topology) -> None:
@@ -234,11 +241,97 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+class Progress:
+    """Live progress: a table redrawn in place on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, rounds: int, started: float):
+        self.rounds, self.started = rounds, started
+        self.tty = sys.stdout.isatty()
+        self._drawn = 0
+        self._last_line = -math.inf
+
+    def show(self, peers: list[PeerProcess]) -> None:
+        for p in peers:
+            poll_progress(p)
+        elapsed = time.monotonic() - self.started
+        if self.tty:
+            table = progress_table(peers, self.rounds, elapsed)
+            sys.stdout.write(f"\x1b[{self._drawn}F" if self._drawn else "")
+            sys.stdout.write("".join(f"\x1b[2K{line}\n" for line in table))
+            sys.stdout.flush()
+            self._drawn = len(table)
+        elif elapsed - self._last_line >= 5.0:
+            self._last_line = elapsed
+            rounds = [p.round for p in peers]
+            accuracies = [p.accuracy for p in peers if p.accuracy is not None]
+            print(f"{elapsed:6.1f}s rounds {min(rounds)}-{max(rounds)}/{self.rounds}"
+                  + (f" accuracy {min(accuracies):.3f}-{max(accuracies):.3f}" if accuracies else ""), flush=True)
+
+
+def supervise(peers: list[PeerProcess], progress: Progress, timeout: float) -> int | None:
+    """Watch peer processes until all exit, a signal arrives (returned) or the timeout passes; then stop them."""
+    interrupted = None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum, _frame):
+        nonlocal interrupted
+        interrupted = signum
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    try:
+        while interrupted is None:
+            for p in peers:
+                p.exit_code = p.process.poll()
+            progress.show(peers)
+            if all(p.exit_code is not None for p in peers):
+                break
+            if timeout and time.monotonic() - progress.started > timeout:
+                print(f"launch_swarm: --timeout {timeout}s reached; stopping the peers", file=sys.stderr)
+                break
+            time.sleep(0.5)
+    finally:
+        if interrupted is not None:
+            print(f"\nlaunch_swarm: {signal.Signals(interrupted).name}: stopping every peer", file=sys.stderr)
+        stop_peers(peers)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for p in peers:
+            p.exit_code = p.process.returncode
+            p.log_file.close()
+    return interrupted
+
+
+async def run_here(topology: Topology, config: PeerConfig, run_dir: Path, progress: Progress,
+                   timeout: float) -> list[PeerProcess]:
+    """Every peer as a task of this process (--in-process), with the progress shown meanwhile."""
+    peers = [PeerProcess(pid, run_dir / "peers" / pid, None, None) for pid in topology.ids]
+    run = asyncio.ensure_future(run_in_process(topology, config, run_dir / "peers"))
+
+    async def watch() -> None:
+        while True:
+            progress.show(peers)
+            if timeout and time.monotonic() - progress.started > timeout:
+                print(f"launch_swarm: --timeout {timeout}s reached; stopping the peers", file=sys.stderr)
+                os.kill(os.getpid(), signal.SIGTERM)  # the peers stop as on any SIGTERM
+                return
+            await asyncio.sleep(0.5)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        codes = await run
+    finally:
+        watcher.cancel()
+    for p in peers:
+        p.exit_code = codes[p.id]
+    progress.show(peers)
+    return peers
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = PeerConfig.from_dict({k: v for k, v in vars(args).items()
-                                       if k not in ("topology", "base_port", "timeout", "out")}).validate()
+        config = PeerConfig.from_dict({k: v for k, v in vars(args).items() if k not in LAUNCHER_ONLY}).validate()
         if args.topology:
             topology = load_topology(args.topology)
         else:
@@ -246,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.base_port:
             topology = with_ports(topology, args.base_port)
         check_run(config, topology)
-        check_endpoints_free(topology)
+        if not args.in_process:
+            check_endpoints_free(topology)
     except (ConfigError, TopologyError, LaunchError) as error:
         print(f"launch_swarm: error: {error}", file=sys.stderr)
         return 2
@@ -260,9 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir / "peers", ignore_errors=True)
         (run_dir / "summary.json").unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = args.run_id or run_dir.name
+    if args.in_process:
+        topology = local_endpoints(topology, run_id, args.in_process)
     topology_file = run_dir / "topology.toml"
     topology_file.write_text(dump_topology(topology, "The topology this run used, as the launcher gave it to the peers."))
-    run_id = args.run_id or run_dir.name
     training_argv = peer_arguments(args)
     reference = None
     if has_reference(args.dataset):
@@ -270,66 +366,33 @@ def main(argv: list[str] | None = None) -> int:
         reference = centralized_optimum(args.dataset, topology.size)
         atomic_torch_save(reference, run_dir / "reference.pt")
         training_argv += ["--reference", str(run_dir / "reference.pt")]
+    mode = f"in this process over {args.in_process}" if args.in_process else "as processes"
     print(f"starting {topology.size} peers of {topology.name} ({args.algo}, {args.dataset}, {args.partition}) "
-          f"in {run_dir}", flush=True)
-    started = time.monotonic()
-    peers = start_peers(topology_file, topology, run_dir, run_id, training_argv)
-    atomic_write_json(run_dir / "launch.json", {"argv": sys.argv, "run_id": run_id, "peer_argv": training_argv,
-                                                "pids": {p.id: p.process.pid for p in peers}})
+          f"{mode}, in {run_dir}", flush=True)
+    progress = Progress(args.rounds, time.monotonic())
+    launch = {"argv": sys.argv, "run_id": run_id, "peer_argv": training_argv, "mode": args.in_process or "processes"}
     interrupted = None
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if args.in_process:
+        atomic_write_json(run_dir / "launch.json", launch)
+        configure_logging(args.log_level, open(run_dir / "peers.log", "a", buffering=1))
+        config = dataclasses.replace(config, topology=str(topology_file), run_id=run_id,
+                                     reference=str(run_dir / "reference.pt") if reference is not None else "")
+        peers = asyncio.run(run_here(topology, config, run_dir, progress, args.timeout))
+        stopped = {p.exit_code for p in peers} & {128 + signal.SIGINT, 128 + signal.SIGTERM}
+        interrupted = min(stopped) - 128 if stopped else None
+    else:
+        peers = start_peers(topology_file, topology, run_dir, run_id, training_argv)
+        atomic_write_json(run_dir / "launch.json", launch | {"pids": {p.id: p.process.pid for p in peers}})
+        interrupted = supervise(peers, progress, args.timeout)
 
-    def on_signal(signum, _frame):
-        nonlocal interrupted
-        interrupted = signum
-
-    for sig in previous:
-        signal.signal(sig, on_signal)
-    tty = sys.stdout.isatty()
-    drawn = 0
-    last_line = 0.0
-    try:
-        while interrupted is None:
-            for p in peers:
-                poll_progress(p)
-                p.exit_code = p.process.poll()
-            elapsed = time.monotonic() - started
-            if tty:
-                table = progress_table(peers, args.rounds, elapsed)
-                sys.stdout.write(f"\x1b[{drawn}F" if drawn else "")
-                sys.stdout.write("".join(f"\x1b[2K{line}\n" for line in table))
-                sys.stdout.flush()
-                drawn = len(table)
-            elif elapsed - last_line >= 5.0:
-                last_line = elapsed
-                rounds = [p.round for p in peers]
-                accuracies = [p.accuracy for p in peers if p.accuracy is not None]
-                print(f"{elapsed:6.1f}s rounds {min(rounds)}-{max(rounds)}/{args.rounds}"
-                      + (f" accuracy {min(accuracies):.3f}-{max(accuracies):.3f}" if accuracies else ""), flush=True)
-            if all(p.exit_code is not None for p in peers):
-                break
-            if args.timeout and elapsed > args.timeout:
-                print(f"launch_swarm: --timeout {args.timeout}s reached; stopping the peers", file=sys.stderr)
-                break
-            time.sleep(0.5)
-    finally:
-        if interrupted is not None:
-            print(f"\nlaunch_swarm: {signal.Signals(interrupted).name}: stopping every peer", file=sys.stderr)
-        stop_peers(peers)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for p in peers:
-            p.exit_code = p.process.returncode
-            p.log_file.close()
-
-    summary = summarise(topology, args.algo, peers, time.monotonic() - started, reference)
+    summary = summarise(topology, args.algo, peers, time.monotonic() - progress.started, reference)
     summary["run_id"] = run_id
     atomic_write_json(run_dir / "summary.json", summary)
     print(summary_table(summary))
     failed = [p.id for p in peers if p.exit_code != 0]
     if failed:
-        print(f"launch_swarm: peers {', '.join(failed)} did not finish; see {run_dir}/peers/ID/peer.log",
-              file=sys.stderr)
+        where = "peers.log" if args.in_process else "peers/ID/peer.log"
+        print(f"launch_swarm: peers {', '.join(failed)} did not finish; see {run_dir}/{where}", file=sys.stderr)
     print(f"summary: {run_dir / 'summary.json'}")
     if interrupted is not None:
         return 128 + interrupted

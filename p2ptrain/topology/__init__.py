@@ -2,7 +2,7 @@
 
 from .files import dump_topology, load_topology, parse_topology
 from .generators import GENERATORS, generate
-from .graph import PeerSpec, Topology, TopologyError, build_topology
+from .graph import PeerSpec, Topology, TopologyError, build_topology, relocate
 
 __all__ = [
     "GENERATORS",
@@ -14,4 +14,5 @@ __all__ = [
     "generate",
     "load_topology",
     "parse_topology",
+    "relocate",
 ]

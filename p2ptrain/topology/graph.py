@@ -101,6 +101,16 @@ class Topology:
         return mixing_weights.is_doubly_stochastic(self.weights)
 
 
+def relocate(topology: Topology, endpoints: list[str]) -> Topology:
+    """The same graph and weights with peer i listening on ``endpoints[i]`` (bind = endpoint)."""
+    if len(endpoints) != topology.size:
+        raise TopologyError(f"{len(endpoints)} endpoints for {topology.size} peers")
+    peers = [PeerSpec(spec.id, endpoint, endpoint) for spec, endpoint in zip(topology.peers, endpoints)]
+    explicit = {pid: topology.mixing_row(pid) for pid in topology.ids} if topology.mixing == "explicit" else None
+    return build_topology(topology.name, peers, topology.edges(), directed=topology.directed,
+                          mixing=topology.mixing, explicit_weights=explicit)
+
+
 def build_topology(
     name: str,
     peers: list[PeerSpec],
