@@ -12,6 +12,7 @@ from .data import DATASETS, DataError, parse_partition
 from .models import MODELS
 
 LR_SCHEDULES = ("constant", "cosine")
+INITS = ("same", "per-peer")
 ADMM_SOLVERS = ("auto", "exact", "inexact")
 # ADMM's penalty c depends on the scale of the local objectives: these are the
 # best values of the sweep in docs/admm.md (ring8), used unless --admm-penalty is given.
@@ -42,6 +43,7 @@ class PeerConfig:
     admm_solver: str = "auto"
     reference: str = ""
     seed: int = 0
+    init: str = "same"
     out: str = ""
     run_id: str = ""
     recv_timeout: float = 5.0
@@ -76,6 +78,7 @@ class PeerConfig:
              f"--admm-penalty {self.admm_penalty}: use a positive penalty, or 0 for the dataset's default "
              "(docs/admm.md shows how to pick it)")
         need(self.admm_solver in ADMM_SOLVERS, f"--admm-solver {self.admm_solver}: choose from {', '.join(ADMM_SOLVERS)}")
+        need(self.init in INITS, f"--init {self.init}: choose from {', '.join(INITS)}")
         need(self.lr_schedule in LR_SCHEDULES, f"--lr-schedule {self.lr_schedule}: choose from {', '.join(LR_SCHEDULES)}")
         try:
             parse_partition(self.partition)
@@ -140,6 +143,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=d.seed,
         help="seed of the partition, the initial model (the same on every peer) and each peer's batches "
              "(default: %(default)s)")
+    add("--init", choices=INITS, default=d.init,
+        help="same: every peer starts from the same model (what decentralized SGD assumes); per-peer: each "
+             "from its own, to watch pure averaging (--local-steps 0) reach consensus (default: %(default)s)")
     add("--recv-timeout", type=float, default=d.recv_timeout,
         help="seconds a round waits for its neighbours before mixing without the missing ones (default: %(default)s)")
     add("--startup-timeout", type=float, default=d.startup_timeout,

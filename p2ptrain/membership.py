@@ -27,18 +27,22 @@ class Membership:
     suspected: set[str] = field(default_factory=set)
     _seen_alive: set[str] = field(default_factory=set)
 
-    def awaited(self, arrived: set[str]) -> set[str]:
-        """Neighbours the round still waits for; the round is complete when this is empty."""
-        return set(self.neighbours) - self.suspected - arrived
+    def awaited(self, arrived: set[str], expected: frozenset[str] | None = None) -> set[str]:
+        """Neighbours the round still waits for; the round is complete when this is empty.
+
+        ``expected``: the neighbours that send in this round (a time-varying
+        topology changes them); all neighbours if None."""
+        return set(self.neighbours if expected is None else expected) - self.suspected - arrived
 
     def saw(self, sender: str) -> None:
         """Any message from ``sender``, of any round, counts as a sign of life."""
         if sender in self.neighbours:
             self._seen_alive.add(sender)
 
-    def close_round(self, arrived: set[str]) -> RoundOutcome:
-        heard = frozenset(arrived & self.neighbours)
-        missing = frozenset(self.neighbours - heard)
+    def close_round(self, arrived: set[str], expected: frozenset[str] | None = None) -> RoundOutcome:
+        expected = self.neighbours if expected is None else expected
+        heard = frozenset(arrived & expected)
+        missing = frozenset(expected - heard)
         alive = heard | self._seen_alive
         recovered = frozenset(self.suspected & alive)
         newly_suspected = frozenset(missing - self.suspected - self._seen_alive)

@@ -84,7 +84,8 @@ class Peer:
                 "config": config.to_dict(),
                 "topology": {"name": self.topology.name, "size": self.topology.size,
                              "in_neighbours": list(self.in_neighbours), "out_neighbours": list(self.out_neighbours),
-                             "mixing_row": self.topology.mixing_row(self.id)},
+                             "period": self.topology.period,
+                             "mixing_rows": [self.topology.mixing_row(self.id, r) for r in range(self.topology.period)]},
                 "fingerprint": self.fingerprint,
                 "shard_size": len(self.shard.x),
                 "versions": {"p2ptrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
@@ -114,15 +115,16 @@ class Peer:
         frames = wire.encode(kind="params", sender=self.id, run_id=config.run_id, round=round_,
                              fingerprint=self.fingerprint, tensors=outgoing)
         bytes_sent = 0
-        for neighbour in self.out_neighbours:
+        for neighbour in self.topology.out_neighbours(self.id, round_):
             if self.transport.send(neighbour, frames):
                 bytes_sent += wire.frame_bytes(frames)
             else:
                 self.send_dropped += 1
 
         timeout = config.startup_timeout if round_ == 0 else config.recv_timeout
-        waited, bytes_received, messages = await self._gather(round_, timeout)
-        outcome = self.membership.close_round(set(messages))
+        expected = frozenset(self.topology.in_neighbours(self.id, round_))
+        waited, bytes_received, messages = await self._gather(round_, timeout, expected)
+        outcome = self.membership.close_round(set(messages), expected)
         for neighbour in sorted(outcome.newly_suspected):
             self.log.warning("round %d: no parameters from %s within %.1fs; going on without it",
                              round_, neighbour, timeout)
@@ -161,14 +163,15 @@ class Peer:
             self.log.info("round %d/%d loss %s acc %s heard %d/%d waited %.3fs",
                           round_ + 1, config.rounds, "-" if loss is None else f"{loss:.4f}",
                           "-" if accuracy is None else f"{accuracy:.4f}",
-                          len(outcome.heard), len(self.in_neighbours), waited)
+                          len(outcome.heard), len(expected), waited)
 
-    async def _gather(self, round_: int, timeout: float) -> tuple[float, int, dict[str, wire.Message]]:
+    async def _gather(self, round_: int, timeout: float,
+                      expected: frozenset[str]) -> tuple[float, int, dict[str, wire.Message]]:
         """Collect round ``round_``'s messages until every awaited neighbour is heard or the deadline passes."""
         start = self.clock()
         deadline = start + timeout
         bytes_received = 0
-        while self.membership.awaited(self.inbox.senders(round_)):
+        while self.membership.awaited(self.inbox.senders(round_), expected):
             remaining = deadline - self.clock()
             if remaining <= 0:
                 break

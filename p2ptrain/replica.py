@@ -42,9 +42,12 @@ def check_run(config: PeerConfig, topology: Topology) -> None:
         raise ConfigError(str(error)) from None
     if config.algo != "admm":
         return
-    if topology.directed:
-        raise ConfigError(f"ADMM needs an undirected graph, and {topology.name} is directed; "
-                          "use gossip on it, or an undirected topology")
+    if config.init != "same":
+        raise ConfigError("ADMM starts from a common x (every peer's x_j(0) is its own x(0)); use --init same")
+    if topology.directed or topology.period > 1:
+        kind = "directed" if topology.directed else "time-varying"
+        raise ConfigError(f"ADMM needs a static undirected graph, and {topology.name} is {kind}; "
+                          "use gossip on it, or a static undirected topology")
     if config.admm_solver == "exact" and not has_reference(config.dataset):
         raise ConfigError(f"--admm-solver exact needs a convex dataset (synthetic-lstsq, breast-cancer), "
                           f"not {config.dataset}; use --admm-solver inexact")
@@ -60,8 +63,10 @@ def build_replica(config: PeerConfig, topology: Topology, peer_id: str) -> Repli
     check_run(config, topology)
     index = topology.index(peer_id)
     shard = load_shard(config.dataset, config.partition, topology.size, index, config.seed)
+    # per-peer: a seed of the peer's own, apart from the batch seeds below.
+    init_seed = config.seed if config.init == "same" else config.seed * 1_000_003 + index + 1
     model = build_model(config.model, shard.n_features, shard.n_classes, task=shard.task,
-                        hidden=config.hidden, seed=config.seed)
+                        hidden=config.hidden, seed=init_seed)
     trainer = Trainer(model, shard.x, shard.y, task=shard.task, batch_size=config.batch_size, lr=config.lr,
                       momentum=config.momentum, weight_decay=config.weight_decay,
                       # Each peer draws its own batches; a fixed odd multiplier keeps seeds apart.
@@ -72,7 +77,8 @@ def build_replica(config: PeerConfig, topology: Topology, peer_id: str) -> Repli
         return trainer.local_steps(config.local_steps) if config.local_steps else None
 
     if config.algo == "gossip":
-        algorithm: Algorithm = Gossip(peer_id, topology.mixing_row(peer_id), parameters, sgd_steps)
+        algorithm: Algorithm = Gossip(peer_id, lambda round_: topology.mixing_row(peer_id, round_), parameters,
+                                      sgd_steps)
     else:
         algorithm = ADMM(topology.in_neighbours(peer_id), parameters, config.penalty(),
                          _admm_solver(config, topology, index, parameters, trainer))

@@ -29,7 +29,7 @@ def simulate(config: PeerConfig, topology: Topology,
         # Mixing gives each parameter new storage, so these stay the values sent this round.
         sent = {peer_id: r.algorithm.outgoing(round_) for peer_id, r in replicas.items()}
         for peer_id, replica in replicas.items():
-            replica.algorithm.update(round_, {j: sent[j] for j in topology.in_neighbours(peer_id)})
+            replica.algorithm.update(round_, {j: sent[j] for j in topology.in_neighbours(peer_id, round_)})
         if observe is not None and observe(round_, replicas):
             break
     return {peer_id: r.model.state_dict() for peer_id, r in replicas.items()}

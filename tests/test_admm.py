@@ -182,5 +182,5 @@ def test_divergence_stops_with_a_message_that_names_the_cause():
 def test_admm_refuses_directed_graphs():
     from p2ptrain.config import ConfigError
 
-    with pytest.raises(ConfigError, match="ADMM needs an undirected graph"):
+    with pytest.raises(ConfigError, match="ADMM needs a static undirected graph"):
         build_replica(admm_config(), generate("exponential", 8), "p0")

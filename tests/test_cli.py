@@ -108,7 +108,7 @@ def test_launcher_passes_every_training_option_to_the_peers():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["topologies/exponential16.toml", "--algo", "admm"], "ADMM needs an undirected graph"),
+        (["topologies/exponential16.toml", "--algo", "admm"], "ADMM needs a static undirected graph"),
         (["--dataset", "synthetic-lstsq", "--model", "mlp"], "use --model linear"),
         (["--dataset", "digits", "--model", "linear"], "use logreg or mlp"),
         (["--algo", "admm", "--admm-solver", "exact"], "needs a convex dataset"),

@@ -53,10 +53,12 @@ class Gossip(Algorithm):
 
     name = "gossip"
 
-    def __init__(self, self_id: str, row: Mapping[str, float], parameters: Mapping[str, torch.nn.Parameter],
+    def __init__(self, self_id: str, row: Mapping[str, float] | Callable[[int], Mapping[str, float]],
+                 parameters: Mapping[str, torch.nn.Parameter],
                  train: Callable[[int], float | None] = lambda round_: None):
         self.self_id = self_id
-        self.row = dict(row)
+        # A fixed row, or one per round for a time-varying topology.
+        self.row_at = row if callable(row) else (lambda round_, fixed=dict(row): fixed)
         self.parameters = dict(parameters)
         self.train = train
 
@@ -67,7 +69,7 @@ class Gossip(Algorithm):
         return {name: p.detach() for name, p in self.parameters.items()}
 
     def update(self, round_: int, received: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-        mixed = mix(self.self_id, self.outgoing(round_), received, self.row)
+        mixed = mix(self.self_id, self.outgoing(round_), received, self.row_at(round_))
         check_finite(mixed, "parameter", round_, "the learning rate (--lr) is probably too large for this "
                      "problem; try a smaller one")
         for name, p in self.parameters.items():

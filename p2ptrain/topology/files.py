@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .graph import PeerSpec, Topology, TopologyError, build_topology
 
-_TOP_KEYS = {"name", "directed", "mixing", "edges", "peers", "weights", "description"}
+_TOP_KEYS = {"name", "directed", "mixing", "edges", "peers", "weights", "schedule", "description"}
+_ROUND_KEYS = {"edges", "weights"}
 _PEER_KEYS = {"id", "endpoint", "bind"}
 
 
@@ -54,9 +55,16 @@ def parse_topology(text: str, *, where: str = "<topology>", default_name: str = 
             raise fail(f"peers[{n}].bind must be a string like tcp://0.0.0.0:25000")
         peers.append(PeerSpec(id=entry["id"], endpoint=entry["endpoint"], bind=bind))
 
-    edges = doc.get("edges", [])
-    if not isinstance(edges, list) or not all(isinstance(e, list) for e in edges):
-        raise fail('edges must be a list of pairs, like edges = [["p0", "p1"], ["p1", "p2"]]')
+    edges = _edge_list(doc.get("edges", []), fail)
+    schedule = doc.get("schedule")
+    if schedule is not None:
+        if not isinstance(schedule, list) or not all(isinstance(entry, dict) for entry in schedule):
+            raise fail("schedule must be [[schedule]] tables, one per round, each with edges = [...]")
+        for r, entry in enumerate(schedule):
+            extra = set(entry) - _ROUND_KEYS
+            if extra:
+                raise fail(f"[[schedule]] round {r} has unknown key(s) {', '.join(sorted(extra))}; known: edges, weights")
+            entry["edges"] = _edge_list(entry.get("edges", []), fail)
     directed = doc.get("directed", False)
     if not isinstance(directed, bool):
         raise fail("directed must be true or false")
@@ -69,12 +77,19 @@ def parse_topology(text: str, *, where: str = "<topology>", default_name: str = 
     return build_topology(
         name,
         peers,
-        [tuple(e) for e in edges],
+        edges,
         directed=directed,
         mixing=mixing,
         explicit_weights=doc.get("weights"),
+        schedule=schedule,
         where=where,
     )
+
+
+def _edge_list(edges, fail) -> list[tuple]:
+    if not isinstance(edges, list) or not all(isinstance(e, list) for e in edges):
+        raise fail('edges must be a list of pairs, like edges = [["p0", "p1"], ["p1", "p2"]]')
+    return [tuple(e) for e in edges]
 
 
 def dump_topology(topology: Topology, description: str = "") -> str:
@@ -90,20 +105,28 @@ def dump_topology(topology: Topology, description: str = "") -> str:
         f"name = {q(topology.name)}",
         f"directed = {'true' if topology.directed else 'false'}",
         f"mixing = {q(topology.mixing)}",
-        "edges = [",
-        *[f"  [{q(a)}, {q(b)}]," for a, b in topology.edges()],
-        "]",
-        "",
     ]
+    if topology.period == 1:
+        lines += _edge_lines(topology.edges(), q)
+    lines.append("")
     for spec in topology.peers:
         lines += ["[[peers]]", f"id = {q(spec.id)}", f"endpoint = {q(spec.endpoint)}"]
         if spec.bind != spec.endpoint:
             lines.append(f"bind = {q(spec.bind)}")
         lines.append("")
-    if topology.mixing == "explicit":
-        lines.append("[weights]")
-        for peer_id in topology.ids:
-            row = ", ".join(f"{q(j)} = {w!r}" for j, w in topology.mixing_row(peer_id).items())
-            lines.append(f"{q(peer_id)} = {{ {row} }}")
+    for r in range(topology.period):
+        prefix = ""
+        if topology.period > 1:
+            lines += ["[[schedule]]", *_edge_lines(topology.edges(r), q)]
+            prefix = "schedule."
+        if topology.mixing == "explicit":
+            lines.append(f"[{prefix}weights]")
+            for peer_id in topology.ids:
+                row = ", ".join(f"{q(j)} = {w!r}" for j, w in topology.mixing_row(peer_id, r).items())
+                lines.append(f"{q(peer_id)} = {{ {row} }}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _edge_lines(edges, q) -> list[str]:
+    return ["edges = [", *[f"  [{q(a)}, {q(b)}]," for a, b in edges], "]"]

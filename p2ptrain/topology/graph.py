@@ -16,7 +16,7 @@ import numpy as np
 
 from . import weights as mixing_weights
 
-MIXING_KINDS = ("metropolis", "uniform", "explicit")
+MIXING_KINDS = ("metropolis", "uniform", "lazy", "explicit")
 _ENDPOINT = re.compile(r"^(tcp://(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d+)|ipc://\S+|inproc://\S+)$")
 _PEER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -33,18 +33,45 @@ class PeerSpec:
 
 
 @dataclass(frozen=True, eq=False)
+class RoundGraph:
+    """Who talks to whom in one round, and with what weights."""
+
+    # A[i, j] True when peer i receives from peer j (see weights.py for the convention).
+    adjacency: np.ndarray
+    weights: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
 class Topology:
     name: str
     peers: tuple[PeerSpec, ...]
     directed: bool
     mixing: str
-    # A[i, j] True when peer i receives from peer j (see weights.py for the convention).
-    adjacency: np.ndarray
-    weights: np.ndarray
+    # One entry for a static graph; a time-varying one uses rounds[r % period] in round r.
+    rounds: tuple[RoundGraph, ...]
 
     @property
     def size(self) -> int:
         return len(self.peers)
+
+    @property
+    def period(self) -> int:
+        return len(self.rounds)
+
+    @cached_property
+    def adjacency(self) -> np.ndarray:
+        """Every link used in any round: whom a peer must be able to reach at all."""
+        return np.logical_or.reduce([g.adjacency for g in self.rounds])
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The mixing matrix of a static topology (a time-varying one has ``weights_at``)."""
+        if self.period != 1:
+            raise TopologyError(f"{self.name} changes every round; ask for weights_at(round)")
+        return self.rounds[0].weights
+
+    def weights_at(self, round_: int) -> np.ndarray:
+        return self.rounds[round_ % self.period].weights
 
     @cached_property
     def ids(self) -> tuple[str, ...]:
@@ -65,27 +92,29 @@ class Topology:
     def peer(self, peer_id: str) -> PeerSpec:
         return self.peers[self.index(peer_id)]
 
-    def in_neighbours(self, peer_id: str) -> tuple[str, ...]:
-        """Peers whose parameters ``peer_id`` receives and mixes."""
-        row = self.adjacency[self.index(peer_id)]
+    def _adjacency(self, round_: int | None) -> np.ndarray:
+        return self.adjacency if round_ is None else self.rounds[round_ % self.period].adjacency
+
+    def in_neighbours(self, peer_id: str, round_: int | None = None) -> tuple[str, ...]:
+        """Peers whose parameters ``peer_id`` receives in round ``round_`` (None: in any round)."""
+        row = self._adjacency(round_)[self.index(peer_id)]
         return tuple(self.ids[j] for j in np.flatnonzero(row))
 
-    def out_neighbours(self, peer_id: str) -> tuple[str, ...]:
-        """Peers that ``peer_id`` sends its parameters to."""
-        column = self.adjacency[:, self.index(peer_id)]
+    def out_neighbours(self, peer_id: str, round_: int | None = None) -> tuple[str, ...]:
+        """Peers that ``peer_id`` sends to in round ``round_`` (None: in any round)."""
+        column = self._adjacency(round_)[:, self.index(peer_id)]
         return tuple(self.ids[i] for i in np.flatnonzero(column))
 
-    def mixing_row(self, peer_id: str) -> dict[str, float]:
-        """Weights peer_id gives to itself and to each in-neighbour; they sum to 1."""
+    def mixing_row(self, peer_id: str, round_: int = 0) -> dict[str, float]:
+        """Weights peer_id gives to itself and to each in-neighbour in round ``round_``; they sum to 1."""
         i = self.index(peer_id)
-        return {self.ids[j]: float(self.weights[i, j]) for j in np.flatnonzero(self.weights[i])} | {
-            peer_id: float(self.weights[i, i])
-        }
+        w = self.weights_at(round_)
+        return {self.ids[j]: float(w[i, j]) for j in np.flatnonzero(w[i])} | {peer_id: float(w[i, i])}
 
-    def edges(self) -> list[tuple[str, str]]:
-        """Edges as written in a file: (a, b) pairs once each if undirected, (sender, receiver) if directed."""
+    def edges(self, round_: int | None = None) -> list[tuple[str, str]]:
+        """Edges as written in a file: (a, b) once each if undirected, (sender, receiver) if directed."""
         pairs = []
-        for i, j in zip(*np.nonzero(self.adjacency)):
+        for i, j in zip(*np.nonzero(self._adjacency(round_))):
             if self.directed:
                 pairs.append((self.ids[j], self.ids[i]))
             elif i < j:
@@ -93,22 +122,32 @@ class Topology:
         return sorted(pairs, key=lambda e: (self.index(e[0]), self.index(e[1])))
 
     @cached_property
+    def round_rates(self) -> tuple[float, ...]:
+        """rho = ||W_r - 11^T/n||_2 of each round of the period."""
+        return tuple(mixing_weights.consensus_rate(g.weights) for g in self.rounds)
+
+    @cached_property
     def consensus_rate(self) -> float:
-        return mixing_weights.consensus_rate(self.weights)
+        """Per-round contraction of disagreement; for a schedule, the geometric mean over one period,
+        ||W_{p-1} ... W_0 - 11^T/n||_2 ** (1/p)."""
+        if self.period == 1:
+            return self.round_rates[0]
+        product = np.eye(self.size)
+        for g in self.rounds:
+            product = g.weights @ product
+        return mixing_weights.consensus_rate(product) ** (1 / self.period)
 
     @cached_property
     def doubly_stochastic(self) -> bool:
-        return mixing_weights.is_doubly_stochastic(self.weights)
+        return all(mixing_weights.is_doubly_stochastic(g.weights) for g in self.rounds)
 
 
 def relocate(topology: Topology, endpoints: list[str]) -> Topology:
     """The same graph and weights with peer i listening on ``endpoints[i]`` (bind = endpoint)."""
     if len(endpoints) != topology.size:
         raise TopologyError(f"{len(endpoints)} endpoints for {topology.size} peers")
-    peers = [PeerSpec(spec.id, endpoint, endpoint) for spec, endpoint in zip(topology.peers, endpoints)]
-    explicit = {pid: topology.mixing_row(pid) for pid in topology.ids} if topology.mixing == "explicit" else None
-    return build_topology(topology.name, peers, topology.edges(), directed=topology.directed,
-                          mixing=topology.mixing, explicit_weights=explicit)
+    peers = tuple(PeerSpec(spec.id, endpoint, endpoint) for spec, endpoint in zip(topology.peers, endpoints))
+    return Topology(topology.name, peers, topology.directed, topology.mixing, topology.rounds)
 
 
 def build_topology(
@@ -119,14 +158,48 @@ def build_topology(
     directed: bool = False,
     mixing: str = "metropolis",
     explicit_weights: dict[str, dict[str, float]] | None = None,
+    schedule: list[dict] | None = None,
     where: str = "",
 ) -> Topology:
-    """Validate and assemble a topology. ``where`` prefixes error messages (a file name)."""
+    """Validate and assemble a topology. ``where`` prefixes error messages (a file name).
+
+    A time-varying topology gives ``schedule``: one {"edges": [...], "weights": {...}?}
+    per round of its period, instead of ``edges``.
+    """
     at = f"{where}: " if where else ""
 
     def fail(message: str) -> TopologyError:
         return TopologyError(at + message)
 
+    index = _check_peers(peers, fail)
+    if mixing not in MIXING_KINDS:
+        raise fail(f"unknown mixing {mixing!r}; use one of {', '.join(MIXING_KINDS)}")
+    if schedule:
+        if edges:
+            raise fail("give either edges (a static graph) or [[schedule]] rounds (a time-varying one), not both")
+        rounds = tuple(
+            _round_graph(entry.get("edges", []), index, directed, mixing, entry.get("weights"),
+                         lambda m, r=r: fail(f"[[schedule]] round {r}: {m}"))
+            for r, entry in enumerate(schedule))
+    else:
+        rounds = (_round_graph(edges, index, directed, mixing, explicit_weights, fail),)
+
+    topology = Topology(name=name, peers=tuple(peers), directed=directed, mixing=mixing, rounds=rounds)
+    ids = list(index)
+    if len(ids) > 1:
+        unreachable = _unreachable(topology.adjacency, directed)
+        if unreachable:
+            kind = "strongly connected" if directed else "connected"
+            over = " over one period of the schedule" if schedule else ""
+            raise fail(
+                f"the graph is not {kind}{over}: {', '.join(ids[i] for i in unreachable)} cannot be reached "
+                f"from {ids[0]!r} (or cannot reach it); add edges so every peer hears, directly or "
+                "through others, from every other"
+            )
+    return topology
+
+
+def _check_peers(peers: list[PeerSpec], fail) -> dict[str, int]:
     if not peers:
         raise fail("no peers; add [[peers]] tables with an id and an endpoint")
     index: dict[str, int] = {}
@@ -147,8 +220,11 @@ def build_topology(
                 "give each peer its own host:port"
             )
         seen_endpoints[spec.endpoint] = spec.id
+    return index
 
-    n = len(peers)
+
+def _round_graph(edges, index: dict[str, int], directed: bool, mixing: str, explicit_weights, fail) -> RoundGraph:
+    n = len(index)
     adjacency = np.zeros((n, n), dtype=bool)
     for edge in edges:
         if len(edge) != 2:
@@ -167,43 +243,24 @@ def build_topology(
         if not directed:
             adjacency[index[a], index[b]] = True
 
-    ids = [p.id for p in peers]
-    if n > 1:
-        unreachable = _unreachable(adjacency, directed)
-        if unreachable:
-            kind = "strongly connected" if directed else "connected"
-            raise fail(
-                f"the graph is not {kind}: {', '.join(ids[i] for i in unreachable)} cannot be reached "
-                f"from {ids[0]!r} (or cannot reach it); add edges so every peer hears, directly or "
-                "through others, from every other"
-            )
-
-    if mixing not in MIXING_KINDS:
-        raise fail(f"unknown mixing {mixing!r}; use one of {', '.join(MIXING_KINDS)}")
     if mixing == "explicit":
         if explicit_weights is None:
             raise fail('mixing = "explicit" needs a [weights] table with one row per peer')
         w = _explicit_matrix(explicit_weights, index, adjacency, fail)
     elif explicit_weights is not None:
         raise fail(f'a [weights] table is given but mixing = "{mixing}"; set mixing = "explicit" or remove it')
-    elif mixing == "metropolis":
+    elif mixing in ("metropolis", "lazy"):
         if directed:
             raise fail(
-                'Metropolis-Hastings weights need an undirected graph; use mixing = "uniform" '
-                "or explicit weights for a directed one"
+                f'{"lazy " if mixing == "lazy" else ""}Metropolis-Hastings weights need an undirected graph; '
+                'use mixing = "uniform" or explicit weights for a directed one'
             )
         w = mixing_weights.metropolis_hastings(adjacency)
+        if mixing == "lazy":
+            w = mixing_weights.lazy(w)
     else:
         w = mixing_weights.uniform(adjacency)
-
-    return Topology(
-        name=name,
-        peers=tuple(peers),
-        directed=directed,
-        mixing=mixing,
-        adjacency=adjacency,
-        weights=w,
-    )
+    return RoundGraph(adjacency, w)
 
 
 def check_endpoint(address: str, peer_id: str, fail) -> None:

@@ -45,6 +45,15 @@ def uniform(adjacency: np.ndarray) -> np.ndarray:
     return w
 
 
+def lazy(w: np.ndarray) -> np.ndarray:
+    """(I + W) / 2: half the weight stays home, and every eigenvalue of W becomes >= 0.
+
+    Weights with an eigenvalue near -1 (explicit weights on a bipartite graph
+    can have one) make gossip flip sign every round instead of settling; the
+    lazy version cannot, at the price of a slower rate."""
+    return (np.eye(len(w)) + w) / 2
+
+
 def consensus_rate(w: np.ndarray) -> float:
     """rho = ||W - 11^T / n||_2: the factor by which one gossip step shrinks disagreement.
 
