@@ -50,6 +50,7 @@ class PeerConfig:
     startup_timeout: float = 60.0
     eval_every: int = 10
     log_every: int = 10
+    trace_every: int = 0
     threads: int = 1
     overwrite: bool = False
     log_level: str = "INFO"
@@ -70,6 +71,7 @@ class PeerConfig:
         need(self.startup_timeout > 0, f"--startup-timeout {self.startup_timeout}: must be > 0 seconds")
         need(self.eval_every >= 1, f"--eval-every {self.eval_every}: must be >= 1")
         need(self.log_every >= 1, f"--log-every {self.log_every}: must be >= 1")
+        need(self.trace_every >= 0, f"--trace-every {self.trace_every}: must be 0 (off) or more")
         need(self.threads >= 1, f"--threads {self.threads}: must be >= 1")
         need(self.algo in ALGORITHMS, f"--algo {self.algo}: choose from {', '.join(ALGORITHMS)}")
         need(self.dataset in DATASETS, f"--dataset {self.dataset}: choose from {', '.join(DATASETS)}")
@@ -152,6 +154,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="seconds the first round waits for neighbours to come up (default: %(default)s)")
     add("--eval-every", type=int, default=d.eval_every,
         help="evaluate test accuracy every N rounds, and after the last (default: %(default)s)")
+    add("--trace-every", type=int, default=d.trace_every,
+        help="append the parameters, as float32, to OUT/trace.f32 every N rounds and after the last, so "
+             "consensus with all peers can be measured afterwards; 0 = off (default: %(default)s)")
     add("--log-every", type=int, default=d.log_every, help="print a progress line every N rounds (default: %(default)s)")
     add("--threads", type=int, default=d.threads,
         help="torch threads per peer; keep 1 when several peers share a machine (default: %(default)s)")

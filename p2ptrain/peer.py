@@ -28,12 +28,12 @@ from .data import DataError
 from .inbox import Inbox
 from .membership import Membership
 from .replica import build_replica
-from .results import relative_error
+from .results import flat_parameters, relative_error
 from .storage import JsonLines, atomic_torch_save, atomic_write_json
 from .topology import Topology, TopologyError, load_topology
 from .transport import Transport, TransportError
 
-OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "algorithm.pt", "config.json")
+OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "algorithm.pt", "config.json", "trace.f32")
 # Rejections logged one by one before switching to one line per thousand: a
 # flood of garbage must not flood the log too.
 REJECTIONS_LOGGED = 100
@@ -92,6 +92,7 @@ class Peer:
                              "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()},
             })
             self.metrics = JsonLines(self.out / "metrics.jsonl")
+            self._trace = open(self.out / "trace.f32", "wb") if config.trace_every else None
         except BaseException:
             self.transport.close()  # an open socket would keep the context from terminating
             raise
@@ -154,6 +155,11 @@ class Peer:
         if self.reference is not None:
             record["rel_error"] = relative_error(self.model.state_dict(), self.reference)
         last_round = round_ == config.rounds - 1
+        if config.trace_every and ((round_ + 1) % config.trace_every == 0 or last_round):
+            row = flat_parameters(self.model.state_dict()).float().numpy()
+            self._trace.write(row.tobytes())
+            self._trace.flush()
+            record["traced"] = row.size  # values per trace row
         if (round_ + 1) % config.eval_every == 0 or last_round:
             record["test_loss"], record["test_accuracy"] = self.trainer.evaluate(self.shard.x_test, self.shard.y_test)
         self.metrics.write(record)
@@ -215,6 +221,8 @@ class Peer:
             "send_dropped": self.send_dropped,
         })
         self.metrics.close()
+        if self._trace is not None:
+            self._trace.close()
         self.transport.close(abandon=self.membership.suspected)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .storage import read_json_lines
@@ -36,6 +37,17 @@ def load_model(peer_dir: Path) -> dict[str, torch.Tensor] | None:
     if not path.exists():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_trace(peer_dir: Path) -> tuple[list[int], np.ndarray]:
+    """(rounds, one row of float32 parameters per traced round) of a peer run with --trace-every."""
+    traced = [r for r in read_json_lines(peer_dir / "metrics.jsonl") if r.get("traced")]
+    if not traced:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    size = traced[0]["traced"]
+    # A row written just before the peer died has no metrics line yet: leave it out.
+    flat = np.fromfile(peer_dir / "trace.f32", dtype=np.float32)[: len(traced) * size]
+    return [r["round"] for r in traced], flat.reshape(len(traced), size)
 
 
 def peer_outcome(peer_dir: Path) -> dict:

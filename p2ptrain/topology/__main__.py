@@ -1,7 +1,8 @@
-"""python -m p2ptrain.topology: write topology files and describe them.
+"""python -m p2ptrain.topology: write topology files, describe them, draw them.
 
     python -m p2ptrain.topology generate ring --peers 8 -o topologies/ring8.toml
     python -m p2ptrain.topology info topologies/ring8.toml
+    python -m p2ptrain.topology draw topologies/torus16.toml -o torus16.png
 """
 
 from __future__ import annotations
@@ -9,30 +10,89 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 
 from . import GENERATORS, TopologyError, dump_topology, generate, load_topology
+from .generators import RANDOM_KINDS
+
+# Disagreement must shrink by this factor for `info`'s predicted rounds.
+SHRINK = 1e-6
+
+
+def diameter(adjacency: np.ndarray) -> int:
+    """Longest shortest path, in hops, following the direction messages travel."""
+    n = len(adjacency)
+    longest = 0
+    for source in range(n):
+        hops = {source: 0}
+        queue = deque([source])
+        while queue:
+            i = queue.popleft()
+            for j in np.flatnonzero(adjacency[:, i]):  # j receives from i
+                if int(j) not in hops:
+                    hops[int(j)] = hops[i] + 1
+                    queue.append(int(j))
+        longest = max(longest, max(hops.values()))
+    return longest
+
+
+def predicted_rounds(rho: float, period: int) -> str:
+    if rho < 1e-12:
+        return f"{period} (the exact average after {'one round' if period == 1 else 'one period'})"
+    if rho >= 1:
+        return "never (rho >= 1)"
+    return str(math.ceil(math.log(SHRINK) / math.log(rho)))
 
 
 def describe(topology) -> str:
     degrees = topology.adjacency.sum(axis=1)
-    rho = topology.consensus_rate
     lines = [
-        f"topology      {topology.name} ({'directed' if topology.directed else 'undirected'}, {topology.mixing} weights)",
+        f"topology      {topology.name} ({'directed' if topology.directed else 'undirected'}, "
+        f"{topology.mixing} weights" + (f", a schedule of {topology.period} rounds)" if topology.period > 1 else ")"),
         f"peers         {topology.size}",
-        f"edges         {len(topology.edges())}",
+        f"edges         {len(topology.edges())}" + (" over one period" if topology.period > 1 else ""),
         f"in-degree     min {degrees.min()}, max {degrees.max()}",
+        f"diameter      {diameter(topology.adjacency)}",
         f"doubly stoch. {'yes' if topology.doubly_stochastic else 'no: gossip will not keep the mean'}",
-        f"rho           {rho:.6f}  (||W - 11^T/n||_2, disagreement shrinks by this per round)",
-        f"spectral gap  {1 - rho:.6f}",
     ]
-    if 0 < rho < 1:
-        lines.append(f"rounds to shrink disagreement 1e6-fold: {math.ceil(math.log(1e-6) / math.log(rho))}")
-    elif rho == 0 or np.isclose(rho, 0):
-        lines.append("rounds to shrink disagreement 1e6-fold: 1 (exact average in one round)")
+    if topology.period > 1:
+        lines.append("rho per round " + ", ".join(f"{r:.6f}" for r in topology.round_rates))
+        period_rho = topology.consensus_rate ** topology.period
+        lines.append(f"rho of a period {period_rho:.3e}  (||W_(p-1)...W_0 - 11^T/n||_2)")
+    rho = topology.consensus_rate
+    lines += [
+        f"rho           {rho:.6f}  (||W - 11^T/n||_2{', per round over a period' if topology.period > 1 else ''}:"
+        " disagreement shrinks by this per round)",
+        f"spectral gap  {1 - rho:.6f}",
+        f"rounds to shrink disagreement 1e6-fold: {predicted_rounds(rho, topology.period)}",
+    ]
     return "\n".join(lines)
+
+
+def draw(topology, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import networkx as nx
+
+    graph = nx.DiGraph() if topology.directed else nx.Graph()
+    graph.add_nodes_from(topology.ids)
+    graph.add_edges_from(topology.edges())
+    layout = nx.circular_layout(graph) if topology.directed or topology.period > 1 else nx.kamada_kawai_layout(graph)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    arrows = {"arrows": True, "arrowsize": 8} if topology.directed else {"arrows": False}
+    nx.draw_networkx(graph, layout, ax=ax, node_color="#8fbcd4", node_size=350, font_size=7,
+                     edge_color="#555555", width=0.8, **arrows)
+    kind = f"schedule of {topology.period} rounds, all shown" if topology.period > 1 else topology.mixing
+    ax.set_title(f"{topology.name}: {topology.size} peers, rho = {topology.consensus_rate:.3f} ({kind})", fontsize=9)
+    ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,27 +100,35 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="write a topology file of a standard graph")
-    gen.add_argument("kind", choices=sorted(GENERATORS))
+    gen.add_argument("kind", choices=list(GENERATORS))
     gen.add_argument("--peers", type=int, required=True, help="number of peers")
     gen.add_argument("--host", default="127.0.0.1", help="host every endpoint listens on (default: %(default)s)")
     gen.add_argument("--base-port", type=int, default=25000, help="peer i listens on base-port + i (default: %(default)s)")
-    gen.add_argument("--mixing", choices=["metropolis", "uniform"], help="weights (default: the kind's usual)")
+    gen.add_argument("--mixing", choices=["metropolis", "uniform", "lazy"], help="weights (default: the kind's usual)")
+    gen.add_argument("--seed", type=int, default=0, help=f"seed of the random kinds ({', '.join(RANDOM_KINDS)})")
+    gen.add_argument("--probability", type=float, help="erdos-renyi: edge probability (default: 2 ln(n) / n)")
+    gen.add_argument("--radius", type=float, help="geometric: link distance in the unit square (default: sqrt(2 ln(n) / n))")
     gen.add_argument("--name", help="topology name (default: KIND + peers)")
     gen.add_argument("-o", "--output", help="file to write (default: standard output)")
-    info = sub.add_parser("info", help="print degrees, rho and the spectral gap of a topology file")
+    info = sub.add_parser("info", help="print degrees, diameter, rho and the spectral gap of a topology file")
     info.add_argument("file")
+    drawing = sub.add_parser("draw", help="draw a topology file as a PNG")
+    drawing.add_argument("file")
+    drawing.add_argument("-o", "--output", required=True, help="PNG file to write")
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
-            topology = generate(args.kind, args.peers, host=args.host, base_port=args.base_port,
-                                name=args.name, mixing=args.mixing)
+            topology = generate(args.kind, args.peers, host=args.host, base_port=args.base_port, name=args.name,
+                                mixing=args.mixing, seed=args.seed, probability=args.probability, radius=args.radius)
             text = dump_topology(topology, f"{topology.name}: {args.kind} graph of {args.peers} peers.")
             if args.output:
                 Path(args.output).write_text(text, encoding="utf-8")
             else:
                 sys.stdout.write(text)
-        else:
+        elif args.command == "info":
             print(describe(load_topology(args.file)))
+        else:
+            draw(load_topology(args.file), Path(args.output))
     except TopologyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

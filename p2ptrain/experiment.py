@@ -1,0 +1,286 @@
+"""Topology experiments: the same training on several graphs, algorithms, partitions and seeds, compared.
+
+Each combination is one swarm run by the launcher (swarm.py), in one
+process per peer or all in this process; its directory holds everything the
+peers wrote. From those the runner builds results.csv (a row per run and
+round), summary.md and plots. A run whose summary.json exists is done: an
+interrupted sweep started again with the same --out skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import ConfigError, PeerConfig, add_training_options
+from .data import parse_partition
+from .results import read_trace
+from .storage import read_json_lines
+from .swarm import main as launch
+from .topology import GENERATORS, Topology, TopologyError, dump_topology, generate, load_topology
+
+CSV_COLUMNS = ["topology", "algo", "partition", "seed", "round", "wall_time", "mean_loss", "mean_accuracy",
+               "consensus_distance", "bytes_sent_per_peer"]
+
+
+@dataclass(frozen=True)
+class Run:
+    topology: str
+    algo: str
+    partition: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.topology}-{self.algo}-{self.partition.replace(':', '')}-s{self.seed}"
+
+
+def resolve_topology(name: str, base_port: int) -> Topology:
+    """A topology file, or KIND+PEERS (ring16, one-peer-exponential16, erdos-renyi32) generated here."""
+    if name.endswith(".toml"):
+        return load_topology(name)
+    match = re.fullmatch(r"([a-z-]+?)(\d+)", name)
+    if not match or match[1] not in GENERATORS:
+        raise TopologyError(f"topology {name!r}: give a .toml file or KIND+PEERS with KIND one of "
+                            f"{', '.join(GENERATORS)} (e.g. ring16)")
+    return generate(match[1], int(match[2]), base_port=base_port)
+
+
+def unsupported(run: Run, topology: Topology) -> str | None:
+    if run.algo == "admm" and (topology.directed or topology.period > 1):
+        return "ADMM needs a static undirected graph"
+    return None
+
+
+def run_rows(run: Run, run_dir: Path) -> list[dict]:
+    """results.csv rows of one finished run, from its peers' metrics and traces."""
+    peers = sorted((run_dir / "peers").iterdir())
+    metrics = {p.name: read_json_lines(p / "metrics.jsonl") for p in peers}
+    traces = {p.name: read_trace(p) for p in peers if (p / "trace.f32").exists()}
+    consensus = {}
+    if traces:
+        common = set.intersection(*(set(rounds) for rounds, _ in traces.values()))
+        for r in sorted(common):
+            rows = np.stack([rows[rounds.index(r)] for rounds, rows in traces.values()]).astype(np.float64)
+            mean = rows.mean(axis=0)
+            consensus[r] = float(np.linalg.norm(rows - mean, axis=1).mean() / max(np.linalg.norm(mean), 1e-30))
+    rounds = min(len(m) for m in metrics.values())
+    sent = np.zeros(len(metrics))
+    out = []
+    for r in range(rounds):
+        records = [m[r] for m in metrics.values()]
+        sent += [rec["bytes_sent"] for rec in records]
+        losses = [rec["loss"] for rec in records if rec["loss"] is not None]
+        accuracies = [rec["test_accuracy"] for rec in records if rec.get("test_accuracy") is not None]
+        out.append({
+            "topology": run.topology, "algo": run.algo, "partition": run.partition, "seed": run.seed, "round": r,
+            "wall_time": max(rec["time"] for rec in records),
+            "mean_loss": float(np.mean(losses)) if losses else "",
+            "mean_accuracy": float(np.mean(accuracies)) if accuracies else "",
+            "consensus_distance": consensus.get(r, ""),
+            "bytes_sent_per_peer": float(sent.mean()),
+        })
+    return out
+
+
+def first_reaching(rows: list[dict], target: float) -> dict | None:
+    for row in rows:
+        if row["mean_accuracy"] != "" and row["mean_accuracy"] >= target:
+            return row
+    return None
+
+
+def summary_markdown(results: dict[Run, list[dict] | str], rates: dict[str, float], target: float) -> str:
+    lines = [f"| topology | rho | algo | partition | seed | final accuracy (mean) | rounds to {target:g} | "
+             f"seconds to {target:g} | final consensus distance | MB sent per peer |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for run, rows in results.items():
+        head = f"| {run.topology} | {rates[run.topology]:.3f} | {run.algo} | {run.partition} | {run.seed} |"
+        if isinstance(rows, str):  # the reason the run could not be made
+            lines.append(f"{head} {rows} | | | | |")
+            continue
+        accuracies = [r["mean_accuracy"] for r in rows if r["mean_accuracy"] != ""]
+        consensus = [r["consensus_distance"] for r in rows if r["consensus_distance"] != ""]
+        hit = first_reaching(rows, target)
+        final = f"{accuracies[-1]:.4f}" if accuracies else "-"
+        rounds = str(hit["round"] + 1) if hit else "not reached"
+        seconds = f"{hit['wall_time']:.1f}" if hit else "-"
+        distance = f"{consensus[-1]:.2e}" if consensus else "-"
+        megabytes = rows[-1]["bytes_sent_per_peer"] / 2**20
+        lines.append(f"{head} {final} | {rounds} | {seconds} | {distance} | {megabytes:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[Run, list[dict] | str], rates: dict[str, float], out: Path) -> list[Path]:
+    """PNG plots: consensus distance against round with rho^t drawn over it, accuracy against round
+    and against wall time, bytes sent per peer."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no screen
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    finished = {run: rows for run, rows in results.items() if not isinstance(rows, str)}
+    colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(sorted({r.topology for r in finished}))}
+    styles = {"gossip": "-", "admm": "--"}
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    predicted = set()
+    lowest = math.inf
+    for run, rows in finished.items():
+        points = [(r["round"], r["consensus_distance"]) for r in rows if r["consensus_distance"] != ""]
+        if not points:
+            continue
+        x, y = zip(*points)
+        lowest = min(lowest, min(v for v in y if v > 0))
+        ax.semilogy(x, y, styles.get(run.algo, "-"), color=colours[run.topology], alpha=0.8,
+                    label=f"{run.topology} {run.algo} {run.partition} s{run.seed}")
+        rho = rates[run.topology]
+        if run.topology not in predicted and 0 < rho < 1:
+            predicted.add(run.topology)
+            t = np.arange(x[0], x[-1] + 1)
+            ax.semilogy(t, y[0] * rho ** (t - x[0]), ":", color=colours[run.topology], linewidth=1,
+                        label=f"{run.topology} rho^t, rho={rho:.3f}")
+    if math.isfinite(lowest):
+        # With gradient steps disagreement stops shrinking; the prediction is for pure averaging
+        # (--local-steps 0) and would otherwise stretch the axis far below every measurement.
+        ax.set_ylim(bottom=lowest / 100)
+    ax.set_xlabel("round")
+    ax.set_ylabel("consensus distance (mean ||x_i - x̄|| / ||x̄||)")
+    ax.set_title("Consensus distance; dotted: rho^t from the first measured point")
+    ax.legend(fontsize=6, ncol=2)
+    paths.append(_save(fig, out / "consensus.png"))
+
+    for x_key, name, label in (("round", "accuracy_rounds.png", "round"),
+                               ("wall_time", "accuracy_time.png", "wall time (s)")):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for run, rows in finished.items():
+            points = [(r[x_key], r["mean_accuracy"]) for r in rows if r["mean_accuracy"] != ""]
+            if points:
+                x, y = zip(*points)
+                ax.plot(x, y, styles.get(run.algo, "-"), color=colours[run.topology],
+                        label=f"{run.topology} {run.algo} {run.partition} s{run.seed}")
+        ax.set_xlabel(label)
+        ax.set_ylabel("mean test accuracy over peers")
+        ax.legend(fontsize=6, ncol=2)
+        paths.append(_save(fig, out / name))
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    names = [run.name for run in finished]
+    ax.barh(names, [rows[-1]["bytes_sent_per_peer"] / 2**20 for rows in finished.values()],
+            color=[colours[run.topology] for run in finished])
+    ax.set_xlabel("MB sent per peer over the run")
+    ax.tick_params(axis="y", labelsize=6)
+    paths.append(_save(fig, out / "bytes_sent.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/topology_experiment.py",
+        description="Run the same training on several topologies, algorithms, partitions and seeds; write "
+                    "results.csv, summary.md and plots to --out. Interrupted sweeps resume where they stopped.")
+    parser.add_argument("--topologies", default="ring16,torus16,exponential16,one-peer-exponential16,complete16",
+                        help="comma-separated topology files or KIND+PEERS names (default: %(default)s)")
+    parser.add_argument("--algos", default="gossip", help="comma-separated: gossip, admm (default: %(default)s)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
+    parser.add_argument("--mode", choices=["in-process", "processes"], default="in-process",
+                        help="all peers of a run as tasks of one process (inproc sockets), or one process "
+                             "per peer over TCP loopback (default: %(default)s)")
+    parser.add_argument("--target-accuracy", type=float, default=0.95,
+                        help="summary.md reports rounds and seconds to this mean test accuracy (default: %(default)s)")
+    parser.add_argument("--base-port", type=int, default=27000,
+                        help="first TCP port of generated topologies in processes mode (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="experiment directory")
+    add_training_options(parser)
+    parser.set_defaults(trace_every=5, eval_every=5, log_every=50, log_level="WARNING")
+    for action in parser._actions:
+        if action.dest == "partition":
+            action.help = "comma-separated partitions, e.g. iid,dirichlet:0.1 (default: %(default)s)"
+        if action.dest in ("algo", "seed"):
+            action.help = argparse.SUPPRESS  # --algos and --seeds take lists
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    try:
+        partitions = args.partition.split(",")
+        for partition in partitions:
+            parse_partition(partition)
+        algos = args.algos.split(",")
+        seeds = [int(s) for s in args.seeds.split(",")]
+        names = args.topologies.split(",")
+        topologies = {name: resolve_topology(name, args.base_port) for name in names}
+        for algo in algos:
+            PeerConfig(topology="-", algo=algo).validate()
+    except (ValueError, ConfigError, TopologyError) as error:
+        print(f"topology_experiment: error: {error}", file=sys.stderr)
+        return 2
+
+    (out / "topologies").mkdir(parents=True, exist_ok=True)
+    runs = [Run(t, a, p, s) for t, a, p, s in itertools.product(names, algos, partitions, seeds)]
+    passthrough = []
+    for action in parser._actions:
+        if action.dest in {"topologies", "algos", "seeds", "mode", "target_accuracy", "base_port", "out", "help",
+                           "algo", "seed", "partition"}:
+            continue
+        passthrough += [action.option_strings[0], str(getattr(args, action.dest))]
+    results: dict[Run, list[dict] | str] = {}
+    started = time.monotonic()
+    for k, run in enumerate(runs, 1):
+        topology = topologies[run.topology]
+        run_dir = out / "runs" / run.name
+        reason = unsupported(run, topology)
+        if reason:
+            print(f"[{k}/{len(runs)}] {run.name}: skipped, {reason}", flush=True)
+            results[run] = f"n/a ({reason})"
+            continue
+        if (run_dir / "summary.json").exists():
+            print(f"[{k}/{len(runs)}] {run.name}: done earlier", flush=True)
+        else:
+            topology_file = out / "topologies" / f"{run.topology}.toml"
+            topology_file.write_text(dump_topology(topology))
+            elapsed = time.monotonic() - started
+            print(f"[{k}/{len(runs)}] {run.name} ({elapsed:.0f}s so far)", flush=True)
+            code = launch([str(topology_file), "--out", str(run_dir), "--overwrite", "--algo", run.algo,
+                           "--partition", run.partition, "--seed", str(run.seed), *passthrough,
+                           *(["--in-process"] if args.mode == "in-process" else [])])
+            if code >= 128:
+                print("topology_experiment: interrupted; run it again with the same --out to resume", file=sys.stderr)
+                return code
+        results[run] = run_rows(run, run_dir)
+
+    rates = {name: topology.consensus_rate for name, topology in topologies.items()}
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for rows in results.values():
+            if not isinstance(rows, str):
+                writer.writerows(rows)
+    (out / "summary.md").write_text(summary_markdown(results, rates, args.target_accuracy))
+    paths = plot(results, rates, out / "plots")
+    print((out / "summary.md").read_text())
+    print(f"results: {out / 'results.csv'}; plots: {', '.join(p.name for p in paths)} in {out / 'plots'}")
+    return 0

@@ -1,0 +1,78 @@
+"""The topology experiment runner end to end (peers in one process), and the topology drawing."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from p2ptrain.experiment import main as experiment
+from p2ptrain.results import read_trace
+from p2ptrain.topology import dump_topology, generate
+from p2ptrain.topology.__main__ import diameter, main as topology_cli
+
+
+def test_a_sweep_writes_results_summary_and_plots_and_resumes(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["--topologies", "ring4,exponential4", "--algos", "gossip,admm", "--partition", "iid,dirichlet:0.5",
+            "--rounds", "12", "--local-steps", "2", "--trace-every", "3", "--eval-every", "3", "--out", str(out)]
+    assert experiment(argv) == 0
+    printed = capsys.readouterr().out
+    assert "exponential4-admm-iid-s0: skipped, ADMM needs a static undirected graph" in printed
+
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    runs = {(r["topology"], r["algo"], r["partition"]) for r in rows}
+    assert runs == {("ring4", "gossip", "iid"), ("ring4", "gossip", "dirichlet:0.5"), ("ring4", "admm", "iid"),
+                    ("ring4", "admm", "dirichlet:0.5"), ("exponential4", "gossip", "iid"),
+                    ("exponential4", "gossip", "dirichlet:0.5")}
+    assert len(rows) == 6 * 12
+    one_run = [r for r in rows if (r["topology"], r["algo"], r["partition"]) == ("ring4", "gossip", "iid")]
+    assert [int(r["round"]) for r in one_run] == list(range(12))
+    assert [r["round"] for r in one_run if r["consensus_distance"]] == ["2", "5", "8", "11"]
+    assert [r["round"] for r in one_run if r["mean_accuracy"]] == ["2", "5", "8", "11"]
+    sent = [float(r["bytes_sent_per_peer"]) for r in one_run]
+    assert all(b > a for a, b in zip(sent, sent[1:]))  # cumulative
+
+    summary = (out / "summary.md").read_text()
+    assert "| exponential4 | 0.333 | admm | iid | 0 | n/a (ADMM needs a static undirected graph) |" in summary
+    for name in ("consensus.png", "accuracy_rounds.png", "accuracy_time.png", "bytes_sent.png"):
+        assert (out / "plots" / name).stat().st_size > 10_000
+
+    # The consensus column is the distance to the mean of all peers' traced parameters.
+    peers = sorted((out / "runs" / "ring4-gossip-iid-s0" / "peers").iterdir())
+    traces = [read_trace(p)[1][-1].astype(np.float64) for p in peers]
+    mean = np.mean(traces, axis=0)
+    expected = np.mean([np.linalg.norm(t - mean) for t in traces]) / np.linalg.norm(mean)
+    assert float(one_run[-1]["consensus_distance"]) == pytest.approx(expected, rel=1e-9)
+
+    # Started again on the same directory, nothing is run twice.
+    marker = out / "runs" / "ring4-gossip-iid-s0" / "summary.json"
+    before = marker.stat().st_mtime_ns
+    assert experiment(argv) == 0
+    assert "ring4-gossip-iid-s0: done earlier" in capsys.readouterr().out
+    assert marker.stat().st_mtime_ns == before
+
+
+def test_bad_sweep_options_are_refused(tmp_path, capsys):
+    assert experiment(["--topologies", "moebius8", "--out", str(tmp_path)]) == 2
+    assert "KIND+PEERS" in capsys.readouterr().err
+    assert experiment(["--partition", "noniid", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("kind, n, expected", [("ring", 8, 4), ("line", 5, 4), ("complete", 6, 1), ("star", 7, 2),
+                                               ("hypercube", 16, 4), ("exponential", 16, 4)])
+def test_diameter(kind, n, expected):
+    assert diameter(generate(kind, n).adjacency) == expected
+
+
+def test_info_of_a_schedule_and_a_drawing(tmp_path, capsys):
+    path = tmp_path / "op.toml"
+    path.write_text(dump_topology(generate("one-peer-exponential", 16)))
+    assert topology_cli(["info", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "a schedule of 4 rounds" in printed
+    assert "rounds to shrink disagreement 1e6-fold: 4 (the exact average after one period)" in printed
+    assert topology_cli(["draw", str(path), "-o", str(tmp_path / "op.png")]) == 0
+    assert (tmp_path / "op.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
