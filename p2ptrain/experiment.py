@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import itertools
 import math
 import re
@@ -23,11 +24,13 @@ import numpy as np
 
 from .config import ConfigError, PeerConfig, add_training_options
 from .data import parse_partition
-from .results import read_trace
+from .replica import check_run
+from .results import consensus_of_rows, read_trace
 from .storage import read_json_lines
 from .swarm import main as launch
 from .topology import GENERATORS, Topology, TopologyError, dump_topology, generate, load_topology
 
+PEER_FIELDS = {f.name for f in dataclasses.fields(PeerConfig)}
 CSV_COLUMNS = ["topology", "algo", "partition", "seed", "round", "wall_time", "mean_loss", "mean_accuracy",
                "consensus_distance", "bytes_sent_per_peer"]
 
@@ -55,9 +58,12 @@ def resolve_topology(name: str, base_port: int) -> Topology:
     return generate(match[1], int(match[2]), base_port=base_port)
 
 
-def unsupported(run: Run, topology: Topology) -> str | None:
-    if run.algo == "admm" and (topology.directed or topology.period > 1):
-        return "ADMM needs a static undirected graph"
+def unsupported(run: Run, topology: Topology, options: PeerConfig) -> str | None:
+    """Why this combination cannot run (the peers' own check), or None."""
+    try:
+        check_run(dataclasses.replace(options, algo=run.algo, partition=run.partition, seed=run.seed), topology)
+    except ConfigError as error:
+        return str(error).split(";")[0]
     return None
 
 
@@ -65,14 +71,11 @@ def run_rows(run: Run, run_dir: Path) -> list[dict]:
     """results.csv rows of one finished run, from its peers' metrics and traces."""
     peers = sorted((run_dir / "peers").iterdir())
     metrics = {p.name: read_json_lines(p / "metrics.jsonl") for p in peers}
-    traces = {p.name: read_trace(p) for p in peers if (p / "trace.f32").exists()}
+    traces = [read_trace(p) for p in peers if (p / "trace.f32").exists()]
     consensus = {}
     if traces:
-        common = set.intersection(*(set(rounds) for rounds, _ in traces.values()))
-        for r in sorted(common):
-            rows = np.stack([rows[rounds.index(r)] for rounds, rows in traces.values()]).astype(np.float64)
-            mean = rows.mean(axis=0)
-            consensus[r] = float(np.linalg.norm(rows - mean, axis=1).mean() / max(np.linalg.norm(mean), 1e-30))
+        for r in sorted(set.intersection(*(set(traced) for traced, _ in traces))):
+            consensus[r] = consensus_of_rows(np.stack([vectors[traced.index(r)] for traced, vectors in traces]))
     rounds = min(len(m) for m in metrics.values())
     sent = np.zeros(len(metrics))
     out = []
@@ -132,6 +135,9 @@ def plot(results: dict[Run, list[dict] | str], rates: dict[str, float], out: Pat
     finished = {run: rows for run, rows in results.items() if not isinstance(rows, str)}
     colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(sorted({r.topology for r in finished}))}
     styles = {"gossip": "-", "admm": "--"}
+    # Colour: topology; line style: algorithm; width: partition (the first listed widest).
+    partitions = list(dict.fromkeys(run.partition for run in finished))
+    widths = {p: max(2.4 - 1.2 * i, 0.6) for i, p in enumerate(partitions)}
     paths = []
 
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -144,7 +150,7 @@ def plot(results: dict[Run, list[dict] | str], rates: dict[str, float], out: Pat
         x, y = zip(*points)
         lowest = min(lowest, min(v for v in y if v > 0))
         ax.semilogy(x, y, styles.get(run.algo, "-"), color=colours[run.topology], alpha=0.8,
-                    label=f"{run.topology} {run.algo} {run.partition} s{run.seed}")
+                    linewidth=widths[run.partition], label=f"{run.topology} {run.algo} {run.partition} s{run.seed}")
         rho = rates[run.topology]
         if run.topology not in predicted and 0 < rho < 1:
             predicted.add(run.topology)
@@ -168,7 +174,7 @@ def plot(results: dict[Run, list[dict] | str], rates: dict[str, float], out: Pat
             points = [(r[x_key], r["mean_accuracy"]) for r in rows if r["mean_accuracy"] != ""]
             if points:
                 x, y = zip(*points)
-                ax.plot(x, y, styles.get(run.algo, "-"), color=colours[run.topology],
+                ax.plot(x, y, styles.get(run.algo, "-"), color=colours[run.topology], linewidth=widths[run.partition],
                         label=f"{run.topology} {run.algo} {run.partition} s{run.seed}")
         ax.set_xlabel(label)
         ax.set_ylabel("mean test accuracy over peers")
@@ -248,11 +254,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         passthrough += [action.option_strings[0], str(getattr(args, action.dest))]
     results: dict[Run, list[dict] | str] = {}
+    options = PeerConfig.from_dict({k: v for k, v in vars(args).items() if k in PEER_FIELDS})
     started = time.monotonic()
     for k, run in enumerate(runs, 1):
         topology = topologies[run.topology]
         run_dir = out / "runs" / run.name
-        reason = unsupported(run, topology)
+        reason = unsupported(run, topology, options)
         if reason:
             print(f"[{k}/{len(runs)}] {run.name}: skipped, {reason}", flush=True)
             results[run] = f"n/a ({reason})"

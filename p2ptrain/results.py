@@ -20,10 +20,14 @@ def consensus_distance(models: list[dict[str, torch.Tensor]]) -> float:
     """Mean over peers of ||x_i - x_mean|| / ||x_mean||: 0 when every replica is identical."""
     if not models:
         raise ValueError("no models to compare")
-    vectors = torch.stack([flat_parameters(m) for m in models])
-    mean = vectors.mean(dim=0)
-    scale = max(float(torch.linalg.vector_norm(mean)), 1e-30)
-    return float(torch.linalg.vector_norm(vectors - mean, dim=1).mean() / scale)
+    return consensus_of_rows(torch.stack([flat_parameters(m) for m in models]).numpy())
+
+
+def consensus_of_rows(rows: np.ndarray) -> float:
+    """consensus_distance of parameter vectors given as the rows of a matrix."""
+    rows = np.asarray(rows, dtype=np.float64)
+    mean = rows.mean(axis=0)
+    return float(np.linalg.norm(rows - mean, axis=1).mean() / max(float(np.linalg.norm(mean)), 1e-30))
 
 
 def relative_error(state_dict: dict[str, torch.Tensor], reference: torch.Tensor) -> float:
