@@ -181,3 +181,19 @@ def test_a_diverging_peer_stops_with_exit_code_3_and_names_the_cause(topology_fi
         assert "holds NaN or Inf; the ADMM penalty (--admm-penalty) is probably too small" in p.log()
         result = json.loads((tmp_path / peer_id / "result.json").read_text())
         assert result["status"] == "diverged" and result["rounds_completed"] < 200
+
+
+def test_a_time_varying_swarm_follows_its_schedule_and_the_simulation(topology_file, tmp_path):
+    out = tmp_path / "run"
+    result = run_launcher([str(topology_file("one-peer-exponential", 4)), "--out", str(out), "--rounds", "30",
+                           "--timeout", "100"], timeout=110)
+    assert result.returncode == 0, result.stdout + result.stderr
+    topology = load_topology(out / "topology.toml")
+    config = PeerConfig.from_dict(json.loads((out / "peers" / "p0" / "config.json").read_text())["config"])
+    for peer_id, state in simulate(config, topology).items():
+        got = torch.load(out / "peers" / peer_id / "model.pt", weights_only=True)
+        for name, tensor in state.items():
+            assert torch.equal(got[name], tensor)
+    records = read_json_lines(out / "peers" / "p0" / "metrics.jsonl")
+    # Round r: p0 hears from p0 - 2^(r mod 2) only: p3, then p2, then p3 again...
+    assert [r["heard"] for r in records[:4]] == [["p3"], ["p2"], ["p3"], ["p2"]]
