@@ -320,8 +320,9 @@ def _default_peer_field(record: logging.LogRecord) -> bool:
     return True
 
 
-def configure_logging(level: str, stream=sys.stderr) -> None:
-    handler = logging.StreamHandler(stream)
+def configure_logging(level: str, path: Path | None = None) -> None:
+    """Peer log lines ("time peer level message") to standard error, or appended to ``path``."""
+    handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(peer)s %(levelname)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_default_peer_field)
     logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -303,16 +303,20 @@ def supervise(peers: list[PeerProcess], progress: Progress, timeout: float) -> i
 
 
 async def run_here(topology: Topology, config: PeerConfig, run_dir: Path, progress: Progress,
-                   timeout: float) -> list[PeerProcess]:
-    """Every peer as a task of this process (--in-process), with the progress shown meanwhile."""
+                   timeout: float) -> tuple[list[PeerProcess], bool]:
+    """Every peer as a task of this process (--in-process), with the progress shown meanwhile.
+    Returns the peers and whether the timeout stopped them."""
     peers = [PeerProcess(pid, run_dir / "peers" / pid, None, None) for pid in topology.ids]
     run = asyncio.ensure_future(run_in_process(topology, config, run_dir / "peers"))
+    timed_out = False
 
     async def watch() -> None:
+        nonlocal timed_out
         while True:
             progress.show(peers)
             if timeout and time.monotonic() - progress.started > timeout:
                 print(f"launch_swarm: --timeout {timeout}s reached; stopping the peers", file=sys.stderr)
+                timed_out = True
                 os.kill(os.getpid(), signal.SIGTERM)  # the peers stop as on any SIGTERM
                 return
             await asyncio.sleep(0.5)
@@ -325,7 +329,7 @@ async def run_here(topology: Topology, config: PeerConfig, run_dir: Path, progre
     for p in peers:
         p.exit_code = codes[p.id]
     progress.show(peers)
-    return peers
+    return peers, timed_out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,12 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = None
     if args.in_process:
         atomic_write_json(run_dir / "launch.json", launch)
-        configure_logging(args.log_level, open(run_dir / "peers.log", "a", buffering=1))
+        configure_logging(args.log_level, run_dir / "peers.log")
         config = dataclasses.replace(config, topology=str(topology_file), run_id=run_id,
                                      reference=str(run_dir / "reference.pt") if reference is not None else "")
-        peers = asyncio.run(run_here(topology, config, run_dir, progress, args.timeout))
+        peers, timed_out = asyncio.run(run_here(topology, config, run_dir, progress, args.timeout))
         stopped = {p.exit_code for p in peers} & {128 + signal.SIGINT, 128 + signal.SIGTERM}
-        interrupted = min(stopped) - 128 if stopped else None
+        # A timeout stops the peers like a signal, but the run failed rather than being interrupted.
+        interrupted = min(stopped) - 128 if stopped and not timed_out else None
     else:
         peers = start_peers(topology_file, topology, run_dir, run_id, training_argv)
         atomic_write_json(run_dir / "launch.json", launch | {"pids": {p.id: p.process.pid for p in peers}})
