@@ -11,8 +11,9 @@ import argparse
 import asyncio
 import ctypes
 import dataclasses
-import math
+import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -116,7 +117,7 @@ def check_endpoints_free(topology: Topology) -> None:
             try:
                 probe.bind((host, int(match["port"])))
             except OSError as error:
-                if error.errno == 98:  # EADDRINUSE
+                if error.errno == errno.EADDRINUSE:
                     raise LaunchError(
                         f"port {match['port']} for peer {spec.id} ({spec.bind}) is in use, perhaps by another "
                         "swarm; stop it or pass --base-port N to move this swarm to ports N, N+1, ..."
