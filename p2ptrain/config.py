@@ -51,6 +51,9 @@ class PeerConfig:
     eval_every: int = 10
     log_every: int = 10
     trace_every: int = 0
+    checkpoint_every: int = 0
+    checkpoint_write_delay: float = 0.0
+    resume: bool = False
     threads: int = 1
     overwrite: bool = False
     log_level: str = "INFO"
@@ -72,6 +75,8 @@ class PeerConfig:
         need(self.eval_every >= 1, f"--eval-every {self.eval_every}: must be >= 1")
         need(self.log_every >= 1, f"--log-every {self.log_every}: must be >= 1")
         need(self.trace_every >= 0, f"--trace-every {self.trace_every}: must be 0 (off) or more")
+        need(self.checkpoint_every >= 0, f"--checkpoint-every {self.checkpoint_every}: must be 0 (off) or more")
+        need(self.checkpoint_write_delay >= 0, "--checkpoint-write-delay must be >= 0 seconds")
         need(self.threads >= 1, f"--threads {self.threads}: must be >= 1")
         need(self.algo in ALGORITHMS, f"--algo {self.algo}: choose from {', '.join(ALGORITHMS)}")
         need(self.dataset in DATASETS, f"--dataset {self.dataset}: choose from {', '.join(DATASETS)}")
@@ -157,6 +162,12 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--trace-every", type=int, default=d.trace_every,
         help="append the parameters, as float32, to OUT/trace.f32 every N rounds and after the last, so "
              "consensus with all peers can be measured afterwards; 0 = off (default: %(default)s)")
+    add("--checkpoint-every", type=int, default=d.checkpoint_every,
+        help="write OUT/checkpoint.pt (model, optimizer, algorithm state, RNG, round) every N rounds, "
+             "atomically; 0 = off (default: %(default)s)")
+    add("--checkpoint-write-delay", type=float, default=d.checkpoint_write_delay,
+        help="fault injection: pause this many seconds between writing a checkpoint and putting it in place, "
+             "to test crashes mid-write (default: %(default)s)")
     add("--log-every", type=int, default=d.log_every, help="print a progress line every N rounds (default: %(default)s)")
     add("--threads", type=int, default=d.threads,
         help="torch threads per peer; keep 1 when several peers share a machine (default: %(default)s)")
@@ -183,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "metrics (the launcher writes one for the convex datasets)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the outputs of an earlier run in --out instead of refusing")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoint.pt (written with --checkpoint-every); without one, "
+                             "start from round 0")
     add_training_options(parser)
     return parser
 

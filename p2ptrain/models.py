@@ -83,6 +83,16 @@ class Trainer:
         """Forget momentum: the next steps start a new subproblem (an ADMM local solve)."""
         self.optimizer.state.clear()
 
+    def state_dict(self) -> dict:
+        """Optimizer state and where the batch sampler stands, for checkpoints."""
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "order": self._order, "cursor": self._cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self._order, self._cursor = state["order"], state["cursor"]
+
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr

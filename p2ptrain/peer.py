@@ -29,11 +29,18 @@ from .inbox import Inbox
 from .membership import Membership
 from .replica import build_replica
 from .results import flat_parameters, relative_error
-from .storage import JsonLines, atomic_torch_save, atomic_write_json
+from .storage import (
+    JsonLines,
+    atomic_torch_save,
+    atomic_write_json,
+    remove_partial_writes,
+    rewrite_json_lines,
+)
 from .topology import Topology, TopologyError, load_topology
 from .transport import Transport, TransportError
 
-OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "algorithm.pt", "config.json", "trace.f32")
+CHECKPOINT = "checkpoint.pt"
+OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "algorithm.pt", "config.json", "trace.f32", CHECKPOINT)
 # Rejections logged one by one before switching to one line per thousand: a
 # flood of garbage must not flood the log too.
 REJECTIONS_LOGGED = 100
@@ -51,7 +58,7 @@ class Peer:
         config.run_id = config.run_id or f"{self.topology.name}-{config.algo}-s{config.seed}"
         self.log = logging.LoggerAdapter(logging.getLogger("p2ptrain.peer"), {"peer": self.id})
         self.out = Path(config.out or Path("runs") / config.run_id / self.id)
-        _prepare_output(self.out, config.overwrite)
+        _prepare_output(self.out, config.overwrite, config.resume)
 
         torch.set_num_threads(config.threads)
         self.replica = build_replica(config, self.topology, self.id)
@@ -71,6 +78,7 @@ class Peer:
         self.rounds_completed = 0
         self.last: dict = {}
         self.started = self.clock()
+        self.start_round = self._restore() if config.resume else 0
 
         self.transport = Transport(
             context,
@@ -103,8 +111,60 @@ class Peer:
                       self.topology.peer(self.id).bind, ",".join(self.in_neighbours),
                       ",".join(self.out_neighbours), len(self.shard.x))
 
+    def _restore(self) -> int:
+        """Load OUT/checkpoint.pt if there is one; returns the round to continue from."""
+        for leftover in remove_partial_writes(self.out / CHECKPOINT):
+            self.log.warning("removed %s, a checkpoint whose writing was interrupted", leftover.name)
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            self.log.info("--resume: no checkpoint in %s; starting from round 0", self.out)
+            rewrite_json_lines(self.out / "metrics.jsonl", lambda record: False)
+            return 0
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["fingerprint"] != self.fingerprint or state["run_id"] != self.config.run_id:
+            raise ConfigError(f"{path} belongs to another run (run id {state['run_id']}, model fingerprint "
+                              f"{state['fingerprint']}); resume with that run's options, or use another --out")
+        self.model.load_state_dict(state["model"])
+        self.trainer.load_state_dict(state["trainer"])
+        try:
+            self.algorithm.load_state_dict(state["algorithm"])
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        torch.set_rng_state(state["torch_rng"])
+        self.rejected.update(state["rejected"])
+        self.inbox.stale, self.send_dropped = state["stale_dropped"], state["send_dropped"]
+        self.membership.suspected = set(state["suspected"])
+        self.inbox.current_round = self.rounds_completed = state["round"]
+        self.last = state["last"]
+        # Rounds after the checkpoint will run again; their old lines would be duplicates.
+        rewrite_json_lines(self.out / "metrics.jsonl", lambda record: record["round"] < state["round"])
+        self.log.info("resumed from the checkpoint of round %d", state["round"])
+        return state["round"]
+
+    def checkpoint(self, rounds_done: int) -> None:
+        self.log.info("writing checkpoint at round %d", rounds_done)
+        atomic_torch_save({
+            "round": rounds_done,
+            "run_id": self.config.run_id,
+            "fingerprint": self.fingerprint,
+            "model": self.model.state_dict(),
+            "trainer": self.trainer.state_dict(),
+            "algorithm": self.algorithm.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "rejected": dict(self.rejected),
+            "stale_dropped": self.inbox.stale,
+            "send_dropped": self.send_dropped,
+            "suspected": sorted(self.membership.suspected),
+            "last": self.last,
+        }, self.out / CHECKPOINT, self._pause_before_rename if self.config.checkpoint_write_delay else None)
+
+    def _pause_before_rename(self) -> None:
+        self.log.warning("checkpoint written to a temporary file; pausing %.1fs before putting it in place "
+                         "(--checkpoint-write-delay)", self.config.checkpoint_write_delay)
+        time.sleep(self.config.checkpoint_write_delay)
+
     async def run(self) -> None:
-        for round_ in range(self.config.rounds):
+        for round_ in range(self.start_round, self.config.rounds):
             await self.run_round(round_)
             self.rounds_completed = round_ + 1
 
@@ -122,7 +182,8 @@ class Peer:
             else:
                 self.send_dropped += 1
 
-        timeout = config.startup_timeout if round_ == 0 else config.recv_timeout
+        # The first round of a run, or of a resumed one, waits for neighbours that may be starting too.
+        timeout = config.startup_timeout if round_ == self.start_round else config.recv_timeout
         expected = frozenset(self.topology.in_neighbours(self.id, round_))
         waited, bytes_received, messages = await self._gather(round_, timeout, expected)
         outcome = self.membership.close_round(set(messages), expected)
@@ -164,6 +225,8 @@ class Peer:
             record["test_loss"], record["test_accuracy"] = self.trainer.evaluate(self.shard.x_test, self.shard.y_test)
         self.metrics.write(record)
         self.last = record | {"test_accuracy": record.get("test_accuracy", self.last.get("test_accuracy"))}
+        if config.checkpoint_every and (round_ + 1) % config.checkpoint_every == 0 and not last_round:
+            self.checkpoint(round_ + 1)
         if (round_ + 1) % config.log_every == 0 or last_round:
             accuracy = self.last.get("test_accuracy")
             self.log.info("round %d/%d loss %s acc %s heard %d/%d waited %.3fs",
@@ -246,16 +309,18 @@ def _load_reference(path: str, model: torch.nn.Module) -> torch.Tensor:
     return reference.double().reshape(-1)
 
 
-def _prepare_output(out: Path, overwrite: bool) -> None:
+def _prepare_output(out: Path, overwrite: bool, resume: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        return
     existing = [name for name in OUTPUT_FILES if (out / name).exists()]
     if existing and not overwrite:
         raise ConfigError(
             f"{out} already holds the outputs of a run ({', '.join(existing)}); "
-            "pass another --out, or --overwrite to replace them"
+            "pass another --out, --resume to continue it, or --overwrite to replace it"
         )
     for name in existing:
         (out / name).unlink()
-    out.mkdir(parents=True, exist_ok=True)
 
 
 async def run_peer(config: PeerConfig, context: zmq.asyncio.Context | None = None,

@@ -12,12 +12,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, before_rename: Callable[[], None] | None = None) -> None:
+    """Replace ``path`` with ``data`` atomically. ``before_rename`` runs once the temporary file is
+    complete and synced, before it is put in place: fault-injection tests widen that window."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -25,6 +27,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -40,10 +44,25 @@ def atomic_write_json(path: str | Path, value: Any) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
+def atomic_torch_save(obj: Any, path: str | Path, before_rename: Callable[[], None] | None = None) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), before_rename)
+
+
+def remove_partial_writes(path: str | Path) -> list[Path]:
+    """Delete temporary files an interrupted atomic write of ``path`` left behind; returns them."""
+    path = Path(path)
+    leftovers = list(path.parent.glob(f".{path.name}.*.tmp"))
+    for leftover in leftovers:
+        leftover.unlink()
+    return leftovers
+
+
+def rewrite_json_lines(path: str | Path, keep) -> None:
+    """Atomically keep only the complete lines whose record satisfies ``keep(record)``."""
+    records = [r for r in read_json_lines(path) if keep(r)]
+    atomic_write_bytes(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode())
 
 
 class JsonLines:

@@ -34,10 +34,11 @@ class LoggedProcess:
     def launcher(cls, args: list[str]) -> "LoggedProcess":
         return cls([sys.executable, str(ROOT / "scripts" / "launch_swarm.py"), *args])
 
-    def wait_for_line(self, pattern: str, timeout: float) -> str:
-        """Block until a log line matches ``pattern``; fail after ``timeout`` seconds or if the process ends."""
+    def wait_for_line(self, pattern: str, timeout: float, after: int = 0) -> str:
+        """Block until a log line (from line number ``after`` on) matches ``pattern``; fail after
+        ``timeout`` seconds or if the process ends."""
         regex = re.compile(pattern)
-        for line in self.lines:
+        for line in self.lines[after:]:
             if regex.search(line):
                 return line
         for line in self._read_lines(timeout):

@@ -57,7 +57,7 @@ def test_peer_will_not_overwrite_an_earlier_run(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"round": 0}\n')
     code = peer.main(["--topology", RING8, "--peer", "p0", "--out", str(tmp_path)])
     assert code == 2
-    assert "pass another --out, or --overwrite" in capsys.readouterr().err
+    assert "pass another --out, --resume to continue it, or --overwrite" in capsys.readouterr().err
     assert (tmp_path / "metrics.jsonl").read_text() == '{"round": 0}\n'
 
 

@@ -112,6 +112,14 @@ class ADMM(Algorithm):
         return {"penalty": self.c, "running_sum": self.running_sum, "edge_dual": self.edge_dual,
                 "neighbour_x": self.neighbour_x}
 
+    def load_state_dict(self, state: dict) -> None:
+        if state["penalty"] != self.c:
+            raise ValueError(f"the checkpoint's ADMM penalty is {state['penalty']}, this run's {self.c}; "
+                             "resume with the same --admm-penalty")
+        self.running_sum = state["running_sum"]
+        self.edge_dual = {j: state["edge_dual"][j] for j in self.neighbours}
+        self.neighbour_x = {j: state["neighbour_x"][j] for j in self.neighbours}
+
 
 def exact_solver(problem) -> Solver:
     """Local solve of a convex problem with one parameter vector named ``x`` (problems.py)."""

@@ -46,6 +46,12 @@ class Algorithm(ABC):
         """Algorithm state beyond the model's parameters (duals, sums), for checkpoints."""
         return {}
 
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned (here: nothing, and nothing may be given)."""
+        if state:
+            raise ValueError(f"{self.name} keeps no state, but the checkpoint holds {sorted(state)}: "
+                             "it was written by another algorithm; resume with the same --algo")
+
 
 def check_finite(tensors: Mapping[str, torch.Tensor], what: str, round_: int, advice: str) -> None:
     for name, tensor in tensors.items():

@@ -1,0 +1,84 @@
+"""Checkpoints: a resumed peer ends exactly where an uninterrupted one does; a write cut short loses nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+
+from p2ptrain import peer
+from p2ptrain.storage import read_json_lines
+from p2ptrain.topology import PeerSpec, build_topology, dump_topology
+
+from .conftest import free_port_block
+from .processes import LoggedProcess
+
+
+@pytest.fixture
+def solo_topology(tmp_path):
+    """One peer and no neighbours: a run that depends on nothing but its own state."""
+    port = free_port_block(1)
+    path = tmp_path / "solo.toml"
+    path.write_text(dump_topology(build_topology(
+        "solo", [PeerSpec("p0", f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port}")], [])))
+    return path
+
+
+@pytest.mark.parametrize("algo", ["gossip", "admm"])
+def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(solo_topology, tmp_path, algo):
+    common = ["--topology", str(solo_topology), "--peer", "p0", "--algo", algo, "--rounds", "30",
+              "--local-steps", "3", "--checkpoint-every", "10", "--eval-every", "5"]
+    if algo == "admm":
+        common += ["--admm-solver", "inexact"]
+    out = tmp_path / "run"
+    assert peer.main(common + ["--out", str(out)]) == 0
+    uninterrupted = torch.load(out / "model.pt", weights_only=True)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 20
+
+    # As if the peer had died after round 29 with its last checkpoint at round 20:
+    # resuming runs rounds 20 to 29 again from the checkpoint alone.
+    assert peer.main(common + ["--out", str(out), "--resume"]) == 0
+    resumed = torch.load(out / "model.pt", weights_only=True)
+    for name in uninterrupted:
+        assert torch.equal(uninterrupted[name], resumed[name]), name
+    rounds = [r["round"] for r in read_json_lines(out / "metrics.jsonl")]
+    assert rounds == list(range(30))  # rounds 20-29 of the first attempt replaced, not duplicated
+
+
+def test_a_checkpoint_write_killed_midway_leaves_the_previous_one_and_resume_works(solo_topology, tmp_path):
+    out = tmp_path / "run"
+    common = ["--topology", str(solo_topology), "--peer", "p0", "--rounds", "40", "--checkpoint-every", "10",
+              "--out", str(out)]
+    first = LoggedProcess.peer(common + ["--checkpoint-write-delay", "5"])
+    try:
+        first.wait_for_line(r"writing checkpoint at round 10", timeout=60)
+        line = first.wait_for_line(r"writing checkpoint at round 20", timeout=60)  # round 10's took 5 s
+        # Round 20's temporary file is complete and synced; kill before it is renamed.
+        first.wait_for_line(r"pausing 5.0s before putting it in place", timeout=30,
+                            after=first.lines.index(line) + 1)
+        first.kill(signal.SIGKILL)
+        assert first.finish(timeout=30) == -signal.SIGKILL
+    finally:
+        first.kill()
+    assert len(list(out.glob(".checkpoint.pt.*.tmp"))) == 1  # round 20's, synced but never renamed
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["round"] == 10
+
+    second = LoggedProcess.peer(common + ["--resume"])
+    assert second.finish(timeout=120) == 0, second.log()
+    assert "resumed from the checkpoint of round 10" in second.log()
+    assert "a checkpoint whose writing was interrupted" in second.log()
+    assert not list(out.glob(".checkpoint.pt.*.tmp"))
+    assert json.loads((out / "result.json").read_text())["rounds_completed"] == 40
+    assert [r["round"] for r in read_json_lines(out / "metrics.jsonl")] == list(range(40))
+
+
+def test_resuming_another_runs_checkpoint_is_refused(solo_topology, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--topology", str(solo_topology), "--peer", "p0", "--rounds", "12", "--checkpoint-every", "5",
+            "--out", str(out)]
+    assert peer.main(base) == 0
+    assert peer.main(base + ["--resume", "--model", "logreg"]) == 2
+    assert "belongs to another run" in capsys.readouterr().err
