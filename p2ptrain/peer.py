@@ -31,6 +31,7 @@ from .replica import build_replica
 from .results import flat_parameters, relative_error
 from .storage import (
     JsonLines,
+    read_json_lines,
     atomic_torch_save,
     atomic_write_json,
     remove_partial_writes,
@@ -78,7 +79,6 @@ class Peer:
         self.rounds_completed = 0
         self.last: dict = {}
         self.started = self.clock()
-        self.start_round = self._restore() if config.resume else 0
 
         self.transport = Transport(
             context,
@@ -86,8 +86,9 @@ class Peer:
             {j: self.topology.peer(j).endpoint for j in self.out_neighbours},
             linger_seconds=min(config.recv_timeout, 5.0),
         )
-        # Written only once the port is ours: a peer that cannot start leaves no run behind.
+        # Files are touched only once the port is ours: a peer that cannot start leaves a run as it was.
         try:
+            self.start_round = self._restore() if config.resume else 0
             atomic_write_json(self.out / "config.json", {
                 "config": config.to_dict(),
                 "topology": {"name": self.topology.name, "size": self.topology.size,
@@ -100,7 +101,7 @@ class Peer:
                              "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()},
             })
             self.metrics = JsonLines(self.out / "metrics.jsonl")
-            self._trace = open(self.out / "trace.f32", "wb") if config.trace_every else None
+            self._trace = self._open_trace() if config.trace_every else None
         except BaseException:
             self.transport.close()  # an open socket would keep the context from terminating
             raise
@@ -140,6 +141,17 @@ class Peer:
         rewrite_json_lines(self.out / "metrics.jsonl", lambda record: record["round"] < state["round"])
         self.log.info("resumed from the checkpoint of round %d", state["round"])
         return state["round"]
+
+    def _open_trace(self):
+        path = self.out / "trace.f32"
+        if not self.config.resume or not path.exists():
+            return open(path, "wb")
+        # Keep the rows of the rounds before the checkpoint, as the metrics do.
+        traced = [r["traced"] for r in read_json_lines(self.out / "metrics.jsonl") if r.get("traced")]
+        trace = open(path, "r+b")
+        trace.truncate(sum(traced) * 4)  # float32 values
+        trace.seek(0, 2)
+        return trace
 
     def checkpoint(self, rounds_done: int) -> None:
         self.log.info("writing checkpoint at round %d", rounds_done)

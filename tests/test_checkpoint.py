@@ -82,3 +82,18 @@ def test_resuming_another_runs_checkpoint_is_refused(solo_topology, tmp_path, ca
     assert peer.main(base) == 0
     assert peer.main(base + ["--resume", "--model", "logreg"]) == 2
     assert "belongs to another run" in capsys.readouterr().err
+
+
+def test_a_resumed_trace_keeps_one_row_per_traced_round(solo_topology, tmp_path):
+    from p2ptrain.results import read_trace
+
+    out = tmp_path / "run"
+    common = ["--topology", str(solo_topology), "--peer", "p0", "--rounds", "20", "--checkpoint-every", "10",
+              "--trace-every", "4", "--out", str(out)]
+    assert peer.main(common) == 0
+    first_rounds, first_rows = read_trace(out)
+    assert peer.main(common + ["--resume"]) == 0
+    rounds, rows = read_trace(out)
+    assert rounds == first_rounds == [3, 7, 11, 15, 19]
+    assert (out / "trace.f32").stat().st_size == rows.nbytes
+    assert (rows == first_rows).all()
