@@ -24,7 +24,9 @@ from p2ptrain.topology import generate
 
 
 def free_base_port(count: int) -> int:
-    for base in range(30000, 60000, 97):
+    # Below the usual ephemeral range (32768 and up), from which the peers' own outgoing
+    # connections take ports that a peer about to listen would then find in use.
+    for base in range(20000, 32768 - count, 97):
         try:
             for port in range(base, base + count):
                 with socket.socket() as s:
