@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
-from .data import load_dataset, shard_indices
+from .data import load_dataset
 
 # Global L2 weight of the logistic problem (on the sum of per-example losses).
 LOGISTIC_L2 = 1.0
@@ -101,20 +101,13 @@ class LogisticL2(LocalProblem):
         return x
 
 
-def local_problem(dataset: str, n_peers: int, index: int, partition: str, seed: int) -> LocalProblem:
-    """Peer ``index``'s f_i for a convex dataset, from its own shard only."""
-    data = load_dataset(dataset, n_peers)
-    rows = shard_indices(data, partition, n_peers, seed)[index]
-    return _problem(data, rows, n_peers)
-
-
-def _problem(data, rows: np.ndarray, n_peers: int) -> LocalProblem:
-    a, y = torch.from_numpy(data.x_train[rows]), torch.from_numpy(data.y_train[rows])
-    if data.task == "regression":
+def local_problem(task: str, a: torch.Tensor, y: torch.Tensor, n_peers: int) -> LocalProblem:
+    """A peer's f_i from its own shard (features ``a``, targets ``y``) of a convex dataset."""
+    if task == "regression":
         return LeastSquares(a, y)
-    if data.task == "binary":
+    if task == "binary":
         return LogisticL2(a, y, LOGISTIC_L2 / n_peers)
-    raise ValueError(f"{data.name} has no convex problem with a known optimum")
+    raise ValueError(f"a {task} dataset has no convex problem with a known optimum")
 
 
 def has_reference(dataset: str) -> bool:
@@ -127,6 +120,7 @@ def centralized_optimum(dataset: str, n_peers: int) -> torch.Tensor:
     if data.task == "regression":
         solution, *_ = np.linalg.lstsq(data.x_train, data.y_train, rcond=None)
         return torch.from_numpy(solution)
-    whole = _problem(data, np.arange(len(data.y_train)), 1)  # carries the full lam once
+    # One "peer" holding all the data carries the full L2 weight once.
+    whole = local_problem(data.task, torch.from_numpy(data.x_train), torch.from_numpy(data.y_train), 1)
     zero = torch.zeros(data.n_features, dtype=torch.float64)
     return whole.argmin_augmented(zero, 0.0, zero)

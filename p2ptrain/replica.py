@@ -81,13 +81,13 @@ def build_replica(config: PeerConfig, topology: Topology, peer_id: str) -> Repli
                                       sgd_steps)
     else:
         algorithm = ADMM(topology.in_neighbours(peer_id), parameters, config.penalty(),
-                         _admm_solver(config, topology, index, parameters, trainer))
+                         _admm_solver(config, topology, shard, parameters, trainer))
     return Replica(peer_id, shard, model, trainer, algorithm, config.lr_at)
 
 
-def _admm_solver(config: PeerConfig, topology: Topology, index: int, parameters, trainer: Trainer):
+def _admm_solver(config: PeerConfig, topology: Topology, shard: Shard, parameters, trainer: Trainer):
     if uses_exact_solver(config):
-        return exact_solver(local_problem(config.dataset, topology.size, index, config.partition, config.seed))
+        return exact_solver(local_problem(shard.task, shard.x, shard.y, topology.size))
 
     def solve_steps(penalty) -> float:
         # Each x-update is a new subproblem (the penalty's centre and the dual moved):
