@@ -22,9 +22,12 @@ class Inbox:
     duplicates: int = 0
     too_far_ahead: int = 0
     _by_round: dict[int, dict[str, Message]] = field(default_factory=lambda: defaultdict(dict))
+    # The highest round each sender has sent us so far.
+    _latest: dict[str, int] = field(default_factory=dict)
 
     def put(self, message: Message) -> str:
         """File a message; returns 'kept', 'stale', 'duplicate' or 'too_far_ahead'."""
+        self._latest[message.sender] = max(message.round, self._latest.get(message.sender, -1))
         if message.round < self.current_round:
             self.stale += 1
             return "stale"
@@ -40,6 +43,12 @@ class Inbox:
 
     def senders(self, round_: int) -> set[str]:
         return set(self._by_round.get(round_, ()))
+
+    def moved_on(self, round_: int) -> set[str]:
+        """Senders already heard from for a round after ``round_``. A sender's messages arrive in
+        the order it sent them, so if its message for ``round_`` is not here now, it never will be
+        (it was sent while this peer was down, or dropped): waiting for it is pointless."""
+        return {sender for sender, latest in self._latest.items() if latest > round_} - self.senders(round_)
 
     def take(self, round_: int) -> dict[str, Message]:
         """Hand over round ``round_``'s messages and move on to the next round."""

@@ -252,13 +252,19 @@ class Peer:
         start = self.clock()
         deadline = start + timeout
         bytes_received = 0
-        while self.membership.awaited(self.inbox.senders(round_), expected):
+        while self.membership.awaited(self.inbox.senders(round_) | self.inbox.moved_on(round_), expected):
             remaining = deadline - self.clock()
             if remaining <= 0:
                 break
             frames = await self.transport.receive(remaining)
             if frames is None:
                 break
+            bytes_received += wire.frame_bytes(frames)
+            self._file(frames)
+        # Take in whatever else has already arrived, without waiting: when nobody is awaited
+        # (all suspected, or moved on) the loop above reads nothing, and a peer that never
+        # reads would never learn that its neighbours are back or where they are.
+        while (frames := await self.transport.receive(0)) is not None:
             bytes_received += wire.frame_bytes(frames)
             self._file(frames)
         return self.clock() - start, bytes_received, self.inbox.take(round_)

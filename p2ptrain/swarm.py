@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, PeerConfig, add_training_options
+from .faults import FaultPlan, FaultSpecError
 from .inprocess import local_endpoints, run_in_process
 from .peer import configure_logging
 from .replica import check_run
@@ -38,7 +39,7 @@ DEFAULT_TOPOLOGY = "ring8 (built in: ring of 8 peers on 127.0.0.1:25000-25007)"
 # How long peers get to exit after SIGTERM before they are killed.
 STOP_GRACE_SECONDS = 10.0
 # Launcher options that are not peer options.
-LAUNCHER_ONLY = ("topology", "base_port", "timeout", "out", "in_process")
+LAUNCHER_ONLY = ("topology", "base_port", "timeout", "out", "in_process", "kill", "restart", "pause")
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+)$")
 
 
@@ -52,7 +53,9 @@ class PeerProcess:
     out: Path
     process: subprocess.Popen | None  # None when the peer runs in this process
     log_file: object
+    command: tuple[str, ...] = ()
     metrics_offset: int = 0
+    metrics_inode: int = -1
     round: int = 0
     loss: float | None = None
     accuracy: float | None = None
@@ -74,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=0.0,
                         help="stop every peer after this many seconds (default: no limit)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    parser.add_argument("--kill", action="append", default=[], metavar="PEER@ROUND",
+                        help="fault injection: SIGKILL PEER when it has completed ROUND rounds (repeatable)")
+    parser.add_argument("--restart", action="append", default=[], metavar="PEER@+SECONDS",
+                        help="start a killed PEER again SECONDS later, with --resume (use --checkpoint-every)")
+    parser.add_argument("--pause", action="append", default=[], metavar="PEER@ROUND:SECONDS",
+                        help="SIGSTOP PEER at ROUND, SIGCONT it SECONDS later (repeatable)")
     parser.add_argument("--in-process", nargs="?", const="inproc", default="", choices=["inproc", "ipc"],
                         help="run every peer as a task of this one process, over inproc (default) or ipc "
                              "sockets, for swarms too large for a process per peer; logs go to DIR/peers.log")
@@ -144,16 +153,30 @@ def start_peers(topology_file: Path, topology: Topology, run_dir: Path, run_id: 
         out = run_dir / "peers" / peer_id
         out.mkdir(parents=True, exist_ok=True)
         log_file = open(out / "peer.log", "wb")
-        command = [sys.executable, "-m", "p2ptrain.peer", "--topology", str(topology_file), "--peer", peer_id,
-                   "--out", str(out), "--run-id", run_id, *training_argv]
-        process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
-            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the peers in order
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
-        peers.append(PeerProcess(peer_id, out, process, log_file))
+        command = (sys.executable, "-m", "p2ptrain.peer", "--topology", str(topology_file), "--peer", peer_id,
+                   "--out", str(out), "--run-id", run_id, *training_argv)
+        peers.append(PeerProcess(peer_id, out, _spawn(command, log_file), log_file, command))
     return peers
+
+
+def _spawn(command, log_file) -> subprocess.Popen:
+    return subprocess.Popen(
+        command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the peers in order
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+
+
+def restart_peer(peer: PeerProcess) -> None:
+    """Start a killed peer again with --resume; its log goes on in the same file."""
+    peer.log_file.close()
+    peer.log_file = open(peer.out / "peer.log", "ab")
+    peer.process = _spawn((*peer.command, "--resume"), peer.log_file)
+    peer.exit_code = None
+
+
+FAULT_SIGNALS = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "continue": signal.SIGCONT}
 
 
 def poll_progress(peer: PeerProcess) -> None:
@@ -161,6 +184,10 @@ def poll_progress(peer: PeerProcess) -> None:
     path = peer.out / "metrics.jsonl"
     try:
         with open(path, "rb") as f:
+            inode = os.fstat(f.fileno()).st_ino
+            if inode != peer.metrics_inode:
+                # A resumed peer replaces its metrics file (dropping the rounds it will redo): start over.
+                peer.metrics_inode, peer.metrics_offset = inode, 0
             f.seek(peer.metrics_offset)
             chunk = f.read()
     except FileNotFoundError:
@@ -191,6 +218,7 @@ def stop_peers(peers: list[PeerProcess], grace: float = STOP_GRACE_SECONDS) -> N
     for p in peers:
         if p.process.poll() is None:
             p.process.send_signal(signal.SIGTERM)
+            p.process.send_signal(signal.SIGCONT)  # a paused peer must run to handle it
     deadline = time.monotonic() + grace
     for p in peers:
         try:
@@ -269,8 +297,9 @@ class Progress:
                   + (f" accuracy {min(accuracies):.3f}-{max(accuracies):.3f}" if accuracies else ""), flush=True)
 
 
-def supervise(peers: list[PeerProcess], progress: Progress, timeout: float) -> int | None:
-    """Watch peer processes until all exit, a signal arrives (returned) or the timeout passes; then stop them."""
+def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faults: FaultPlan) -> int | None:
+    """Watch peer processes until all exit, a signal arrives (returned) or the timeout passes; then stop them.
+    Meanwhile carry out the fault plan's kills, restarts and pauses as they fall due."""
     interrupted = None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -285,12 +314,20 @@ def supervise(peers: list[PeerProcess], progress: Progress, timeout: float) -> i
             for p in peers:
                 p.exit_code = p.process.poll()
             progress.show(peers)
-            if all(p.exit_code is not None for p in peers):
+            by_id = {p.id: p for p in peers}
+            for action in faults.due({p.id: p.round for p in peers}, time.monotonic() - progress.started):
+                print(f"launch_swarm: {action.kind} {action.peer} at round {by_id[action.peer].round}", flush=True)
+                if action.kind == "restart":
+                    restart_peer(by_id[action.peer])
+                else:
+                    by_id[action.peer].process.send_signal(FAULT_SIGNALS[action.kind])
+            if all(p.exit_code is not None for p in peers) and not faults.pending:
                 break
             if timeout and time.monotonic() - progress.started > timeout:
                 print(f"launch_swarm: --timeout {timeout}s reached; stopping the peers", file=sys.stderr)
                 break
-            time.sleep(0.5)
+            # Faults fire at a round: look often while any is pending, so they land close to it.
+            time.sleep(0.05 if faults.pending else 0.5)
     finally:
         if interrupted is not None:
             print(f"\nlaunch_swarm: {signal.Signals(interrupted).name}: stopping every peer", file=sys.stderr)
@@ -344,9 +381,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.base_port:
             topology = with_ports(topology, args.base_port)
         check_run(config, topology)
+        faults = FaultPlan.parse(args.kill, args.restart, args.pause, topology.ids)
+        if args.in_process and (args.kill or args.restart or args.pause):
+            raise LaunchError("--kill, --restart and --pause act on peer processes; drop --in-process")
+        if args.restart and not args.checkpoint_every:
+            print("launch_swarm: warning: --restart without --checkpoint-every restarts peers from round 0",
+                  file=sys.stderr)
         if not args.in_process:
             check_endpoints_free(topology)
-    except (ConfigError, TopologyError, LaunchError) as error:
+    except (ConfigError, TopologyError, LaunchError, FaultSpecError) as error:
         print(f"launch_swarm: error: {error}", file=sys.stderr)
         return 2
 
@@ -389,10 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         peers = start_peers(topology_file, topology, run_dir, run_id, training_argv)
         atomic_write_json(run_dir / "launch.json", launch | {"pids": {p.id: p.process.pid for p in peers}})
-        interrupted = supervise(peers, progress, args.timeout)
+        interrupted = supervise(peers, progress, args.timeout, faults)
 
     summary = summarise(topology, args.algo, peers, time.monotonic() - progress.started, reference)
     summary["run_id"] = run_id
+    if faults.events:
+        summary["faults"] = faults.events
     atomic_write_json(run_dir / "summary.json", summary)
     print(summary_table(summary))
     failed = [p.id for p in peers if p.exit_code != 0]

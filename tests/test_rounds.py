@@ -72,3 +72,17 @@ def test_messages_from_strangers_do_not_count_as_life():
     m = Membership(frozenset({"a"}))
     m.saw("zz")
     assert m.close_round(set()).newly_suspected == {"a"}
+
+
+def test_a_neighbour_heard_for_a_later_round_is_not_waited_for_in_this_one():
+    # A peer that restarts from a checkpoint is behind: its neighbours' messages for its
+    # current round were sent while it was down. Their later messages show it, and since
+    # one sender's messages arrive in order, the missing one is not coming.
+    inbox = Inbox(current_round=10)
+    inbox.put(msg("a", 10))
+    inbox.put(msg("b", 14))
+    assert inbox.moved_on(10) == {"b"}
+    m = Membership(frozenset({"a", "b", "c"}))
+    assert m.awaited(inbox.senders(10) | inbox.moved_on(10)) == {"c"}
+    inbox.take(10)
+    assert inbox.moved_on(14) == set() and inbox.senders(14) == {"b"}

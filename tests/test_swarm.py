@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import msgpack
@@ -197,3 +198,28 @@ def test_a_time_varying_swarm_follows_its_schedule_and_the_simulation(topology_f
     records = read_json_lines(out / "peers" / "p0" / "metrics.jsonl")
     # Round r: p0 hears from p0 - 2^(r mod 2) only: p3, then p2, then p3 again...
     assert [r["heard"] for r in records[:4]] == [["p3"], ["p2"], ["p3"], ["p2"]]
+
+
+def test_a_peer_killed_and_restarted_by_the_launcher_resumes_and_every_peer_finishes(topology_file, tmp_path):
+    out = tmp_path / "run"
+    # Rounds long enough (40 local steps) that the others are still running when p1 is back.
+    result = run_launcher([str(topology_file("ring", 4)), "--out", str(out), "--rounds", "400", "--local-steps", "40",
+                           "--checkpoint-every", "5", "--recv-timeout", "1", "--kill", "p1@20",
+                           "--restart", "p1@+1", "--timeout", "150"], timeout=160)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    kill, restart = summary["faults"]
+    assert (kill["peer"], kill["event"]) == ("p1", "kill") and kill["round"] >= 20
+    assert (restart["event"], restart["peer"]) == ("restart", "p1") and restart["time"] >= kill["time"] + 1
+    for peer in summary["peers"].values():
+        assert peer["exit_code"] == 0 and peer["rounds_completed"] == 400
+    assert summary["consensus_distance"] <= 1e-2  # p1 caught up and mixed with the others again
+    log = (out / "peers" / "p1" / "peer.log").read_text()
+    resumed = int(re.search(r"resumed from the checkpoint of round (\d+)", log)[1])
+    assert resumed >= kill["round"] - 5  # at most one checkpoint interval lost
+    records = read_json_lines(out / "peers" / "p1" / "metrics.jsonl")
+    assert [r["round"] for r in records] == list(range(400))
+    assert records[-1]["heard"] == ["p0", "p2"]
+    # Its neighbours noticed it was gone and heard from it again.
+    neighbour_log = (out / "peers" / "p0" / "peer.log").read_text()
+    assert "no parameters from p1" in neighbour_log and "heard from p1 again" in neighbour_log

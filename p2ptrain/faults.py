@@ -1,0 +1,101 @@
+"""Fault injection for local swarms: kill, restart and pause peers at given rounds.
+
+    --kill p3@40        SIGKILL p3 once it has completed 40 rounds
+    --restart p3@+5     start p3 again 5 s after it was killed, with --resume
+    --pause p2@30:3     SIGSTOP p2 at round 30, SIGCONT 3 s later
+
+The plan decides, from the peers' rounds and the clock it is given, which
+actions are due; the launcher carries them out. Being a pure function of
+its inputs, it is tested without processes or sleeps.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+class FaultSpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # kill, restart, pause, continue
+    peer: str
+
+
+@dataclass
+class FaultPlan:
+    kills: dict[str, int] = field(default_factory=dict)  # peer -> round
+    restarts: dict[str, float] = field(default_factory=dict)  # peer -> seconds after its kill
+    pauses: dict[str, tuple[int, float]] = field(default_factory=dict)  # peer -> (round, seconds)
+    events: list[dict] = field(default_factory=list)
+    _killed_at: dict[str, float] = field(default_factory=dict)
+    _paused_at: dict[str, float] = field(default_factory=dict)
+    _done: set[tuple[str, str]] = field(default_factory=set)
+
+    @classmethod
+    def parse(cls, kills: list[str], restarts: list[str], pauses: list[str], peers: tuple[str, ...]) -> "FaultPlan":
+        plan = cls()
+        for spec in kills:
+            peer, value = _split(spec, "--kill", "p3@40", peers)
+            plan.kills[peer] = _number(value, int, spec, "--kill")
+        for spec in restarts:
+            peer, value = _split(spec, "--restart", "p3@+5", peers)
+            if not value.startswith("+"):
+                raise FaultSpecError(f"--restart {spec}: give the delay after the kill as +SECONDS, like p3@+5")
+            plan.restarts[peer] = _number(value[1:], float, spec, "--restart")
+            if peer not in plan.kills:
+                raise FaultSpecError(f"--restart {spec}: {peer} is never killed; add --kill {peer}@ROUND")
+        for spec in pauses:
+            peer, value = _split(spec, "--pause", "p2@30:3", peers)
+            round_, _, seconds = value.partition(":")
+            plan.pauses[peer] = (_number(round_, int, spec, "--pause"), _number(seconds, float, spec, "--pause"))
+        return plan
+
+    @property
+    def pending(self) -> bool:
+        wanted = ({(p, "kill") for p in self.kills} | {(p, "restart") for p in self.restarts}
+                  | {(p, "continue") for p in self.pauses})
+        return not wanted <= self._done
+
+    def due(self, rounds: dict[str, int], now: float) -> list[Action]:
+        """Actions to take now, given each peer's completed rounds and the time; each happens once."""
+        actions = []
+        for peer, round_ in self.kills.items():
+            if (peer, "kill") not in self._done and rounds.get(peer, 0) >= round_:
+                actions.append(self._record(Action("kill", peer), now, rounds.get(peer, 0)))
+                self._killed_at[peer] = now
+        for peer, delay in self.restarts.items():
+            killed = self._killed_at.get(peer)
+            if killed is not None and (peer, "restart") not in self._done and now >= killed + delay:
+                actions.append(self._record(Action("restart", peer), now, rounds.get(peer, 0)))
+        for peer, (round_, seconds) in self.pauses.items():
+            if (peer, "pause") not in self._done and rounds.get(peer, 0) >= round_:
+                actions.append(self._record(Action("pause", peer), now, rounds.get(peer, 0)))
+                self._paused_at[peer] = now
+            paused = self._paused_at.get(peer)
+            if paused is not None and (peer, "continue") not in self._done and now >= paused + seconds:
+                actions.append(self._record(Action("continue", peer), now, rounds.get(peer, 0)))
+        return actions
+
+    def _record(self, action: Action, now: float, round_: int) -> Action:
+        self._done.add((action.peer, action.kind))
+        self.events.append({"time": round(now, 3), "peer": action.peer, "event": action.kind, "round": round_})
+        return action
+
+
+def _split(spec: str, option: str, example: str, peers: tuple[str, ...]) -> tuple[str, str]:
+    peer, at, value = spec.partition("@")
+    if not at or not value:
+        raise FaultSpecError(f"{option} {spec}: write PEER@..., like {example}")
+    if peer not in peers:
+        raise FaultSpecError(f"{option} {spec}: no peer {peer!r} in the topology (peers: {', '.join(peers)})")
+    return peer, value
+
+
+def _number(text: str, kind: type, spec: str, option: str):
+    if not re.fullmatch(r"\d+(\.\d+)?", text or ""):
+        raise FaultSpecError(f"{option} {spec}: {text!r} is not a non-negative number")
+    return kind(float(text)) if kind is int else kind(text)

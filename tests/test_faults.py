@@ -1,0 +1,45 @@
+"""The fault plan decides from rounds and the clock alone: tested without processes or sleeps."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from p2ptrain.faults import Action, FaultPlan, FaultSpecError
+
+PEERS = ("p0", "p1", "p2", "p3")
+
+
+def test_kill_then_restart_after_the_delay():
+    plan = FaultPlan.parse(["p3@40"], ["p3@+5"], [], PEERS)
+    assert plan.due({"p3": 39}, now=1.0) == []
+    assert plan.due({"p3": 41}, now=2.0) == [Action("kill", "p3")]
+    assert plan.due({"p3": 41}, now=6.9) == []  # killed once, not again
+    assert plan.due({"p3": 41}, now=7.0) == [Action("restart", "p3")]
+    assert plan.due({"p3": 60}, now=9.0) == []
+    assert not plan.pending
+    assert plan.events == [{"time": 2.0, "peer": "p3", "event": "kill", "round": 41},
+                           {"time": 7.0, "peer": "p3", "event": "restart", "round": 41}]
+
+
+def test_pause_then_continue():
+    plan = FaultPlan.parse([], [], ["p2@30:3"], PEERS)
+    assert plan.pending
+    assert plan.due({"p2": 30}, now=10.0) == [Action("pause", "p2")]
+    assert plan.due({"p2": 30}, now=12.5) == []
+    assert plan.due({"p2": 30}, now=13.0) == [Action("continue", "p2")]
+    assert not plan.pending
+
+
+@pytest.mark.parametrize("kills, restarts, pauses, message", [
+    (["p9@4"], [], [], "no peer 'p9'"),
+    (["p1"], [], [], "write PEER@..., like p3@40"),
+    (["p1@x"], [], [], "'x' is not a non-negative number"),
+    ([], ["p1@+5"], [], "p1 is never killed"),
+    (["p1@5"], ["p1@5"], [], "as +SECONDS"),
+    ([], [], ["p2@30"], "'' is not a non-negative number"),
+])
+def test_bad_fault_specs_say_how_to_write_them(kills, restarts, pauses, message):
+    with pytest.raises(FaultSpecError, match=re.escape(message)):
+        FaultPlan.parse(kills, restarts, pauses, PEERS)
