@@ -14,7 +14,6 @@ import csv
 import dataclasses
 import itertools
 import math
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from .replica import check_run
 from .results import consensus_of_rows, read_trace
 from .storage import read_json_lines
 from .swarm import main as launch
-from .topology import GENERATORS, Topology, TopologyError, dump_topology, generate, load_topology
+from .swarm import peer_arguments
+from .topology import Topology, TopologyError, dump_topology, generate_named, load_topology
 
 PEER_FIELDS = {f.name for f in dataclasses.fields(PeerConfig)}
 CSV_COLUMNS = ["topology", "algo", "partition", "seed", "round", "wall_time", "mean_loss", "mean_accuracy",
@@ -51,11 +51,7 @@ def resolve_topology(name: str, base_port: int) -> Topology:
     """A topology file, or KIND+PEERS (ring16, one-peer-exponential16, erdos-renyi32) generated here."""
     if name.endswith(".toml"):
         return load_topology(name)
-    match = re.fullmatch(r"([a-z-]+?)(\d+)", name)
-    if not match or match[1] not in GENERATORS:
-        raise TopologyError(f"topology {name!r}: give a .toml file or KIND+PEERS with KIND one of "
-                            f"{', '.join(GENERATORS)} (e.g. ring16)")
-    return generate(match[1], int(match[2]), base_port=base_port)
+    return generate_named(name, base_port=base_port)
 
 
 def unsupported(run: Run, topology: Topology, options: PeerConfig) -> str | None:
@@ -247,12 +243,6 @@ def main(argv: list[str] | None = None) -> int:
 
     (out / "topologies").mkdir(parents=True, exist_ok=True)
     runs = [Run(t, a, p, s) for t, a, p, s in itertools.product(names, algos, partitions, seeds)]
-    passthrough = []
-    for action in parser._actions:
-        if action.dest in {"topologies", "algos", "seeds", "mode", "target_accuracy", "base_port", "out", "help",
-                           "algo", "seed", "partition"}:
-            continue
-        passthrough += [action.option_strings[0], str(getattr(args, action.dest))]
     results: dict[Run, list[dict] | str] = {}
     options = PeerConfig.from_dict({k: v for k, v in vars(args).items() if k in PEER_FIELDS})
     started = time.monotonic()
@@ -271,8 +261,10 @@ def main(argv: list[str] | None = None) -> int:
             topology_file.write_text(dump_topology(topology))
             elapsed = time.monotonic() - started
             print(f"[{k}/{len(runs)}] {run.name} ({elapsed:.0f}s so far)", flush=True)
-            code = launch([str(topology_file), "--out", str(run_dir), "--overwrite", "--algo", run.algo,
-                           "--partition", run.partition, "--seed", str(run.seed), *passthrough,
+            # The shared training options first: the run's own --algo, --partition and --seed
+            # come after them, and argparse keeps the last value given.
+            code = launch([str(topology_file), "--out", str(run_dir), "--overwrite", *peer_arguments(args),
+                           "--algo", run.algo, "--partition", run.partition, "--seed", str(run.seed),
                            *(["--in-process"] if args.mode == "in-process" else [])])
             if code >= 128:
                 print("topology_experiment: interrupted; run it again with the same --out to resume", file=sys.stderr)

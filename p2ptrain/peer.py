@@ -311,8 +311,8 @@ def _relative_distance_to_mean(own: dict[str, torch.Tensor], neighbours: list[di
     """||x_i - mean_j x_j|| / ||x_i|| over the neighbours heard this round, before mixing."""
     if not neighbours:
         return None
-    mine = torch.cat([t.reshape(-1).double() for t in own.values()])
-    mean = sum(torch.cat([n[k].reshape(-1).double() for k in own]) for n in neighbours) / len(neighbours)
+    mine = flat_parameters(own)
+    mean = sum(flat_parameters(n) for n in neighbours) / len(neighbours)
     return float(torch.linalg.vector_norm(mine - mean) / max(float(torch.linalg.vector_norm(mine)), 1e-30))
 
 

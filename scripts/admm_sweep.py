@@ -13,14 +13,13 @@ optimum ("-" if not within --max-rounds).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from p2ptrain.config import PeerConfig
 from p2ptrain.problems import centralized_optimum, has_reference
 from p2ptrain.results import relative_error
 from p2ptrain.simulate import simulate
-from p2ptrain.topology import GENERATORS, generate
+from p2ptrain.topology import TopologyError, generate_named
 
 DEFAULT_PENALTIES = {"synthetic-lstsq": "1,3,10,30,100,300,1000", "breast-cancer": "0.1,0.3,1,3,10,30"}
 
@@ -39,13 +38,6 @@ def iterations_to(config: PeerConfig, topology, target: float) -> int | None:
     return reached[0] if reached else None
 
 
-def parse_graph(name: str):
-    match = re.fullmatch(r"([a-z]+)(\d+)", name)
-    if not match or match[1] not in GENERATORS:
-        raise SystemExit(f"graph {name!r}: write KIND+PEERS with KIND one of {', '.join(GENERATORS)}, e.g. ring8")
-    return generate(match[1], int(match[2]))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="synthetic-lstsq", help="a convex dataset (default: %(default)s)")
@@ -58,7 +50,10 @@ def main() -> None:
         raise SystemExit(f"{args.dataset} has no centralized optimum to measure against; "
                          "use synthetic-lstsq or breast-cancer")
     penalties = [float(c) for c in (args.penalties or DEFAULT_PENALTIES[args.dataset]).split(",")]
-    graphs = [parse_graph(name) for name in args.graphs.split(",")]
+    try:
+        graphs = [generate_named(name) for name in args.graphs.split(",")]
+    except TopologyError as error:
+        raise SystemExit(str(error)) from None
 
     print(f"ADMM on {args.dataset}: iterations until every peer is within {args.target:g} "
           f"(relative) of the centralized optimum\n")

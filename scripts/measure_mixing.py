@@ -12,7 +12,6 @@ the relative error of every peer to the exact average after log2 n rounds.
 from __future__ import annotations
 
 import argparse
-import re
 import socket
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from p2ptrain.averaging import averaging_config, initial_parameters, measured_rate, run_averaging
-from p2ptrain.topology import generate
+from p2ptrain.topology import TopologyError, generate, generate_named
 
 
 def free_base_port(count: int) -> int:
@@ -39,11 +38,11 @@ def free_base_port(count: int) -> int:
 
 
 def graph(name: str):
-    match = re.fullmatch(r"([a-z-]+?)(\d+)", name)
-    if not match:
-        raise SystemExit(f"graph {name!r}: write KIND+PEERS, e.g. ring16 or erdos-renyi32")
-    n = int(match[2])
-    return generate(match[1], n, base_port=free_base_port(n))
+    try:
+        size = generate_named(name).size  # validates the name before looking for ports
+        return generate_named(name, base_port=free_base_port(size))
+    except TopologyError as error:
+        raise SystemExit(str(error)) from None
 
 
 def main() -> None:

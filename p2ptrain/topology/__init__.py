@@ -1,7 +1,7 @@
 """Communication graphs: peers, endpoints, edges, mixing weights, spectra, TOML files."""
 
 from .files import dump_topology, load_topology, parse_topology
-from .generators import GENERATORS, generate
+from .generators import GENERATORS, generate, generate_named
 from .graph import PeerSpec, Topology, TopologyError, build_topology, relocate
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "build_topology",
     "dump_topology",
     "generate",
+    "generate_named",
     "load_topology",
     "parse_topology",
     "relocate",

@@ -7,6 +7,7 @@ land a hair below k and silently drop a whole level of the graph.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -202,3 +203,12 @@ def generate(
         mixing=mixing or default_mixing,
         schedule=edges if scheduled else None,
     )
+
+
+def generate_named(name: str, **kwargs) -> Topology:
+    """generate() from a name KIND+PEERS, such as ring16, one-peer-exponential16 or erdos-renyi32."""
+    match = re.fullmatch(r"([a-z-]+?)(\d+)", name)
+    if not match or match[1] not in GENERATORS:
+        raise TopologyError(f"graph {name!r}: write KIND+PEERS with KIND one of {', '.join(GENERATORS)} "
+                            "(e.g. ring16, erdos-renyi32)")
+    return generate(match[1], int(match[2]), **kwargs)
