@@ -14,6 +14,7 @@ from .models import MODELS
 LR_SCHEDULES = ("constant", "cosine")
 INITS = ("same", "per-peer")
 ADMM_SOLVERS = ("auto", "exact", "inexact")
+MODES = ("sync", "async")
 # ADMM's penalty c depends on the scale of the local objectives: these are the
 # best values of the sweep in docs/admm.md (ring8), used unless --admm-penalty is given.
 DEFAULT_ADMM_PENALTY = {"synthetic-lstsq": 100.0, "breast-cancer": 1.0, "digits": 0.1, "synthetic": 0.1}
@@ -35,6 +36,8 @@ class PeerConfig:
     weight_decay: float = 0.0
     batch_size: int = 32
     algo: str = "gossip"
+    mode: str = "sync"
+    max_staleness: int = 10
     dataset: str = "digits"
     partition: str = "iid"
     model: str = "auto"
@@ -53,7 +56,10 @@ class PeerConfig:
     trace_every: int = 0
     checkpoint_every: int = 0
     checkpoint_write_delay: float = 0.0
+    min_compute_seconds: float = 0.0
     resume: bool = False
+    join: bool = False
+    absent: str = ""  # comma-separated peer ids not running at the start
     threads: int = 1
     overwrite: bool = False
     log_level: str = "INFO"
@@ -77,6 +83,17 @@ class PeerConfig:
         need(self.trace_every >= 0, f"--trace-every {self.trace_every}: must be 0 (off) or more")
         need(self.checkpoint_every >= 0, f"--checkpoint-every {self.checkpoint_every}: must be 0 (off) or more")
         need(self.checkpoint_write_delay >= 0, "--checkpoint-write-delay must be >= 0 seconds")
+        need(self.min_compute_seconds >= 0, "--min-compute-seconds must be >= 0 seconds")
+        need(self.mode in MODES, f"--mode {self.mode}: choose from {', '.join(MODES)}")
+        need(self.max_staleness >= 0, f"--max-staleness {self.max_staleness}: must be 0 or more rounds")
+        need(self.mode == "sync" or self.algo == "gossip",
+             "--mode async works with --algo gossip only: ADMM's edge duals need both ends of an edge in the "
+             "same round; use --mode sync with ADMM")
+        need(not self.join or self.algo == "gossip",
+             "--join works with --algo gossip only: a new ADMM peer's duals would not match its neighbours' "
+             "running sums; start ADMM peers together, or restart one with --resume from its checkpoint")
+        need(not (self.join and self.resume), "--join and --resume exclude each other: --resume continues from "
+             "this peer's own checkpoint, --join takes a neighbour's state; pick one")
         need(self.threads >= 1, f"--threads {self.threads}: must be >= 1")
         need(self.algo in ALGORITHMS, f"--algo {self.algo}: choose from {', '.join(ALGORITHMS)}")
         need(self.dataset in DATASETS, f"--dataset {self.dataset}: choose from {', '.join(DATASETS)}")
@@ -92,6 +109,9 @@ class PeerConfig:
         except DataError as error:
             raise ConfigError(f"--partition: {error}") from None
         return self
+
+    def absent_peers(self) -> frozenset[str]:
+        return frozenset(peer for peer in self.absent.split(",") if peer)
 
     def penalty(self) -> float:
         """ADMM's c: --admm-penalty if given, else the dataset's default."""
@@ -130,6 +150,16 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay (default: %(default)s)")
     add("--batch-size", type=int, default=d.batch_size, help="examples per local SGD step (default: %(default)s)")
     add("--algo", choices=ALGORITHMS, default=d.algo, help="how peers combine parameters (default: %(default)s)")
+    add("--mode", choices=MODES, default=d.mode,
+        help="sync: each round waits for the neighbours' parameters of that round (up to --recv-timeout); "
+             "async: never wait, mix with the newest parameters each neighbour has sent, at most "
+             "--max-staleness rounds old, so a slow or paused peer does not slow the others (default: %(default)s)")
+    add("--max-staleness", type=int, default=d.max_staleness,
+        help="async mode: a neighbour's parameters more than this many rounds old are left out of the mix, and "
+             "a peer this far behind its neighbours jumps to their round (default: %(default)s)")
+    add("--absent", default=d.absent, metavar="PEER[,PEER...]",
+        help="peers of the topology that are not running at the start (they join later with --join): the "
+             "first round does not wait for them (default: none)")
     add("--dataset", choices=DATASETS, default=d.dataset,
         help="digits (scikit-learn, 8x8 images, 10 classes), synthetic (softmax of a known linear model), "
              "synthetic-lstsq (least squares, a different A_i, b_i per peer), breast-cancer (scikit-learn, "
@@ -168,6 +198,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint-write-delay", type=float, default=d.checkpoint_write_delay,
         help="fault injection: pause this many seconds between writing a checkpoint and putting it in place, "
              "to test crashes mid-write (default: %(default)s)")
+    add("--min-compute-seconds", type=float, default=d.min_compute_seconds,
+        help="pad each round's local computation to at least this many seconds, to emulate a larger model "
+             "or a slower machine (fault and straggler experiments need rounds that last) (default: %(default)s)")
     add("--log-every", type=int, default=d.log_every, help="print a progress line every N rounds (default: %(default)s)")
     add("--threads", type=int, default=d.threads,
         help="torch threads per peer; keep 1 when several peers share a machine (default: %(default)s)")
@@ -197,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoint.pt (written with --checkpoint-every); without one, "
                              "start from round 0")
+    parser.add_argument("--join", action="store_true",
+                        help="join a running swarm: ask the neighbours for their state (a state request) and "
+                             "continue from the round and parameters of the first that answers (gossip only)")
     add_training_options(parser)
     return parser
 

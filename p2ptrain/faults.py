@@ -3,6 +3,8 @@
     --kill p3@40        SIGKILL p3 once it has completed 40 rounds
     --restart p3@+5     start p3 again 5 s after it was killed, with --resume
     --pause p2@30:3     SIGSTOP p2 at round 30, SIGCONT 3 s later
+    --join p7@40        start p7 only once another peer has completed 40 rounds,
+                        with --join (it asks a neighbour for its state)
 
 The plan decides, from the peers' rounds and the clock it is given, which
 actions are due; the launcher carries them out. Being a pure function of
@@ -21,7 +23,7 @@ class FaultSpecError(ValueError):
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # kill, restart, pause, continue
+    kind: str  # kill, restart, pause, continue, join
     peer: str
 
 
@@ -30,14 +32,22 @@ class FaultPlan:
     kills: dict[str, int] = field(default_factory=dict)  # peer -> round
     restarts: dict[str, float] = field(default_factory=dict)  # peer -> seconds after its kill
     pauses: dict[str, tuple[int, float]] = field(default_factory=dict)  # peer -> (round, seconds)
+    joins: dict[str, int] = field(default_factory=dict)  # peer -> round of the swarm
     events: list[dict] = field(default_factory=list)
     _killed_at: dict[str, float] = field(default_factory=dict)
     _paused_at: dict[str, float] = field(default_factory=dict)
     _done: set[tuple[str, str]] = field(default_factory=set)
 
     @classmethod
-    def parse(cls, kills: list[str], restarts: list[str], pauses: list[str], peers: tuple[str, ...]) -> "FaultPlan":
+    def parse(cls, kills: list[str], restarts: list[str], pauses: list[str], peers: tuple[str, ...],
+              joins: list[str] = ()) -> "FaultPlan":
         plan = cls()
+        for spec in joins:
+            peer, value = _split(spec, "--join", "p7@40", peers)
+            plan.joins[peer] = _number(value, int, spec, "--join")
+        if plan.joins and set(plan.joins) >= set(peers):
+            raise FaultSpecError("--join: every peer would join later, so there is no swarm to join; "
+                                 "leave at least one peer to start at once")
         for spec in kills:
             peer, value = _split(spec, "--kill", "p3@40", peers)
             plan.kills[peer] = _number(value, int, spec, "--kill")
@@ -57,8 +67,19 @@ class FaultPlan:
     @property
     def pending(self) -> bool:
         wanted = ({(p, "kill") for p in self.kills} | {(p, "restart") for p in self.restarts}
-                  | {(p, "continue") for p in self.pauses})
+                  | {(p, "continue") for p in self.pauses} | {(p, "join") for p in self.joins})
         return not wanted <= self._done
+
+    @property
+    def waiting_on_clock(self) -> bool:
+        """A restart or a SIGCONT is still to come: it falls due with time alone, even when no peer runs."""
+        restarts = {(p, "restart") for p in self.restarts if p in self._killed_at}
+        continues = {(p, "continue") for p in self._paused_at}
+        return not (restarts | continues) <= self._done
+
+    def not_started(self) -> set[str]:
+        """Peers held back for a --join that has not happened yet."""
+        return {peer for peer in self.joins if (peer, "join") not in self._done}
 
     def due(self, rounds: dict[str, int], now: float) -> list[Action]:
         """Actions to take now, given each peer's completed rounds and the time; each happens once."""
@@ -78,6 +99,10 @@ class FaultPlan:
             paused = self._paused_at.get(peer)
             if paused is not None and (peer, "continue") not in self._done and now >= paused + seconds:
                 actions.append(self._record(Action("continue", peer), now, rounds.get(peer, 0)))
+        for peer, round_ in self.joins.items():
+            swarm_round = max((r for p, r in rounds.items() if p not in self.joins), default=0)
+            if (peer, "join") not in self._done and swarm_round >= round_:
+                actions.append(self._record(Action("join", peer), now, swarm_round))
         return actions
 
     def _record(self, action: Action, now: float, round_: int) -> Action:

@@ -50,6 +50,12 @@ class Inbox:
         (it was sent while this peer was down, or dropped): waiting for it is pointless."""
         return {sender for sender, latest in self._latest.items() if latest > round_} - self.senders(round_)
 
+    def skip_to(self, round_: int) -> None:
+        """Continue from ``round_`` (a peer that joined a running swarm): earlier rounds' messages are stale."""
+        for old in [r for r in self._by_round if r < round_]:
+            self.stale += len(self._by_round.pop(old))
+        self.current_round = max(self.current_round, round_)
+
     def take(self, round_: int) -> dict[str, Message]:
         """Hand over round ``round_``'s messages and move on to the next round."""
         taken = self._by_round.pop(round_, {})
@@ -57,3 +63,40 @@ class Inbox:
         for old in [r for r in self._by_round if r < self.current_round]:
             self.stale += len(self._by_round.pop(old))
         return taken
+
+
+@dataclass
+class Newest:
+    """The newest message from each sender, for asynchronous gossip: a peer mixes with whatever
+    its neighbours sent last, as long as it is at most ``max_staleness`` rounds old."""
+
+    max_staleness: int
+    older: int = 0  # arrived after a newer one from the same sender (dropped)
+    _newest: dict[str, Message] = field(default_factory=dict)
+
+    def put(self, message: Message) -> bool:
+        """Keep ``message`` if it is newer than what its sender sent before."""
+        previous = self._newest.get(message.sender)
+        if previous is not None and previous.round >= message.round:
+            self.older += 1
+            return False
+        self._newest[message.sender] = message
+        return True
+
+    def senders(self) -> set[str]:
+        return set(self._newest)
+
+    def rounds(self) -> dict[str, int]:
+        return {sender: message.round for sender, message in self._newest.items()}
+
+    def fresh(self, round_: int, senders: frozenset[str]) -> dict[str, Message]:
+        """The newest messages of ``senders`` that are at most ``max_staleness`` rounds behind ``round_``."""
+        return {sender: message for sender, message in self._newest.items()
+                if sender in senders and round_ - message.round <= self.max_staleness}
+
+    def catch_up(self, round_: int) -> int:
+        """The round to continue from. A peer that fell more than the staleness bound behind its most
+        advanced neighbour (it was paused, or is slow) jumps to that neighbour's round: in asynchronous
+        mode rounds are the swarm's shared clock, and the learning-rate schedule follows them."""
+        ahead = max((message.round for message in self._newest.values()), default=round_)
+        return ahead if ahead - round_ > self.max_staleness else round_

@@ -25,7 +25,7 @@ from . import __version__, wire
 from .algorithms import Diverged
 from .config import ConfigError, PeerConfig, build_parser, resolve_peer_id
 from .data import DataError
-from .inbox import Inbox
+from .inbox import Inbox, Newest
 from .membership import Membership
 from .replica import build_replica
 from .results import flat_parameters, relative_error
@@ -45,6 +45,8 @@ OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "algorithm.pt", "con
 # Rejections logged one by one before switching to one line per thousand: a
 # flood of garbage must not flood the log too.
 REJECTIONS_LOGGED = 100
+# Seconds between a joining peer's state requests while no answer has come.
+STATE_REQUEST_INTERVAL = 0.5
 
 
 class Peer:
@@ -73,7 +75,16 @@ class Peer:
         self.out_neighbours = self.topology.out_neighbours(self.id)
         self.contract = wire.Contract(config.run_id, self.fingerprint, frozenset(self.in_neighbours), specs)
         self.inbox = Inbox()
-        self.membership = Membership(frozenset(self.in_neighbours))
+        self.newest = Newest(config.max_staleness)  # async mode files messages here instead
+        absent = config.absent_peers()
+        if absent - set(self.topology.ids):
+            raise ConfigError(f"--absent {config.absent}: {', '.join(sorted(absent - set(self.topology.ids)))} "
+                              f"not in the topology (peers: {', '.join(self.topology.ids)})")
+        # Peers known not to be running yet are suspected from the start, so round 0 does not wait for them.
+        self.membership = Membership(frozenset(self.in_neighbours), suspected=set(absent & set(self.in_neighbours)))
+        self._answered: dict[str, int] = {}  # state requests answered: asker -> round
+        self.round_now = 0
+        self.joined = False
         self.rejected: Counter[str] = Counter()
         self.send_dropped = 0
         self.rounds_completed = 0
@@ -176,13 +187,69 @@ class Peer:
         time.sleep(self.config.checkpoint_write_delay)
 
     async def run(self) -> None:
-        for round_ in range(self.start_round, self.config.rounds):
+        if self.config.join:
+            self.start_round = self.rounds_completed = await self._join()
+        round_ = self.start_round
+        while round_ < self.config.rounds:
+            # Let other tasks run: peers sharing one event loop (--in-process) would otherwise run
+            # their asynchronous rounds one peer at a time, never mixing with each other.
+            await asyncio.sleep(0)
             await self.run_round(round_)
             self.rounds_completed = round_ + 1
+            round_ = self._next_round(round_ + 1)
+
+    def _next_round(self, round_: int) -> int:
+        if self.config.mode != "async":
+            return round_
+        target = min(self.newest.catch_up(round_), self.config.rounds)
+        if target != round_:
+            self.log.warning("round %d is more than %d rounds behind the neighbours (newest: %s); jumping to "
+                             "round %d", round_, self.config.max_staleness,
+                             ",".join(f"{j}@{r}" for j, r in sorted(self.newest.rounds().items())), target)
+        return target
+
+    async def _join(self) -> int:
+        """Ask the neighbours for their state; load the first answer. Returns the round to continue from."""
+        answerers = [j for j in self.out_neighbours if j in self.in_neighbours]
+        if not answerers:
+            raise ConfigError(f"--join: {self.id} has no neighbour linked both ways in {self.topology.name}, so "
+                              "nobody could answer a state request; start it without --join")
+        request = wire.encode(kind="state_request", sender=self.id, run_id=self.config.run_id, round=0,
+                              fingerprint=self.fingerprint, tensors={})
+        self.log.info("joining: asking %s for their state", ",".join(answerers))
+        deadline = self.clock() + self.config.startup_timeout
+        while (remaining := deadline - self.clock()) > 0:
+            # Ask again now and then: a neighbour's queue towards this peer may have been full of the
+            # parameters it sent while this peer was not running, and then its answer was dropped.
+            for neighbour in answerers:
+                self.transport.send(neighbour, request)
+            frames = await self.transport.receive(min(remaining, STATE_REQUEST_INTERVAL))
+            if frames is None:
+                continue
+            message = self._decode(frames)
+            if message is None:
+                continue
+            if message.kind != "state":
+                self._take_in(message)
+                continue
+            for name, parameter in self.model.named_parameters():
+                # A copy: the received tensor lives in the message's frame buffer.
+                parameter.data = message.tensors[name].clone()
+            self.inbox.skip_to(message.round)
+            self.joined = True
+            self.log.info("joined: took the state of %s, continuing from round %d", message.sender, message.round)
+            return message.round
+        raise ConfigError(f"--join: no answer from {', '.join(answerers)} within {self.config.startup_timeout}s "
+                          f"(--startup-timeout). Is the swarm running, with run id {self.config.run_id} and this "
+                          "peer in its topology? Start without --join to train from round 0")
 
     async def run_round(self, round_: int) -> None:
         config = self.config
+        self.round_now = round_
+        computing = self.clock()
         loss = self.replica.train(round_)
+        if config.min_compute_seconds:
+            await asyncio.sleep(max(0.0, computing + config.min_compute_seconds - self.clock()))
 
         outgoing = self.algorithm.outgoing(round_)
         frames = wire.encode(kind="params", sender=self.id, run_id=config.run_id, round=round_,
@@ -194,14 +261,23 @@ class Peer:
             else:
                 self.send_dropped += 1
 
-        # The first round of a run, or of a resumed one, waits for neighbours that may be starting too.
-        timeout = config.startup_timeout if round_ == self.start_round else config.recv_timeout
+        # The first round of a run, or of a resumed one, waits for neighbours that may be starting too;
+        # a peer that joined a running swarm knows they are up.
+        first = round_ == self.start_round
+        timeout = config.startup_timeout if first and not self.joined else config.recv_timeout
         expected = frozenset(self.topology.in_neighbours(self.id, round_))
-        waited, bytes_received, messages = await self._gather(round_, timeout, expected)
+        if config.mode == "async":
+            waited, bytes_received, messages = await self._gather_newest(round_, timeout if first else 0, expected)
+        else:
+            waited, bytes_received, messages = await self._gather(round_, timeout, expected)
         outcome = self.membership.close_round(set(messages), expected)
         for neighbour in sorted(outcome.newly_suspected):
-            self.log.warning("round %d: no parameters from %s within %.1fs; going on without it",
-                             round_, neighbour, timeout)
+            if config.mode == "async":
+                self.log.warning("round %d: nothing from %s newer than %d rounds; mixing without it",
+                                 round_, neighbour, config.max_staleness)
+            else:
+                self.log.warning("round %d: no parameters from %s within %.1fs; going on without it",
+                                 round_, neighbour, timeout)
         for neighbour in sorted(outcome.recovered):
             self.log.info("round %d: heard from %s again", round_, neighbour)
 
@@ -213,6 +289,7 @@ class Peer:
         record = {
             "round": round_,
             "time": round(self.clock() - self.started, 4),
+            "unix_time": round(time.time(), 4),
             "lr": config.lr_at(round_),
             "loss": loss,
             "neighbour_distance": distance,
@@ -225,6 +302,8 @@ class Peer:
             "stale_dropped": self.inbox.stale,
             "rejected": dict(self.rejected),
         } | self.algorithm.metrics()
+        if config.mode == "async":
+            record["staleness"] = {sender: round_ - message.round for sender, message in sorted(messages.items())}
         if self.reference is not None:
             record["rel_error"] = relative_error(self.model.state_dict(), self.reference)
         last_round = round_ == config.rounds - 1
@@ -269,7 +348,31 @@ class Peer:
             self._file(frames)
         return self.clock() - start, bytes_received, self.inbox.take(round_)
 
+    async def _gather_newest(self, round_: int, timeout: float,
+                             expected: frozenset[str]) -> tuple[float, int, dict[str, wire.Message]]:
+        """Asynchronous mode: read what has arrived and take each neighbour's newest fresh parameters.
+        Only a first round waits (up to ``timeout``), until every neighbour has been heard once."""
+        start = self.clock()
+        deadline = start + timeout
+        bytes_received = 0
+        while timeout and self.membership.awaited(self.newest.senders(), expected):
+            frames = await self.transport.receive(deadline - self.clock())
+            if frames is None:
+                break
+            bytes_received += wire.frame_bytes(frames)
+            self._file(frames)
+        while (frames := await self.transport.receive(0)) is not None:
+            bytes_received += wire.frame_bytes(frames)
+            self._file(frames)
+        return self.clock() - start, bytes_received, self.newest.fresh(round_, expected)
+
     def _file(self, frames) -> None:
+        message = self._decode(frames)
+        if message is not None:
+            self._take_in(message)
+
+    def _decode(self, frames) -> wire.Message | None:
+        """The checked message, or None (counted by reason, and logged) if it must not be used."""
         try:
             message = wire.decode(frames, self.contract)
         except wire.WireError as error:
@@ -277,10 +380,40 @@ class Peer:
             total = sum(self.rejected.values())
             if total <= REJECTIONS_LOGGED or total % 1000 == 0:
                 self.log.warning("rejected message #%d (%s): %s", total, error.reason, error)
-            return
-        self.membership.saw(message.sender)
-        if self.inbox.put(message) == "stale":
+            return None
+        return message
+
+    def _take_in(self, message: wire.Message) -> None:
+        # Any message shows its sender is alive, except, in async mode, parameters too old to be
+        # mixed: counting those would mark a neighbour that is catching up alive and suspected by turns.
+        if self.config.mode != "async" or message.kind != "params" or \
+                self.round_now - message.round <= self.config.max_staleness:
+            self.membership.saw(message.sender)
+        if message.kind == "state_request":
+            self._answer_state_request(message.sender)
+        elif message.kind == "state":
+            # Only a joining peer asks (and reads the answer itself); a second answer comes too late.
+            self.log.debug("ignored a state message from %s: not joining", message.sender)
+        elif self.config.mode == "async":
+            self.newest.put(message)
+        elif self.inbox.put(message) == "stale":
             self.log.debug("dropped stale round-%d message from %s", message.round, message.sender)
+
+    def _answer_state_request(self, asker: str) -> None:
+        """Send ``asker`` this peer's parameters and the round to continue from (the next one)."""
+        round_ = self.round_now + 1
+        if self._answered.get(asker) == round_:
+            return  # one answer per asker per round: repeated requests cost nothing more
+        if asker not in self.out_neighbours:
+            self.log.warning("state request from %s, which this peer does not send to; not answered", asker)
+            return
+        frames = wire.encode(kind="state", sender=self.id, run_id=self.config.run_id, round=round_,
+                             fingerprint=self.fingerprint, tensors=self.algorithm.outgoing(self.round_now))
+        if self.transport.send(asker, frames):
+            self._answered[asker] = round_
+            self.log.info("answered a state request from %s: continue from round %d", asker, round_)
+        else:
+            self.log.debug("could not answer %s's state request: its queue is full; it will ask again", asker)
 
     def finish(self, status: str) -> None:
         """Write the final model and result, then release the sockets. Safe to call once per peer."""
@@ -293,6 +426,7 @@ class Peer:
             "status": status,
             "rounds": self.config.rounds,
             "rounds_completed": self.rounds_completed,
+            "start_round": self.start_round,
             "test_accuracy": test_accuracy,
             "test_loss": test_loss,
             "train_loss": self.last.get("loss"),

@@ -64,6 +64,7 @@ def peer_outcome(peer_dir: Path) -> dict:
             "test_accuracy": result["test_accuracy"],
             "train_loss": result["train_loss"],
             "status": result["status"],
+            "start_round": result.get("start_round", 0),
         }
     # Killed before it could write a result: its metrics say how far it got.
     records = read_json_lines(peer_dir / "metrics.jsonl")
@@ -72,5 +73,7 @@ def peer_outcome(peer_dir: Path) -> dict:
         "rounds_completed": records[-1]["round"] + 1 if records else 0,
         "test_accuracy": accuracies[-1] if accuracies else None,
         "train_loss": records[-1]["loss"] if records else None,
-        "status": "killed",
+        # Killed, or never started (a --join that did not come due).
+        "status": "killed" if (peer_dir / "metrics.jsonl").exists() else "not started",
+        "start_round": records[0]["round"] if records else 0,
     }

@@ -39,7 +39,7 @@ DEFAULT_TOPOLOGY = "ring8 (built in: ring of 8 peers on 127.0.0.1:25000-25007)"
 # How long peers get to exit after SIGTERM before they are killed.
 STOP_GRACE_SECONDS = 10.0
 # Launcher options that are not peer options.
-LAUNCHER_ONLY = ("topology", "base_port", "timeout", "out", "in_process", "kill", "restart", "pause")
+LAUNCHER_ONLY = ("topology", "base_port", "timeout", "out", "in_process", "kill", "restart", "pause", "join")
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+)$")
 
 
@@ -51,7 +51,7 @@ class LaunchError(RuntimeError):
 class PeerProcess:
     id: str
     out: Path
-    process: subprocess.Popen | None  # None when the peer runs in this process
+    process: subprocess.Popen | None  # None when the peer runs in this process, or has not started yet
     log_file: object
     command: tuple[str, ...] = ()
     metrics_offset: int = 0
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start a killed PEER again SECONDS later, with --resume (use --checkpoint-every)")
     parser.add_argument("--pause", action="append", default=[], metavar="PEER@ROUND:SECONDS",
                         help="SIGSTOP PEER at ROUND, SIGCONT it SECONDS later (repeatable)")
+    parser.add_argument("--join", action="append", default=[], metavar="PEER@ROUND",
+                        help="hold PEER back and start it with --join once the others reach ROUND: it asks a "
+                             "neighbour for its state and continues from there (gossip; repeatable)")
     parser.add_argument("--in-process", nargs="?", const="inproc", default="", choices=["inproc", "ipc"],
                         help="run every peer as a task of this one process, over inproc (default) or ipc "
                              "sockets, for swarms too large for a process per peer; logs go to DIR/peers.log")
@@ -147,7 +150,8 @@ def _die_with_parent() -> None:
 
 
 def start_peers(topology_file: Path, topology: Topology, run_dir: Path, run_id: str,
-                training_argv: list[str]) -> list[PeerProcess]:
+                training_argv: list[str], held_back: set[str] = frozenset()) -> list[PeerProcess]:
+    """Start a process per peer, except the ``held_back`` ones (they join later, see join_peer)."""
     peers = []
     for peer_id in topology.ids:
         out = run_dir / "peers" / peer_id
@@ -155,7 +159,8 @@ def start_peers(topology_file: Path, topology: Topology, run_dir: Path, run_id: 
         log_file = open(out / "peer.log", "wb")
         command = (sys.executable, "-m", "p2ptrain.peer", "--topology", str(topology_file), "--peer", peer_id,
                    "--out", str(out), "--run-id", run_id, *training_argv)
-        peers.append(PeerProcess(peer_id, out, _spawn(command, log_file), log_file, command))
+        process = None if peer_id in held_back else _spawn(command, log_file)
+        peers.append(PeerProcess(peer_id, out, process, log_file, command))
     return peers
 
 
@@ -168,12 +173,18 @@ def _spawn(command, log_file) -> subprocess.Popen:
     )
 
 
-def restart_peer(peer: PeerProcess) -> None:
-    """Start a killed peer again with --resume; its log goes on in the same file."""
+def restart_peer(peer: PeerProcess, recv_timeout: float) -> None:
+    """Start a killed peer again with --resume; its log goes on in the same file. Its neighbours are
+    running (or done), so its first round waits the round deadline, not the start-up one."""
     peer.log_file.close()
     peer.log_file = open(peer.out / "peer.log", "ab")
-    peer.process = _spawn((*peer.command, "--resume"), peer.log_file)
+    peer.process = _spawn((*peer.command, "--resume", "--startup-timeout", str(recv_timeout)), peer.log_file)
     peer.exit_code = None
+
+
+def join_peer(peer: PeerProcess) -> None:
+    """Start a held-back peer with --join: it takes a running neighbour's state."""
+    peer.process = _spawn((*peer.command, "--join"), peer.log_file)
 
 
 FAULT_SIGNALS = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "continue": signal.SIGCONT}
@@ -215,6 +226,7 @@ def progress_table(peers: list[PeerProcess], rounds: int, elapsed: float) -> lis
 
 
 def stop_peers(peers: list[PeerProcess], grace: float = STOP_GRACE_SECONDS) -> None:
+    peers = [p for p in peers if p.process is not None]
     for p in peers:
         if p.process.poll() is None:
             p.process.send_signal(signal.SIGTERM)
@@ -241,6 +253,8 @@ def summarise(topology: Topology, algo: str, peers: list[PeerProcess], wall_seco
             "exit_code": p.exit_code,
             "status": outcome["status"],
         }
+        if outcome["start_round"]:
+            summary_peers[p.id]["start_round"] = outcome["start_round"]  # it joined the run late
     summary = {
         "topology": topology.name,
         "algo": algo,
@@ -297,7 +311,8 @@ class Progress:
                   + (f" accuracy {min(accuracies):.3f}-{max(accuracies):.3f}" if accuracies else ""), flush=True)
 
 
-def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faults: FaultPlan) -> int | None:
+def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faults: FaultPlan,
+              recv_timeout: float) -> int | None:
     """Watch peer processes until all exit, a signal arrives (returned) or the timeout passes; then stop them.
     Meanwhile carry out the fault plan's kills, restarts and pauses as they fall due."""
     interrupted = None
@@ -312,16 +327,23 @@ def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faul
     try:
         while interrupted is None:
             for p in peers:
-                p.exit_code = p.process.poll()
+                p.exit_code = p.process.poll() if p.process else None
             progress.show(peers)
             by_id = {p.id: p for p in peers}
             for action in faults.due({p.id: p.round for p in peers}, time.monotonic() - progress.started):
                 print(f"launch_swarm: {action.kind} {action.peer} at round {by_id[action.peer].round}", flush=True)
                 if action.kind == "restart":
-                    restart_peer(by_id[action.peer])
+                    restart_peer(by_id[action.peer], recv_timeout)
+                elif action.kind == "join":
+                    join_peer(by_id[action.peer])
                 else:
                     by_id[action.peer].process.send_signal(FAULT_SIGNALS[action.kind])
-            if all(p.exit_code is not None for p in peers) and not faults.pending:
+            started = [p for p in peers if p.process is not None]
+            if all(p.exit_code is not None for p in started) and not faults.waiting_on_clock:
+                # Whatever is still planned is tied to rounds that no running peer will reach.
+                if faults.pending:
+                    print("launch_swarm: every peer has exited before the rest of the fault plan came due",
+                          file=sys.stderr)
                 break
             if timeout and time.monotonic() - progress.started > timeout:
                 print(f"launch_swarm: --timeout {timeout}s reached; stopping the peers", file=sys.stderr)
@@ -335,7 +357,7 @@ def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faul
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for p in peers:
-            p.exit_code = p.process.returncode
+            p.exit_code = p.process.returncode if p.process else None
             p.log_file.close()
     return interrupted
 
@@ -381,9 +403,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.base_port:
             topology = with_ports(topology, args.base_port)
         check_run(config, topology)
-        faults = FaultPlan.parse(args.kill, args.restart, args.pause, topology.ids)
-        if args.in_process and (args.kill or args.restart or args.pause):
-            raise LaunchError("--kill, --restart and --pause act on peer processes; drop --in-process")
+        faults = FaultPlan.parse(args.kill, args.restart, args.pause, topology.ids, args.join)
+        if args.in_process and (args.kill or args.restart or args.pause or args.join):
+            raise LaunchError("--kill, --restart, --pause and --join act on peer processes; drop --in-process")
+        if args.join:
+            # The others do not wait for the latecomers in their first round.
+            args.absent = ",".join(sorted(config.absent_peers() | set(faults.joins)))
+            PeerConfig.from_dict({k: v for k, v in vars(args).items() if k not in LAUNCHER_ONLY}).validate()
         if args.restart and not args.checkpoint_every:
             print("launch_swarm: warning: --restart without --checkpoint-every restarts peers from round 0",
                   file=sys.stderr)
@@ -418,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting {topology.size} peers of {topology.name} ({args.algo}, {args.dataset}, {args.partition}) "
           f"{mode}, in {run_dir}", flush=True)
     progress = Progress(args.rounds, time.monotonic())
+    started_unix_time = time.time()
     launch = {"argv": sys.argv, "run_id": run_id, "peer_argv": training_argv, "mode": args.in_process or "processes"}
     interrupted = None
     if args.in_process:
@@ -430,14 +457,17 @@ def main(argv: list[str] | None = None) -> int:
         # A timeout stops the peers like a signal, but the run failed rather than being interrupted.
         interrupted = min(stopped) - 128 if stopped and not timed_out else None
     else:
-        peers = start_peers(topology_file, topology, run_dir, run_id, training_argv)
-        atomic_write_json(run_dir / "launch.json", launch | {"pids": {p.id: p.process.pid for p in peers}})
-        interrupted = supervise(peers, progress, args.timeout, faults)
+        peers = start_peers(topology_file, topology, run_dir, run_id, training_argv, set(faults.joins))
+        atomic_write_json(run_dir / "launch.json",
+                          launch | {"pids": {p.id: p.process.pid for p in peers if p.process is not None}})
+        interrupted = supervise(peers, progress, args.timeout, faults, args.recv_timeout)
 
     summary = summarise(topology, args.algo, peers, time.monotonic() - progress.started, reference)
     summary["run_id"] = run_id
     if faults.events:
         summary["faults"] = faults.events
+        # Event times count from the launcher's start; peers' metrics carry wall-clock "unix_time".
+        summary["started_unix_time"] = started_unix_time
     atomic_write_json(run_dir / "summary.json", summary)
     print(summary_table(summary))
     failed = [p.id for p in peers if p.exit_code != 0]

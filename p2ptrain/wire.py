@@ -23,7 +23,12 @@ import numpy as np
 import torch
 
 PROTOCOL_VERSION = 1
-KINDS = frozenset({"params"})
+# params: a round's parameters. state_request: a peer joining a running swarm
+# asks a neighbour for its state; state: the answer, the neighbour's parameters
+# and the round the asker should continue from. PROTOCOL.md section 6.
+KINDS = frozenset({"params", "state_request", "state"})
+# Kinds that carry no tensors; the others carry exactly the model's.
+EMPTY_KINDS = frozenset({"state_request"})
 # A header describes at most a few thousand tensors; anything bigger is not ours.
 MAX_HEADER_BYTES = 1 << 20
 
@@ -234,14 +239,16 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
             f"model fingerprint {fp} from {sender!r}, this peer's is {contract.fingerprint}: "
             "the peers were started with different models or datasets"
         )
-    if len(specs) != len(contract.specs):
-        raise TensorSpecMismatch(f"{len(specs)} tensors described, this model has {len(contract.specs)}")
-    if len(frames) != 1 + len(contract.specs):
-        raise FrameCountMismatch(f"{len(frames)} frames, expected 1 header + {len(contract.specs)} tensors")
+    expected_specs = () if kind in EMPTY_KINDS else contract.specs
+    if len(specs) != len(expected_specs):
+        raise TensorSpecMismatch(f"{len(specs)} tensors described, a {kind} message of this model has "
+                                 f"{len(expected_specs)}")
+    if len(frames) != 1 + len(expected_specs):
+        raise FrameCountMismatch(f"{len(frames)} frames, expected 1 header + {len(expected_specs)} tensors")
 
     tensors: dict[str, torch.Tensor] = {}
     nbytes = memoryview(getattr(frames[0], "buffer", frames[0])).nbytes
-    for described, expected, frame in zip(specs, contract.specs, frames[1:]):
+    for described, expected, frame in zip(specs, expected_specs, frames[1:]):
         _check_spec(described, expected)
         buffer = memoryview(getattr(frame, "buffer", frame))
         if buffer.nbytes != expected.nbytes:

@@ -34,6 +34,10 @@ def test_peer_help_explains_every_option(capsys):
         (["--lr", "-0.1"], "use a positive learning rate"),
         (["--recv-timeout", "0"], "must be > 0 seconds"),
         (["--peer", "p9"], "peer 'p9' is not in topology 'ring8'"),
+        (["--mode", "async", "--algo", "admm"], "--mode async works with --algo gossip only"),
+        (["--join", "--algo", "admm"], "--join works with --algo gossip only"),
+        (["--join", "--resume"], "--join and --resume exclude each other"),
+        (["--absent", "p1,q9"], "--absent p1,q9: q9 not in the topology"),
     ],
 )
 def test_peer_refuses_bad_options_with_exit_code_2(args, message, capsys, tmp_path):

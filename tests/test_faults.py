@@ -43,3 +43,28 @@ def test_pause_then_continue():
 def test_bad_fault_specs_say_how_to_write_them(kills, restarts, pauses, message):
     with pytest.raises(FaultSpecError, match=re.escape(message)):
         FaultPlan.parse(kills, restarts, pauses, PEERS)
+
+
+def test_a_join_falls_due_when_the_rest_of_the_swarm_reaches_its_round():
+    plan = FaultPlan.parse([], [], [], PEERS, joins=["p3@40"])
+    assert plan.not_started() == {"p3"}
+    # p3's own round (0: not running) does not count; the most advanced other peer does.
+    assert plan.due({"p0": 39, "p1": 12, "p2": 38, "p3": 0}, now=1.0) == []
+    assert plan.due({"p0": 40, "p1": 12, "p2": 38, "p3": 0}, now=2.0) == [Action("join", "p3")]
+    assert plan.due({"p0": 80, "p3": 0}, now=3.0) == []
+    assert not plan.pending and plan.not_started() == set()
+    assert plan.events == [{"time": 2.0, "peer": "p3", "event": "join", "round": 40}]
+
+
+def test_only_restarts_and_continues_are_waited_for_when_no_peer_runs():
+    plan = FaultPlan.parse(["p1@10"], ["p1@+5"], ["p2@10:3"], PEERS, joins=["p3@99"])
+    assert not plan.waiting_on_clock  # nothing has happened yet: every action waits for a round
+    plan.due({"p1": 10, "p2": 10}, now=1.0)  # p1 killed, p2 paused
+    assert plan.waiting_on_clock
+    plan.due({"p1": 10, "p2": 10}, now=6.0)  # restart and continue are done
+    assert not plan.waiting_on_clock and plan.pending  # the join may never come: round 99 not reached
+
+
+def test_a_swarm_made_only_of_latecomers_is_refused():
+    with pytest.raises(FaultSpecError, match="no swarm to join"):
+        FaultPlan.parse([], [], [], ("p0", "p1"), joins=["p0@5", "p1@5"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from p2ptrain.inbox import Inbox
+from p2ptrain.inbox import Inbox, Newest
 from p2ptrain.membership import Membership
 from p2ptrain.wire import Message
 
@@ -86,3 +86,39 @@ def test_a_neighbour_heard_for_a_later_round_is_not_waited_for_in_this_one():
     assert m.awaited(inbox.senders(10) | inbox.moved_on(10)) == {"c"}
     inbox.take(10)
     assert inbox.moved_on(14) == set() and inbox.senders(14) == {"b"}
+
+
+def test_a_joining_peer_skips_to_its_round_and_counts_what_it_leaves_behind_as_stale():
+    inbox = Inbox()
+    for round_ in (0, 1, 5):
+        inbox.put(msg("p1", round_))
+    inbox.skip_to(5)
+    assert inbox.current_round == 5 and inbox.stale == 2
+    assert set(inbox.take(5)) == {"p1"}
+
+
+def test_async_keeps_each_senders_newest_message_only():
+    newest = Newest(max_staleness=3)
+    assert newest.put(msg("p1", 4))
+    assert not newest.put(msg("p1", 2))  # overtaken: arrived after round 4
+    assert newest.put(msg("p1", 6))
+    assert newest.older == 1 and newest.rounds() == {"p1": 6}
+
+
+def test_async_mixes_only_messages_within_the_staleness_bound():
+    newest = Newest(max_staleness=3)
+    newest.put(msg("p1", 7))
+    newest.put(msg("p2", 3))
+    newest.put(msg("p9", 10))
+    fresh = newest.fresh(10, frozenset({"p1", "p2"}))
+    assert set(fresh) == {"p1"}  # p2 is 7 rounds old; p9 is not a neighbour this round
+    assert set(newest.fresh(6, frozenset({"p1", "p2"}))) == {"p1", "p2"}  # a neighbour ahead is fresh
+
+
+def test_a_peer_too_far_behind_jumps_to_its_most_advanced_neighbour():
+    newest = Newest(max_staleness=10)
+    newest.put(msg("p1", 150))
+    newest.put(msg("p3", 40))
+    assert newest.catch_up(139) == 150  # 11 rounds behind p1
+    assert newest.catch_up(140) == 140  # exactly at the bound: stays
+    assert Newest(max_staleness=10).catch_up(7) == 7  # nobody heard yet

@@ -176,3 +176,15 @@ def test_unsupported_dtype_is_refused_when_encoding():
 def test_unknown_header_fields_are_ignored_for_forward_compatibility():
     frames = with_header(priority="high")
     assert wire.decode(frames, contract_for(TENSORS)).round == 3
+
+
+def test_a_state_request_carries_no_tensors_and_a_state_carries_the_model():
+    contract = contract_for(TENSORS)
+    request = wire.decode(received(message({}, kind="state_request", round=0)), contract)
+    assert (request.kind, request.sender, request.tensors) == ("state_request", "p1", {})
+    state = wire.decode(received(message(TENSORS, kind="state", round=41)), contract)
+    assert state.round == 41 and all(torch.equal(state.tensors[n], t) for n, t in TENSORS.items())
+    with pytest.raises(wire.TensorSpecMismatch):  # a request with tensors attached is not one
+        wire.decode(received(message(TENSORS, kind="state_request")), contract)
+    with pytest.raises(wire.TensorSpecMismatch):  # a state without the model is not one
+        wire.decode(received(message({}, kind="state")), contract)

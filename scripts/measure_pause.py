@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""What a paused peer costs its neighbours, in synchronous and asynchronous mode, side by side.
+
+Runs the same swarm twice through the launcher, once per --mode, with one
+peer SIGSTOPped for a few seconds (--pause). For each in-neighbour of the
+paused peer it counts the rounds completed during the pause and during an
+equally long window just before it, from the peers' metrics (wall-clock
+"unix_time" of each round), and prints the ratio of the two rates. Both runs
+happen here, one after the other, so a noisy machine affects them alike.
+
+    python scripts/measure_pause.py [--topology topologies/ring8.toml] [--peer p2]
+        [--at 120] [--seconds 3] [--rounds 400] [--min-compute-seconds 0.02] [--recv-timeout 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from p2ptrain.storage import read_json_lines
+from p2ptrain.topology import load_topology
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_swarm(mode: str, args: argparse.Namespace, out: Path) -> dict:
+    command = [sys.executable, str(ROOT / "scripts" / "launch_swarm.py"), args.topology, "--out", str(out),
+               "--mode", mode, "--rounds", str(args.rounds), "--seed", str(args.seed),
+               "--min-compute-seconds", str(args.min_compute_seconds), "--recv-timeout", str(args.recv_timeout),
+               "--pause", f"{args.peer}@{args.at}:{args.seconds}", "--timeout", "600"]
+    print(f"running {mode}: {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / "summary.json").read_text())
+
+
+def pause_window(summary: dict) -> tuple[float, float]:
+    times = {event["event"]: summary["started_unix_time"] + event["time"] for event in summary["faults"]}
+    return times["pause"], times["continue"]
+
+
+def neighbour_rates(out: Path, neighbour: str, start: float, end: float) -> dict:
+    records = read_json_lines(out / "peers" / neighbour / "metrics.jsonl")
+    length = end - start
+    before = sum(1 for r in records if start - length <= r["unix_time"] < start)
+    during = [r for r in records if start <= r["unix_time"] < end]
+    return {
+        "before": before / length,
+        "during": len(during) / length,
+        "ratio": len(during) / before if before else float("nan"),
+        "max_wait": max((r["wait_seconds"] for r in during), default=0.0),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--topology", default=str(ROOT / "topologies" / "ring8.toml"))
+    parser.add_argument("--peer", default="p2", help="the peer to pause")
+    parser.add_argument("--at", type=int, default=120, help="round at which it is paused")
+    parser.add_argument("--seconds", type=float, default=3.0, help="how long it stays paused")
+    parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-compute-seconds", type=float, default=0.02,
+                        help="pad each round's compute, so rounds last long enough to count")
+    parser.add_argument("--recv-timeout", type=float, default=1.0, help="the synchronous round deadline")
+    parser.add_argument("--out", default="", help="keep the runs here (default: a temporary directory)")
+    args = parser.parse_args()
+    neighbours = load_topology(args.topology).out_neighbours(args.peer)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        base = Path(args.out or scratch)
+        rows = []
+        for mode in ("sync", "async"):
+            out = base / mode
+            summary = run_swarm(mode, args, out)
+            start, end = pause_window(summary)
+            accuracies = [p["test_accuracy"] for p in summary["peers"].values()]
+            for neighbour in neighbours:
+                rows.append((mode, neighbour, neighbour_rates(out, neighbour, start, end), min(accuracies),
+                             summary["consensus_distance"]))
+
+    print(f"\n{args.peer} paused {args.seconds:g}s at round {args.at}; round deadline {args.recv_timeout:g}s")
+    print(f"{'mode':<6} {'neighbour':<9} {'rounds/s before':>15} {'during':>8} {'ratio':>6} "
+          f"{'max wait (s)':>12} {'min acc':>8} {'consensus':>10}")
+    for mode, neighbour, rates, accuracy, consensus in rows:
+        print(f"{mode:<6} {neighbour:<9} {rates['before']:>15.1f} {rates['during']:>8.1f} {rates['ratio']:>6.2f} "
+              f"{rates['max_wait']:>12.3f} {accuracy:>8.4f} {consensus:>10.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
