@@ -3,8 +3,10 @@
 from .admm import ADMM, exact_solver, inexact_solver
 from .base import Algorithm, Diverged
 from .gossip import Gossip, effective_weights, mix
+from .robust import AGGREGATORS, AggregatorError, check_aggregator, clipped_mix, trimmed_mean
 
 ALGORITHMS = ("gossip", "admm")
 
-__all__ = ["ADMM", "ALGORITHMS", "Algorithm", "Diverged", "Gossip", "effective_weights", "exact_solver",
-           "inexact_solver", "mix"]
+__all__ = ["ADMM", "AGGREGATORS", "ALGORITHMS", "AggregatorError", "Algorithm", "Diverged", "Gossip",
+           "check_aggregator", "clipped_mix", "effective_weights", "exact_solver", "inexact_solver", "mix",
+           "trimmed_mean"]

@@ -3,15 +3,19 @@
 With local SGD steps before each exchange this is adapt-then-combine
 decentralized SGD (D-PSGD). A neighbour that did not arrive gives its weight
 back to the peer itself, so each row of the weights used stays stochastic.
+``Gossip(..., aggregator=...)`` swaps the weighted mean for one of the robust
+rules of ``robust.py`` (ClippedGossip, trimmed mean) when neighbours may lie.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping
 
 import torch
 
 from .base import Algorithm, Tensors, check_finite
+from .robust import check_aggregator, clipped_gossip, trimmed_mean
 
 
 def effective_weights(self_id: str, row: Mapping[str, float], heard: set[str] | frozenset[str]) -> dict[str, float]:
@@ -49,18 +53,28 @@ def mix(
 
 
 class Gossip(Algorithm):
-    """Mix the model's parameters with the neighbours' after the local steps."""
+    """Mix the model's parameters with the neighbours' after the local steps.
+
+    ``aggregator`` is how: "mean" (``mix``, the default), "clipped"
+    (ClippedGossip) or "trimmed-mean", the robust ones tolerating ``robust_b``
+    bad neighbours (see ``robust.py``).
+    """
 
     name = "gossip"
 
     def __init__(self, self_id: str, row: Mapping[str, float] | Callable[[int], Mapping[str, float]],
                  parameters: Mapping[str, torch.nn.Parameter],
-                 train: Callable[[int], float | None] = lambda round_: None):
+                 train: Callable[[int], float | None] = lambda round_: None,
+                 aggregator: str = "mean", robust_b: int = 1):
+        check_aggregator(aggregator, robust_b)
         self.self_id = self_id
         # A fixed row, or one per round for a time-varying topology.
         self.row_at = row if callable(row) else (lambda round_, fixed=dict(row): fixed)
         self.parameters = dict(parameters)
         self.train = train
+        self.aggregator = aggregator
+        self.robust_b = robust_b
+        self.round_metrics: dict = {}
 
     def local_step(self, round_: int) -> float | None:
         return self.train(round_)
@@ -69,10 +83,27 @@ class Gossip(Algorithm):
         return {name: p.detach() for name, p in self.parameters.items()}
 
     def update(self, round_: int, received: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-        mixed = mix(self.self_id, self.outgoing(round_), received, self.row_at(round_))
+        mixed = self.aggregate(round_, received)
         check_finite(mixed, "parameter", round_, "the learning rate (--lr) is probably too large for this "
                      "problem; try a smaller one")
         for name, p in self.parameters.items():
             # New storage rather than an in-place copy: the tensors just sent
             # may still be queued in ZeroMQ, zero-copy, and must not change.
             p.data = mixed[name]
+
+    def aggregate(self, round_: int, received: Mapping[str, Mapping[str, torch.Tensor]]) -> Tensors:
+        """This round's new parameters by the chosen rule, as new tensors."""
+        own, row = self.outgoing(round_), self.row_at(round_)
+        if self.aggregator == "clipped":
+            clipping = clipped_gossip(self.self_id, own, received, row, self.robust_b)
+            # json has no infinity: a radius set by neighbours at infinite distance is logged as null.
+            radius = clipping.radius if math.isfinite(clipping.radius) else None
+            self.round_metrics = {"clipping_radius": radius, "clipped": clipping.clipped}
+            return clipping.tensors
+        if self.aggregator == "trimmed-mean":
+            return trimmed_mean(self.self_id, own, received, row, self.robust_b)
+        return mix(self.self_id, own, received, row)
+
+    def metrics(self) -> dict:
+        # Empty for "mean", so plain gossip's metrics lines stay as they were.
+        return dict(self.round_metrics)
