@@ -7,7 +7,8 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 
-from .algorithms import ALGORITHMS
+from .algorithms import AGGREGATORS, ALGORITHMS, AggregatorError, check_aggregator
+from .attacks import AttackSpecError, parse_attacks
 from .data import DATASETS, DataError, parse_partition
 from .models import MODELS
 
@@ -37,6 +38,9 @@ class PeerConfig:
     batch_size: int = 32
     algo: str = "gossip"
     mode: str = "sync"
+    aggregator: str = "mean"
+    robust_b: int = 1
+    attack: str = ""  # PEER:KIND[:VALUE], an experiment's misbehaving peer
     max_staleness: int = 10
     dataset: str = "digits"
     partition: str = "iid"
@@ -94,6 +98,13 @@ class PeerConfig:
              "running sums; start ADMM peers together, or restart one with --resume from its checkpoint")
         need(not (self.join and self.resume), "--join and --resume exclude each other: --resume continues from "
              "this peer's own checkpoint, --join takes a neighbour's state; pick one")
+        need(self.aggregator == "mean" or self.algo == "gossip",
+             f"--aggregator {self.aggregator} works with --algo gossip only; ADMM combines through its duals")
+        try:
+            check_aggregator(self.aggregator, self.robust_b)
+            parse_attacks([self.attack] if self.attack else [], self.seed)
+        except (AggregatorError, AttackSpecError) as error:
+            raise ConfigError(str(error)) from None
         need(self.threads >= 1, f"--threads {self.threads}: must be >= 1")
         need(self.algo in ALGORITHMS, f"--algo {self.algo}: choose from {', '.join(ALGORITHMS)}")
         need(self.dataset in DATASETS, f"--dataset {self.dataset}: choose from {', '.join(DATASETS)}")
@@ -154,6 +165,17 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="sync: each round waits for the neighbours' parameters of that round (up to --recv-timeout); "
              "async: never wait, mix with the newest parameters each neighbour has sent, at most "
              "--max-staleness rounds old, so a slow or paused peer does not slow the others (default: %(default)s)")
+    add("--aggregator", choices=AGGREGATORS, default=d.aggregator,
+        help="how gossip combines the neighbours' parameters: mean (the weighted average of W), clipped "
+             "(ClippedGossip: each neighbour's difference clipped to an adaptive radius) or trimmed-mean "
+             "(coordinate-wise, over itself and the neighbours); the robust ones tolerate --robust-b bad "
+             "neighbours (default: %(default)s)")
+    add("--robust-b", type=int, default=d.robust_b,
+        help="bad neighbours the clipped and trimmed-mean aggregators tolerate (default: %(default)s)")
+    add("--attack", default=d.attack, metavar="PEER:KIND[:VALUE]",
+        help="experiment: make PEER send corrupted parameters: PEER:scale:F (times F), PEER:noise:SIGMA "
+             "(plus Gaussian noise), PEER:random[:M] (random values); every peer gets the option, only PEER "
+             "acts on it (default: none)")
     add("--max-staleness", type=int, default=d.max_staleness,
         help="async mode: a neighbour's parameters more than this many rounds old are left out of the mix, and "
              "a peer this far behind its neighbours jumps to their round (default: %(default)s)")

@@ -31,7 +31,7 @@ from .swarm import peer_arguments
 from .topology import Topology, TopologyError, dump_topology, generate_named, load_topology
 
 PEER_FIELDS = {f.name for f in dataclasses.fields(PeerConfig)}
-CSV_COLUMNS = ["topology", "algo", "partition", "seed", "round", "wall_time", "mean_loss", "mean_accuracy",
+CSV_COLUMNS = ["topology", "algo", "aggregator", "partition", "seed", "round", "wall_time", "mean_loss", "mean_accuracy",
                "consensus_distance", "bytes_sent_per_peer"]
 
 
@@ -41,10 +41,17 @@ class Run:
     algo: str
     partition: str
     seed: int
+    aggregator: str = "mean"
 
     @property
     def name(self) -> str:
-        return f"{self.topology}-{self.algo}-{self.partition.replace(':', '')}-s{self.seed}"
+        algo = self.algo if self.aggregator == "mean" else f"{self.algo}-{self.aggregator}"
+        return f"{self.topology}-{algo}-{self.partition.replace(':', '')}-s{self.seed}"
+
+    @property
+    def label(self) -> str:
+        algo = self.algo if self.aggregator == "mean" else f"{self.algo}/{self.aggregator}"
+        return f"{self.topology} {algo} {self.partition} s{self.seed}"
 
 
 def resolve_topology(name: str, base_port: int) -> Topology:
@@ -57,15 +64,19 @@ def resolve_topology(name: str, base_port: int) -> Topology:
 def unsupported(run: Run, topology: Topology, options: PeerConfig) -> str | None:
     """Why this combination cannot run (the peers' own check), or None."""
     try:
-        check_run(dataclasses.replace(options, algo=run.algo, partition=run.partition, seed=run.seed), topology)
+        config = dataclasses.replace(options, algo=run.algo, partition=run.partition, seed=run.seed,
+                                     aggregator=run.aggregator)
+        check_run(config, topology)
+        config.validate()
     except ConfigError as error:
         return str(error).split(";")[0]
     return None
 
 
-def run_rows(run: Run, run_dir: Path) -> list[dict]:
-    """results.csv rows of one finished run, from its peers' metrics and traces."""
-    peers = sorted((run_dir / "peers").iterdir())
+def run_rows(run: Run, run_dir: Path, attacker: str = "") -> list[dict]:
+    """results.csv rows of one finished run, from its peers' metrics and traces. An ``attacker``
+    is left out: the figures are those of the honest peers."""
+    peers = sorted(p for p in (run_dir / "peers").iterdir() if p.name != attacker)
     metrics = {p.name: read_json_lines(p / "metrics.jsonl") for p in peers}
     traces = [read_trace(p) for p in peers if (p / "trace.f32").exists()]
     consensus = {}
@@ -81,7 +92,8 @@ def run_rows(run: Run, run_dir: Path) -> list[dict]:
         losses = [rec["loss"] for rec in records if rec["loss"] is not None]
         accuracies = [rec["test_accuracy"] for rec in records if rec.get("test_accuracy") is not None]
         out.append({
-            "topology": run.topology, "algo": run.algo, "partition": run.partition, "seed": run.seed, "round": r,
+            "topology": run.topology, "algo": run.algo, "aggregator": run.aggregator, "partition": run.partition,
+            "seed": run.seed, "round": r,
             "wall_time": max(rec["time"] for rec in records),
             "mean_loss": float(np.mean(losses)) if losses else "",
             "mean_accuracy": float(np.mean(accuracies)) if accuracies else "",
@@ -99,11 +111,12 @@ def first_reaching(rows: list[dict], target: float) -> dict | None:
 
 
 def summary_markdown(results: dict[Run, list[dict] | str], rates: dict[str, float], target: float) -> str:
-    lines = [f"| topology | rho | algo | partition | seed | final accuracy (mean) | rounds to {target:g} | "
+    lines = [f"| topology | rho | algo | aggregator | partition | seed | final accuracy (mean) | rounds to {target:g} | "
              f"seconds to {target:g} | final consensus distance | MB sent per peer |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run, rows in results.items():
-        head = f"| {run.topology} | {rates[run.topology]:.3f} | {run.algo} | {run.partition} | {run.seed} |"
+        head = (f"| {run.topology} | {rates[run.topology]:.3f} | {run.algo} | {run.aggregator} | {run.partition} "
+                f"| {run.seed} |")
         if isinstance(rows, str):  # the reason the run could not be made
             lines.append(f"{head} {rows} | | | | |")
             continue
@@ -146,7 +159,7 @@ def plot(results: dict[Run, list[dict] | str], rates: dict[str, float], out: Pat
         x, y = zip(*points)
         lowest = min(lowest, min(v for v in y if v > 0))
         ax.semilogy(x, y, styles.get(run.algo, "-"), color=colours[run.topology], alpha=0.8,
-                    linewidth=widths[run.partition], label=f"{run.topology} {run.algo} {run.partition} s{run.seed}")
+                    linewidth=widths[run.partition], label=run.label)
         rho = rates[run.topology]
         if run.topology not in predicted and 0 < rho < 1:
             predicted.add(run.topology)
@@ -171,7 +184,7 @@ def plot(results: dict[Run, list[dict] | str], rates: dict[str, float], out: Pat
             if points:
                 x, y = zip(*points)
                 ax.plot(x, y, styles.get(run.algo, "-"), color=colours[run.topology], linewidth=widths[run.partition],
-                        label=f"{run.topology} {run.algo} {run.partition} s{run.seed}")
+                        label=run.label)
         ax.set_xlabel(label)
         ax.set_ylabel("mean test accuracy over peers")
         ax.legend(fontsize=6, ncol=2)
@@ -205,7 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated topology files or KIND+PEERS names (default: %(default)s)")
     parser.add_argument("--algos", default="gossip", help="comma-separated: gossip, admm (default: %(default)s)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
-    parser.add_argument("--mode", choices=["in-process", "processes"], default="in-process",
+    parser.add_argument("--aggregators", default="mean",
+                        help="comma-separated gossip aggregators to compare: mean, clipped, trimmed-mean; with "
+                             "--attack, the figures are the honest peers' (default: %(default)s)")
+    parser.add_argument("--launch", choices=["in-process", "processes"], default="in-process",
                         help="all peers of a run as tasks of one process (inproc sockets), or one process "
                              "per peer over TCP loopback (default: %(default)s)")
     parser.add_argument("--target-accuracy", type=float, default=0.95,
@@ -232,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         for partition in partitions:
             parse_partition(partition)
         algos = args.algos.split(",")
+        aggregators = args.aggregators.split(",")
+        for aggregator in aggregators:
+            PeerConfig(topology="-", aggregator=aggregator).validate()
         seeds = [int(s) for s in args.seeds.split(",")]
         names = args.topologies.split(",")
         topologies = {name: resolve_topology(name, args.base_port) for name in names}
@@ -242,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     (out / "topologies").mkdir(parents=True, exist_ok=True)
-    runs = [Run(t, a, p, s) for t, a, p, s in itertools.product(names, algos, partitions, seeds)]
+    runs = [Run(t, a, p, s, g) for t, a, g, p, s in itertools.product(names, algos, aggregators, partitions, seeds)]
     results: dict[Run, list[dict] | str] = {}
     options = PeerConfig.from_dict({k: v for k, v in vars(args).items() if k in PEER_FIELDS})
     started = time.monotonic()
@@ -265,11 +284,12 @@ def main(argv: list[str] | None = None) -> int:
             # come after them, and argparse keeps the last value given.
             code = launch([str(topology_file), "--out", str(run_dir), "--overwrite", *peer_arguments(args),
                            "--algo", run.algo, "--partition", run.partition, "--seed", str(run.seed),
-                           *(["--in-process"] if args.mode == "in-process" else [])])
+                           "--aggregator", run.aggregator,
+                           *(["--in-process"] if args.launch == "in-process" else [])])
             if code >= 128:
                 print("topology_experiment: interrupted; run it again with the same --out to resume", file=sys.stderr)
                 return code
-        results[run] = run_rows(run, run_dir)
+        results[run] = run_rows(run, run_dir, attacker=args.attack.split(":")[0])
 
     rates = {name: topology.consensus_rate for name, topology in topologies.items()}
     with open(out / "results.csv", "w", newline="") as f:

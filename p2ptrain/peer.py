@@ -116,6 +116,9 @@ class Peer:
         except BaseException:
             self.transport.close()  # an open socket would keep the context from terminating
             raise
+        if self.replica.attack:
+            self.log.warning("attacking its neighbours (--attack %s): it sends corrupted parameters",
+                             config.attack)
         if not self.topology.doubly_stochastic:
             self.log.warning("the mixing weights of %s are not doubly stochastic: gossip will not keep the "
                              "mean of the peers' parameters", self.topology.name)
@@ -253,7 +256,7 @@ class Peer:
 
         outgoing = self.algorithm.outgoing(round_)
         frames = wire.encode(kind="params", sender=self.id, run_id=config.run_id, round=round_,
-                             fingerprint=self.fingerprint, tensors=outgoing)
+                             fingerprint=self.fingerprint, tensors=self.replica.sent(round_))
         bytes_sent = 0
         for neighbour in self.topology.out_neighbours(self.id, round_):
             if self.transport.send(neighbour, frames):

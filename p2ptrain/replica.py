@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .algorithms import ADMM, Algorithm, Gossip, exact_solver, inexact_solver
+from .attacks import Attack, AttackSpecError, attack_for, parse_attacks
 from .config import ConfigError, PeerConfig
 from .data import TASKS, Shard, check_partition, load_shard
 from .models import Trainer, build_model, resolve_model_name
@@ -26,6 +27,12 @@ class Replica:
     trainer: Trainer
     algorithm: Algorithm
     lr_at: callable
+    attack: Attack | None = None  # this peer lies to its neighbours (an experiment's --attack)
+
+    def sent(self, round_: int) -> dict[str, torch.Tensor]:
+        """What this peer sends in ``round_``: its outgoing tensors, or the attack's corruption of them."""
+        outgoing = self.algorithm.outgoing(round_)
+        return self.attack.corrupt(outgoing, round_) if self.attack else outgoing
 
     def train(self, round_: int) -> float | None:
         """This round's local work (SGD steps or an ADMM local solve); its loss, or None if there was none."""
@@ -40,6 +47,11 @@ def check_run(config: PeerConfig, topology: Topology) -> None:
         check_partition(config.dataset, config.partition)
     except ValueError as error:  # DataError is one
         raise ConfigError(str(error)) from None
+    if config.attack:
+        try:
+            parse_attacks([config.attack], config.seed, topology.ids)
+        except AttackSpecError as error:
+            raise ConfigError(f"--attack: {error}") from None
     if config.algo != "admm":
         return
     if config.init != "same":
@@ -78,11 +90,12 @@ def build_replica(config: PeerConfig, topology: Topology, peer_id: str) -> Repli
 
     if config.algo == "gossip":
         algorithm: Algorithm = Gossip(peer_id, lambda round_: topology.mixing_row(peer_id, round_), parameters,
-                                      sgd_steps)
+                                      sgd_steps, aggregator=config.aggregator, robust_b=config.robust_b)
     else:
         algorithm = ADMM(topology.in_neighbours(peer_id), parameters, config.penalty(),
                          _admm_solver(config, topology, shard, parameters, trainer))
-    return Replica(peer_id, shard, model, trainer, algorithm, config.lr_at)
+    attack = attack_for(parse_attacks([config.attack] if config.attack else [], config.seed, topology.ids), peer_id)
+    return Replica(peer_id, shard, model, trainer, algorithm, config.lr_at, attack)
 
 
 def _admm_solver(config: PeerConfig, topology: Topology, shard: Shard, parameters, trainer: Trainer):

@@ -27,7 +27,7 @@ def simulate(config: PeerConfig, topology: Topology,
         for replica in replicas.values():
             replica.train(round_)
         # Mixing gives each parameter new storage, so these stay the values sent this round.
-        sent = {peer_id: r.algorithm.outgoing(round_) for peer_id, r in replicas.items()}
+        sent = {peer_id: r.sent(round_) for peer_id, r in replicas.items()}
         for peer_id, replica in replicas.items():
             replica.algorithm.update(round_, {j: sent[j] for j in topology.in_neighbours(peer_id, round_)})
         if observe is not None and observe(round_, replicas):

@@ -101,6 +101,10 @@ class FrameLengthMismatch(WireError):
     reason = "frame_length"
 
 
+class NonFinite(WireError):
+    reason = "non_finite"
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -284,7 +288,11 @@ def _tensor_from(buffer: memoryview, spec: TensorSpec) -> torch.Tensor:
         buffer = memoryview(bytearray(buffer))
     if dtype is torch.bool and np.frombuffer(buffer, dtype=np.uint8).max() > 1:
         raise DtypeMismatch(f"tensor {spec.name!r} is bool but holds bytes other than 0 and 1")
-    return torch.frombuffer(buffer, dtype=dtype).reshape(spec.shape)
+    tensor = torch.frombuffer(buffer, dtype=dtype).reshape(spec.shape)
+    # One NaN or Inf mixed in would spread to every peer within a diameter's worth of rounds.
+    if dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+        raise NonFinite(f"tensor {spec.name!r} holds NaN or Inf")
+    return tensor
 
 
 def frame_bytes(frames: Iterable[Any]) -> int:

@@ -37,7 +37,7 @@ def test_a_sweep_writes_results_summary_and_plots_and_resumes(tmp_path, capsys):
     assert all(b > a for a, b in zip(sent, sent[1:]))  # cumulative
 
     summary = (out / "summary.md").read_text()
-    assert "| exponential4 | 0.333 | admm | iid | 0 | n/a (ADMM needs a static undirected graph, and exponential4 " \
+    assert "| exponential4 | 0.333 | admm | mean | iid | 0 | n/a (ADMM needs a static undirected graph, and exponential4 " \
         "is directed) |" in summary
     for name in ("consensus.png", "accuracy_rounds.png", "accuracy_time.png", "bytes_sent.png"):
         assert (out / "plots" / name).stat().st_size > 10_000

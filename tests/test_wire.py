@@ -188,3 +188,12 @@ def test_a_state_request_carries_no_tensors_and_a_state_carries_the_model():
         wire.decode(received(message(TENSORS, kind="state_request")), contract)
     with pytest.raises(wire.TensorSpecMismatch):  # a state without the model is not one
         wire.decode(received(message({}, kind="state")), contract)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_inf_payloads_are_rejected(bad):
+    tensors = {name: t.clone() for name, t in TENSORS.items()}
+    tensors["b"][1] = bad
+    with pytest.raises(wire.NonFinite) as raised:
+        wire.decode(received(message(tensors)), contract_for(TENSORS))
+    assert raised.value.reason == "non_finite" and "'b'" in str(raised.value)
