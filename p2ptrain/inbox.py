@@ -27,13 +27,15 @@ class Inbox:
 
     def put(self, message: Message) -> str:
         """File a message; returns 'kept', 'stale', 'duplicate' or 'too_far_ahead'."""
+        if message.round > self.current_round + self.max_rounds_ahead:
+            # Not believed at all: a claim to be far ahead would otherwise stop this peer
+            # waiting for that sender (moved_on), and its real messages would arrive stale.
+            self.too_far_ahead += 1
+            return "too_far_ahead"
         self._latest[message.sender] = max(message.round, self._latest.get(message.sender, -1))
         if message.round < self.current_round:
             self.stale += 1
             return "stale"
-        if message.round > self.current_round + self.max_rounds_ahead:
-            self.too_far_ahead += 1
-            return "too_far_ahead"
         round_messages = self._by_round[message.round]
         if message.sender in round_messages:
             self.duplicates += 1

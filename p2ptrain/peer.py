@@ -45,6 +45,10 @@ OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "algorithm.pt", "con
 # Rejections logged one by one before switching to one line per thousand: a
 # flood of garbage must not flood the log too.
 REJECTIONS_LOGGED = 100
+# Messages read per round beyond those waited for. Reading what has arrived keeps a peer aware of
+# its neighbours' rounds; reading *everything* would let a flood of garbage stretch one round past
+# the neighbours' deadlines (they would then drop this peer from their mix).
+DRAIN_LIMIT = 256
 # Seconds between a joining peer's state requests while no answer has come.
 STATE_REQUEST_INTERVAL = 0.5
 
@@ -303,6 +307,7 @@ class Peer:
             "missing": sorted(outcome.missing),
             "send_dropped": self.send_dropped,
             "stale_dropped": self.inbox.stale,
+            "too_far_ahead": self.inbox.too_far_ahead,
             "rejected": dict(self.rejected),
         } | self.algorithm.metrics()
         if config.mode == "async":
@@ -343,13 +348,22 @@ class Peer:
                 break
             bytes_received += wire.frame_bytes(frames)
             self._file(frames)
-        # Take in whatever else has already arrived, without waiting: when nobody is awaited
+        # Take in what else has already arrived, without waiting: when nobody is awaited
         # (all suspected, or moved on) the loop above reads nothing, and a peer that never
         # reads would never learn that its neighbours are back or where they are.
-        while (frames := await self.transport.receive(0)) is not None:
+        bytes_received += await self._drain()
+        return self.clock() - start, bytes_received, self.inbox.take(round_)
+
+    async def _drain(self) -> int:
+        """Read up to DRAIN_LIMIT messages that have already arrived; returns their bytes."""
+        bytes_received = 0
+        for _ in range(DRAIN_LIMIT):
+            frames = await self.transport.receive(0)
+            if frames is None:
+                break
             bytes_received += wire.frame_bytes(frames)
             self._file(frames)
-        return self.clock() - start, bytes_received, self.inbox.take(round_)
+        return bytes_received
 
     async def _gather_newest(self, round_: int, timeout: float,
                              expected: frozenset[str]) -> tuple[float, int, dict[str, wire.Message]]:
@@ -364,9 +378,7 @@ class Peer:
                 break
             bytes_received += wire.frame_bytes(frames)
             self._file(frames)
-        while (frames := await self.transport.receive(0)) is not None:
-            bytes_received += wire.frame_bytes(frames)
-            self._file(frames)
+        bytes_received += await self._drain()
         return self.clock() - start, bytes_received, self.newest.fresh(round_, expected)
 
     def _file(self, frames) -> None:
@@ -436,6 +448,8 @@ class Peer:
             "wall_seconds": self.clock() - self.started,
             "rejected": dict(self.rejected),
             "stale_dropped": self.inbox.stale,
+            "too_far_ahead": self.inbox.too_far_ahead,
+            "duplicates": self.inbox.duplicates,
             "send_dropped": self.send_dropped,
         })
         self.metrics.close()

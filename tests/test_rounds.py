@@ -122,3 +122,11 @@ def test_a_peer_too_far_behind_jumps_to_its_most_advanced_neighbour():
     assert newest.catch_up(139) == 150  # 11 rounds behind p1
     assert newest.catch_up(140) == 140  # exactly at the bound: stays
     assert Newest(max_staleness=10).catch_up(7) == 7  # nobody heard yet
+
+
+def test_a_message_too_far_ahead_does_not_make_its_sender_look_moved_on():
+    inbox = Inbox(current_round=10)
+    assert inbox.put(msg("p1", 10 + 65)) == "too_far_ahead"
+    assert inbox.moved_on(10) == set()  # p1 is still waited for in round 10
+    inbox.put(msg("p1", 12))
+    assert inbox.moved_on(10) == {"p1"}
