@@ -63,6 +63,7 @@ class PeerConfig:
     min_compute_seconds: float = 0.0
     resume: bool = False
     join: bool = False
+    keys: str = ""  # directory of CurveZMQ keys; empty: no security (NULL)
     absent: str = ""  # comma-separated peer ids not running at the start
     threads: int = 1
     overwrite: bool = False
@@ -252,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoint.pt (written with --checkpoint-every); without one, "
                              "start from round 0")
+    parser.add_argument("--keys", default="", metavar="DIR",
+                        help="CurveZMQ: encrypt and authenticate every connection with the keys in DIR (this "
+                             "peer's ID.secret, every peer's ID.public unless the topology pins them); made by "
+                             "python -m p2ptrain.keys generate. Without it traffic is plain and unauthenticated")
     parser.add_argument("--join", action="store_true",
                         help="join a running swarm: ask the neighbours for their state (a state request) and "
                              "continue from the round and parameters of the first that answers (gossip only)")

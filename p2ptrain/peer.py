@@ -38,7 +38,8 @@ from .storage import (
     rewrite_json_lines,
 )
 from .topology import Topology, TopologyError, load_topology
-from .transport import Transport, TransportError
+from .keys import KeyFileError, load_security
+from .transport import Transport, TransportError, authenticated_sender
 
 CHECKPOINT = "checkpoint.pt"
 OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "algorithm.pt", "config.json", "trace.f32", CHECKPOINT)
@@ -90,16 +91,23 @@ class Peer:
         self.round_now = 0
         self.joined = False
         self.rejected: Counter[str] = Counter()
+        # Rejections by who sent them: the authenticated peer id, or "unauthenticated" without keys.
+        self.rejected_from: Counter[str] = Counter()
         self.send_dropped = 0
         self.rounds_completed = 0
         self.last: dict = {}
         self.started = self.clock()
 
+        self.security = self._security()
         self.transport = Transport(
             context,
             self.topology.peer(self.id).bind,
             {j: self.topology.peer(j).endpoint for j in self.out_neighbours},
             linger_seconds=min(config.recv_timeout, 5.0),
+            # ZeroMQ drops (and disconnects) any frame over twice the largest one a peer sends,
+            # before it is read into memory; the decoder checks exact sizes below that.
+            max_message_bytes=2 * max(wire.MAX_HEADER_BYTES, *(spec.nbytes for spec in specs)),
+            security=self.security,
         )
         # Files are touched only once the port is ours: a peer that cannot start leaves a run as it was.
         try:
@@ -111,6 +119,8 @@ class Peer:
                              "period": self.topology.period,
                              "mixing_rows": [self.topology.mixing_row(self.id, r) for r in range(self.topology.period)]},
                 "fingerprint": self.fingerprint,
+                # Public only: a secret key never leaves its file.
+                "curve_public_key": self.security.public_key if self.security else None,
                 "shard_size": len(self.shard.x),
                 "versions": {"p2ptrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
                              "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()},
@@ -129,6 +139,17 @@ class Peer:
         self.log.info("listening on %s; in-neighbours %s; out-neighbours %s; %d training examples",
                       self.topology.peer(self.id).bind, ",".join(self.in_neighbours),
                       ",".join(self.out_neighbours), len(self.shard.x))
+
+    def _security(self):
+        """CurveZMQ keys from --keys, or None. A topology that pins public keys is never run without them."""
+        if self.config.keys:
+            return load_security(self.topology, self.id, self.config.keys)
+        if any(spec.public_key for spec in self.topology.peers):
+            raise ConfigError(f"{self.topology.name} pins the peers' public keys, so its swarm is secured: "
+                              "pass --keys DIR with this peer's secret key")
+        self.log.warning("no --keys: connections are neither encrypted nor authenticated; anyone who can reach "
+                         "%s can send this peer messages (docs/security.md)", self.topology.peer(self.id).bind)
+        return None
 
     def _restore(self) -> int:
         """Load OUT/checkpoint.pt if there is one; returns the round to continue from."""
@@ -388,15 +409,24 @@ class Peer:
 
     def _decode(self, frames) -> wire.Message | None:
         """The checked message, or None (counted by reason, and logged) if it must not be used."""
+        authenticated = authenticated_sender(frames) if self.transport.secure else None
         try:
             message = wire.decode(frames, self.contract)
+            if self.transport.secure and message.sender != authenticated:
+                raise Impersonation(f"the header names {message.sender!r}, the connection's key is {authenticated!r}'s")
         except wire.WireError as error:
-            self.rejected[error.reason] += 1
-            total = sum(self.rejected.values())
-            if total <= REJECTIONS_LOGGED or total % 1000 == 0:
-                self.log.warning("rejected message #%d (%s): %s", total, error.reason, error)
+            self._count_rejection(error, authenticated or "unauthenticated")
             return None
         return message
+
+    def _count_rejection(self, error: wire.WireError, source: str) -> None:
+        self.rejected[error.reason] += 1
+        self.rejected_from[source] += 1
+        total = sum(self.rejected.values())
+        if total <= REJECTIONS_LOGGED or total % 1000 == 0:
+            self.log.warning("rejected message #%d from %s (%s): %s", total, source, error.reason, error)
+        if self.rejected_from[source] in (10, 100, 1000, 10_000, 100_000):
+            self.log.warning("%s has sent %d messages that were rejected", source, self.rejected_from[source])
 
     def _take_in(self, message: wire.Message) -> None:
         # Any message shows its sender is alive, except, in async mode, parameters too old to be
@@ -447,6 +477,8 @@ class Peer:
             "train_loss": self.last.get("loss"),
             "wall_seconds": self.clock() - self.started,
             "rejected": dict(self.rejected),
+            "rejected_from": dict(self.rejected_from),
+            "secure": self.transport.secure,
             "stale_dropped": self.inbox.stale,
             "too_far_ahead": self.inbox.too_far_ahead,
             "duplicates": self.inbox.duplicates,
@@ -456,6 +488,12 @@ class Peer:
         if self._trace is not None:
             self._trace.close()
         self.transport.close(abandon=self.membership.suspected)
+
+
+class Impersonation(wire.WireError):
+    """A listed key sending under another peer's id."""
+
+    reason = "impersonation"
 
 
 def _relative_distance_to_mean(own: dict[str, torch.Tensor], neighbours: list[dict[str, torch.Tensor]]) -> float | None:
@@ -569,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = PeerConfig.from_dict(vars(args)).validate()
         return asyncio.run(run_peer(config))
-    except (ConfigError, TopologyError, DataError, TransportError) as error:
+    except (ConfigError, TopologyError, DataError, TransportError, KeyFileError) as error:
         print(f"p2ptrain.peer: error: {error}", file=sys.stderr)
         return 2
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from .config import ConfigError, PeerConfig, add_training_options
 from .faults import FaultPlan, FaultSpecError
+from .keys import KeyFileError
+from .keys import generate as generate_keys
 from .inprocess import local_endpoints, run_in_process
 from .peer import configure_logging
 from .replica import check_run
@@ -39,7 +41,8 @@ DEFAULT_TOPOLOGY = "ring8 (built in: ring of 8 peers on 127.0.0.1:25000-25007)"
 # How long peers get to exit after SIGTERM before they are killed.
 STOP_GRACE_SECONDS = 10.0
 # Launcher options that are not peer options.
-LAUNCHER_ONLY = ("topology", "base_port", "timeout", "out", "in_process", "kill", "restart", "pause", "join")
+LAUNCHER_ONLY = ("topology", "base_port", "timeout", "out", "in_process", "kill", "restart", "pause", "join",
+                 "keys", "insecure")
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+)$")
 
 
@@ -86,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--join", action="append", default=[], metavar="PEER@ROUND",
                         help="hold PEER back and start it with --join once the others reach ROUND: it asks a "
                              "neighbour for its state and continues from there (gossip; repeatable)")
+    parser.add_argument("--keys", default="", metavar="DIR",
+                        help="CurveZMQ keys of the peers (python -m p2ptrain.keys generate); by default the "
+                             "launcher makes fresh ones in DIR/keys")
+    parser.add_argument("--insecure", action="store_true",
+                        help="run without CurveZMQ: plain, unauthenticated connections")
     parser.add_argument("--in-process", nargs="?", const="inproc", default="", choices=["inproc", "ipc"],
                         help="run every peer as a task of this one process, over inproc (default) or ipc "
                              "sockets, for swarms too large for a process per peer; logs go to DIR/peers.log")
@@ -102,6 +110,22 @@ def peer_arguments(args: argparse.Namespace) -> list[str]:
         value = getattr(args, action.dest)
         argv += [action.option_strings[0], str(value)]
     return argv
+
+
+def swarm_keys(args: argparse.Namespace, topology: Topology, run_dir: Path) -> Path | None:
+    """The keys directory the peers get: --keys, or fresh keys in RUN_DIR/keys; None when insecure."""
+    if args.in_process == "inproc":
+        return None  # inproc messages never leave this process: nothing to encrypt or authenticate
+    if args.insecure:
+        print("launch_swarm: --insecure: the peers' connections are neither encrypted nor authenticated",
+              file=sys.stderr)
+        return None
+    if args.keys:
+        return Path(args.keys)
+    generate_keys(topology, run_dir / "keys", force=True)
+    print(f"CurveZMQ keys for {topology.size} peers made in {run_dir / 'keys'} (--insecure to run without)",
+          flush=True)
+    return run_dir / "keys"
 
 
 def with_ports(topology: Topology, base_port: int) -> Topology:
@@ -415,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         if not args.in_process:
             check_endpoints_free(topology)
+        if args.in_process == "inproc" and args.keys:
+            raise LaunchError("--keys with --in-process: inproc sockets have no CurveZMQ handshake; "
+                              "use --in-process ipc, or drop --keys")
+        if args.insecure and args.keys:
+            raise LaunchError("--insecure and --keys contradict each other; pick one")
     except (ConfigError, TopologyError, LaunchError, FaultSpecError) as error:
         print(f"launch_swarm: error: {error}", file=sys.stderr)
         return 2
@@ -434,6 +463,13 @@ def main(argv: list[str] | None = None) -> int:
     topology_file = run_dir / "topology.toml"
     topology_file.write_text(dump_topology(topology, "The topology this run used, as the launcher gave it to the peers."))
     training_argv = peer_arguments(args)
+    try:
+        keys_dir = swarm_keys(args, topology, run_dir)
+    except KeyFileError as error:
+        print(f"launch_swarm: error: {error}", file=sys.stderr)
+        return 2
+    if keys_dir:
+        training_argv += ["--keys", str(keys_dir)]
     reference = None
     if has_reference(args.dataset):
         # Computed once here, from all the data, only to measure the peers against.
@@ -450,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.in_process:
         atomic_write_json(run_dir / "launch.json", launch)
         configure_logging(args.log_level, run_dir / "peers.log")
-        config = dataclasses.replace(config, topology=str(topology_file), run_id=run_id,
+        config = dataclasses.replace(config, topology=str(topology_file), run_id=run_id, keys=str(keys_dir or ""),
                                      reference=str(run_dir / "reference.pt") if reference is not None else "")
         peers, timed_out = asyncio.run(run_here(topology, config, run_dir, progress, args.timeout))
         stopped = {p.exit_code for p in peers} & {128 + signal.SIGINT, 128 + signal.SIGTERM}

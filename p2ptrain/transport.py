@@ -8,23 +8,119 @@ Why PUSH/PULL: every message is one-way (a peer's parameters for one round),
 PULL fair-queues between neighbours so a chatty one cannot starve the rest,
 and PUSH queues messages for a neighbour that has not bound yet and delivers
 them when it does, so peers can start in any order.
+
+Security: without a ``CurveSecurity`` the sockets use ZeroMQ's NULL mechanism
+(anyone who can reach the port can send). With one, the PULL socket is a
+CurveZMQ server that admits only the listed peers' public keys, every PUSH
+socket a CurveZMQ client, and each received message carries the id of the
+peer whose key its connection proved (``authenticated_sender``).
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import zmq
 import zmq.asyncio
+from zmq.auth.base import Authenticator
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 # Messages queued per neighbour before sends to it are dropped. Synchronous
 # gossip keeps neighbours within a round or two of each other, so a deeper
 # queue only means stale parameters held in memory for a peer that is gone.
 SEND_QUEUE = 8
 
+# A CurveZMQ key (public or secret) is 32 bytes, written as 40 Z85 characters.
+KEY_LENGTH = 40
+_Z85_ALPHABET = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+
 
 class TransportError(RuntimeError):
     pass
+
+
+def curve_key_problem(text: str) -> str | None:
+    """What is wrong with ``text`` as a Z85 CurveZMQ key, or None if it is one.
+
+    The answer never quotes the text: it may be a secret key."""
+    if len(text) != KEY_LENGTH:
+        return f"it has {len(text)} characters; a key has {KEY_LENGTH} Z85 characters"
+    if not set(text) <= _Z85_ALPHABET:
+        return "it has characters outside the Z85 alphabet"
+    # Five Z85 characters encode one 32-bit word; larger values are not Z85 at all.
+    for start in range(0, KEY_LENGTH, 5):
+        value = 0
+        for char in text[start:start + 5]:
+            value = value * 85 + z85.Z85MAP[ord(char)]
+        if value >= 2**32:
+            return "it is not valid Z85 (a 5-character group exceeds 32 bits)"
+    return None
+
+
+@dataclass(frozen=True)
+class CurveSecurity:
+    """One peer's CurveZMQ credentials and the public keys of the peers it may talk to.
+
+    ``peer_keys`` maps peer ids to Z85 public keys: the listening socket admits
+    exactly these keys, and each PUSH socket takes its neighbour's entry as the
+    server key. All keys are Z85 text (40 characters)."""
+
+    public_key: str
+    secret_key: str = field(repr=False)  # kept out of repr: reprs end up in logs and tracebacks
+    peer_keys: Mapping[str, str]
+
+    def __post_init__(self):
+        require_curve_support()
+        _require_key(self.public_key, "this peer's public key")
+        _require_key(self.secret_key, "this peer's secret key")
+        if zmq.curve_public(self.secret_key.encode("ascii")).decode("ascii") != self.public_key:
+            raise TransportError("this peer's secret key does not belong to its public key; "
+                                 "load both from the same key pair")
+        owners: dict[str, str] = {}
+        for peer_id, key in self.peer_keys.items():
+            _require_key(key, f"the public key of {peer_id!r}")
+            if key in owners:
+                # The key is the identity: one key for two ids would make the sender ambiguous.
+                raise TransportError(f"peers {owners[key]!r} and {peer_id!r} have the same public key; "
+                                     "give every peer its own key pair")
+            owners[key] = peer_id
+        # A copy: the caller's mapping changing later must not change what was checked.
+        object.__setattr__(self, "peer_keys", dict(self.peer_keys))
+
+
+def require_curve_support() -> None:
+    if not zmq.has("curve"):
+        raise TransportError(f"this libzmq ({zmq.zmq_version()}) was built without CurveZMQ; "
+                             "install a pyzmq whose bundled libzmq has it (the wheels from PyPI do)")
+
+
+def _require_key(text: str, what: str) -> None:
+    problem = curve_key_problem(text) if isinstance(text, str) else "it is not a string"
+    if problem:
+        raise TransportError(f"{what} is not a CurveZMQ key: {problem}")
+
+
+def authenticated_sender(frames: Sequence) -> str | None:
+    """The id of the peer whose key the CurveZMQ handshake of this message's connection proved.
+
+    None when the message came over a connection without CurveZMQ (a transport
+    without security, or inproc, which has no handshake) or when the frames
+    were copied to bytes and lost their metadata. A peer compares this with the
+    sender named in the message header: a listed key that claims another
+    peer's id is caught there, since the authenticator only checks that the key
+    is listed."""
+    if not frames or not isinstance(frames[0], zmq.Frame):
+        return None
+    try:
+        user_id = frames[0].get("User-Id")
+    except zmq.ZMQError:  # the connection carried no User-Id: no ZAP handler passed on it
+        return None
+    return user_id or None
 
 
 class Transport:
@@ -36,31 +132,29 @@ class Transport:
         *,
         linger_seconds: float = 2.0,
         max_message_bytes: int = -1,
+        security: CurveSecurity | None = None,
     ):
-        self._pull = context.socket(zmq.PULL)
-        self._pull.setsockopt(zmq.LINGER, 0)
-        if max_message_bytes > 0:
-            self._pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.secure = security is not None
+        self._admission: _Admission | None = None
+        if security is not None:
+            _check_security_applies(bind, out_neighbours, security)
+            # The ZAP handler must run before the socket binds: libzmq admits
+            # any CURVE client when no handler is there to ask.
+            self._admission = _Admission(context, security.peer_keys)
         try:
-            self._pull.bind(bind)
-        except zmq.ZMQError as error:
-            self._pull.close()
-            raise TransportError(
-                f"cannot listen on {bind}: {error}. Another process may hold the port "
-                "(an earlier run still going?), or the host is not an address of this machine; "
-                "stop it, pick other ports in the topology file, or set bind = \"tcp://0.0.0.0:PORT\" for the peer"
-            ) from None
+            self._pull = _listening_socket(context, bind, max_message_bytes, security, self._admission)
+        except BaseException:
+            self._leave_admission()
+            raise
         # Sends use a blocking-API socket on the same context so that a full
         # queue raises zmq.Again at once instead of returning a pending future.
         sync_context = zmq.Context.shadow(context.underlying)
-        self._push: dict[str, zmq.Socket] = {}
-        for peer_id, endpoint in out_neighbours.items():
-            sock = sync_context.socket(zmq.PUSH)
-            sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)
-            # Bounded: deliver what is queued to live neighbours, give up on dead ones.
-            sock.setsockopt(zmq.LINGER, int(linger_seconds * 1000))
-            sock.connect(endpoint)
-            self._push[peer_id] = sock
+        try:
+            self._push = _sending_sockets(sync_context, out_neighbours, linger_seconds, security)
+        except BaseException:
+            self._pull.close()
+            self._leave_admission()
+            raise
         self.closed = False
 
     def send(self, peer_id: str, frames: Sequence) -> bool:
@@ -73,12 +167,22 @@ class Transport:
 
     async def receive(self, timeout_seconds: float) -> list[zmq.Frame] | None:
         """The next message, or None if none arrives within the timeout."""
-        if timeout_seconds <= 0:
-            timeout_seconds = 0
-        events = await self._pull.poll(timeout=int(timeout_seconds * 1000), flags=zmq.POLLIN)
-        if not events:
-            return None
-        return await self._pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        timeout = max(timeout_seconds, 0)
+        deadline = time.monotonic() + timeout
+        while True:
+            events = await self._pull.poll(timeout=int(timeout * 1000), flags=zmq.POLLIN)
+            if not events:
+                return None
+            try:
+                return await self._pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                # After a ZAP handshake libzmq queues the connection's credential (its User-Id)
+                # just before the first message. When that message spans several reads, the
+                # credential alone becomes visible first: poll says readable, recv skips it and
+                # finds nothing yet. Wait again for the rest of the deadline.
+                if timeout == 0:
+                    return None
+                timeout = max(deadline - time.monotonic(), 0)
 
     def close(self, abandon: Iterable[str] = ()) -> None:
         """Close the sockets. Messages queued for live neighbours are still delivered
@@ -91,3 +195,207 @@ class Transport:
         abandoned = set(abandon)
         for peer_id, sock in self._push.items():
             sock.close(linger=0 if peer_id in abandoned else None)
+        self._leave_admission()
+
+    def _leave_admission(self) -> None:
+        if self._admission is not None:
+            self._admission.close()
+            self._admission = None
+
+
+def _listening_socket(context, bind: str, max_message_bytes: int, security: CurveSecurity | None,
+                      admission: _Admission | None) -> zmq.Socket:
+    pull = context.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    if max_message_bytes > 0:
+        pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    if security is not None:
+        pull.curve_server = True
+        pull.curve_secretkey = security.secret_key.encode("ascii")
+        # The domain routes this socket's handshakes to its own list of keys in the shared handler.
+        pull.zap_domain = admission.domain.encode("ascii")
+    try:
+        pull.bind(bind)
+    except zmq.ZMQError as error:
+        pull.close()
+        raise TransportError(
+            f"cannot listen on {bind}: {error}. Another process may hold the port "
+            "(an earlier run still going?), or the host is not an address of this machine; "
+            "stop it, pick other ports in the topology file, or set bind = \"tcp://0.0.0.0:PORT\" for the peer"
+        ) from None
+    return pull
+
+
+def _sending_sockets(sync_context: zmq.Context, out_neighbours: Mapping[str, str], linger_seconds: float,
+                     security: CurveSecurity | None) -> dict[str, zmq.Socket]:
+    sockets: dict[str, zmq.Socket] = {}
+    try:
+        for peer_id, endpoint in out_neighbours.items():
+            sockets[peer_id] = _sending_socket(sync_context, endpoint, linger_seconds, security, peer_id)
+    except BaseException:
+        for sock in sockets.values():
+            sock.close(linger=0)  # nothing was sent yet
+        raise
+    return sockets
+
+
+def _sending_socket(sync_context: zmq.Context, endpoint: str, linger_seconds: float,
+                    security: CurveSecurity | None, peer_id: str) -> zmq.Socket:
+    sock = sync_context.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)
+    # Bounded: deliver what is queued to live neighbours, give up on dead ones.
+    sock.setsockopt(zmq.LINGER, int(linger_seconds * 1000))
+    if security is not None:
+        sock.curve_publickey = security.public_key.encode("ascii")
+        sock.curve_secretkey = security.secret_key.encode("ascii")
+        sock.curve_serverkey = security.peer_keys[peer_id].encode("ascii")
+    sock.connect(endpoint)
+    return sock
+
+
+def _check_security_applies(bind: str, out_neighbours: Mapping[str, str], security: CurveSecurity) -> None:
+    """Refuse a secure transport that could not be secure, before any socket exists."""
+    # inproc connections skip the ZMTP handshake, so CurveZMQ never runs on
+    # them: a "secure" inproc socket would admit anyone and prove no sender.
+    for endpoint in (bind, *out_neighbours.values()):
+        if endpoint.startswith("inproc://"):
+            raise TransportError(
+                f"{endpoint}: CurveZMQ does not apply to inproc:// endpoints (they have no handshake); "
+                "use tcp:// or ipc:// endpoints for a secured swarm, or run without keys"
+            )
+    missing = [peer_id for peer_id in out_neighbours if peer_id not in security.peer_keys]
+    if missing:
+        raise TransportError(
+            f"no public key for out-neighbour(s) {', '.join(missing)}; a secured peer needs every "
+            "neighbour's public key (generate them with python -m p2ptrain.keys generate)"
+        )
+
+
+# ---- ZAP: one authenticator per ZeroMQ context -------------------------------------------
+#
+# libzmq asks the ZAP handler bound at inproc://zeromq.zap.01 of a context to
+# admit every CURVE handshake of that context's sockets, and only one handler
+# can bind there. Transports of peers that share a context (the in-process
+# runner) therefore share one authenticator. Each transport gets a ZAP domain
+# of its own, set on its listening socket, and the authenticator admits a
+# handshake on a domain only if the client's key is in that transport's list.
+#
+# It runs in a thread (pyzmq's ThreadAuthenticator), not on the event loop: a
+# peer's loop is blocked while it trains, and handshakes of connecting
+# neighbours must not wait for that.
+
+_authenticators: dict[int, _PeerAuthenticator] = {}  # by the address of the libzmq context
+_authenticators_lock = threading.Lock()
+_domains = itertools.count()
+_control_pipes = itertools.count()
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by the ZAP specification (RFC 27)
+
+
+class _AcceptedKeys:
+    """The client keys one listening socket admits; pyzmq's authenticator calls ``callback``
+    for every handshake on the socket's ZAP domain."""
+
+    def __init__(self, owners: Mapping[bytes, str]):
+        self.owners = dict(owners)  # Z85 key -> peer id
+        self.open = True
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        # Runs on the authenticator's thread; it must never raise, or the thread ends and every
+        # later handshake of the context waits forever.
+        return self.open and client_key in self.owners
+
+
+class _ReleasesItsEndpoint(Authenticator):
+    """Unbinds the ZAP endpoint before closing the socket, so a new handler can bind it at once.
+
+    Closing a socket frees its inproc endpoint only later, on libzmq's reaper
+    thread; unbinding frees it now. ThreadAuthenticator.stop joins its thread
+    and then calls this stop (it comes next in the MRO of _PeerAuthenticator),
+    so the socket is no longer in use by that thread here."""
+
+    def stop(self) -> None:
+        if self.zap_socket is not None:
+            try:
+                self.zap_socket.unbind(ZAP_ENDPOINT)
+            except zmq.ZMQError:  # never bound: start failed because another handler holds it
+                pass
+        super().stop()
+
+
+class _PeerAuthenticator(ThreadAuthenticator, _ReleasesItsEndpoint):
+    """The ZAP handler of one context; User-Id of an admitted connection = the peer id owning its key."""
+
+    def __init__(self, context: zmq.Context):
+        super().__init__(context)
+        # pyzmq names the control pipe after id(self), which a later authenticator can reuse
+        # while libzmq still holds the closed pipe's endpoint; a counter never repeats.
+        self.pipe_endpoint = f"inproc://p2ptrain-zap-control-{next(_control_pipes)}"
+        self.users = 0
+        # Replaced, never mutated, so the handler thread always reads a consistent dict.
+        self.owners: dict[bytes, str] = {}
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        # Called only for a key a list admitted. An empty id (no owner) makes the
+        # message unauthenticated rather than attributing it to anyone.
+        return self.owners.get(z85.encode(client_public_key), "")
+
+    def open_lists(self) -> list[_AcceptedKeys]:
+        return [keys for keys in self.credentials_providers.values() if keys.open]
+
+    def conflicts(self, owners: Mapping[bytes, str]) -> list[str]:
+        return [f"{self.owners[key]!r} and {peer_id!r}" for key, peer_id in owners.items()
+                if self.owners.get(key, peer_id) != peer_id]
+
+
+class _Admission:
+    """One transport's place in its context's authenticator: a ZAP domain admitting its peers' keys."""
+
+    def __init__(self, context: zmq.asyncio.Context, peer_keys: Mapping[str, str]):
+        owners = {key.encode("ascii"): peer_id for peer_id, key in peer_keys.items()}
+        self._context_address = context.underlying
+        with _authenticators_lock:
+            authenticator = _authenticators.get(self._context_address)
+            if authenticator is None:
+                authenticator = _start_authenticator(context)
+                _authenticators[self._context_address] = authenticator
+            conflicts = authenticator.conflicts(owners)
+            if conflicts:
+                self._release(authenticator)  # stops a handler started just for this transport
+                raise TransportError(
+                    f"transports of one ZeroMQ context disagree on who owns a public key (peers {conflicts[0]}); "
+                    "peers sharing a context must load the same keys"
+                )
+            self.domain = f"p2ptrain-{next(_domains)}"
+            self.accepted = _AcceptedKeys(owners)
+            authenticator.configure_curve_callback(self.domain, self.accepted)
+            authenticator.users += 1
+            authenticator.owners = {**authenticator.owners, **owners}
+            self._authenticator = authenticator
+
+    def close(self) -> None:
+        with _authenticators_lock:
+            # Lists stay registered but closed: removing one could race the
+            # handler thread between its lookup and its use of the list.
+            self.accepted.open = False
+            self._authenticator.users -= 1
+            self._release(self._authenticator)
+
+    def _release(self, authenticator: _PeerAuthenticator) -> None:
+        """Recompute the key owners from the open lists; stop the handler once nobody uses it."""
+        authenticator.owners = {key: peer for keys in authenticator.open_lists() for key, peer in keys.owners.items()}
+        if authenticator.users == 0:
+            authenticator.stop()
+            del _authenticators[self._context_address]
+
+
+def _start_authenticator(context: zmq.asyncio.Context) -> _PeerAuthenticator:
+    authenticator = _PeerAuthenticator(zmq.Context.shadow(context.underlying))
+    try:
+        authenticator.start()
+    except zmq.ZMQError as error:
+        authenticator.stop()
+        raise TransportError(
+            f"cannot start the CurveZMQ authenticator: {error}. This ZeroMQ context already has a ZAP "
+            "handler of someone else's; give p2ptrain's transports a context of their own"
+        ) from None
+    return authenticator

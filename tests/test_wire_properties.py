@@ -249,7 +249,7 @@ small_shapes = st.lists(st.integers(0, 5), max_size=3).map(tuple)
 
 @st.composite
 def any_tensor(draw):
-    """A tensor of an allowed dtype and shape holding any bytes (NaN payloads, -0.0, subnormals) or bools."""
+    """A tensor of an allowed dtype and shape holding any bytes (NaN and Inf, -0.0, subnormals) or bools."""
     dtype = wire.DTYPES[draw(st.sampled_from(list(wire.DTYPES)))]
     shape = draw(small_shapes)
     count = 1
@@ -279,6 +279,11 @@ def test_encode_decode_round_trips_bit_exactly(tensors, round_, writable):
     # Writable frames are used in place; read-only ones (bytes) are copied first: both must round-trip.
     arrived = [bytearray(bytes(f)) if writable else bytes(f) for f in frames]
     message = decode_or_none(arrived, contract)
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors.values()):
+        assert message is None  # NaN and Inf are refused (PROTOCOL.md section 3, step 11)
+        with pytest.raises(wire.NonFinite):
+            wire.decode(arrived, contract)
+        return
     assert message is not None and message.round == round_ and message.sender == "peer"
     for name, original in tensors.items():
         assert raw_bytes(message.tensors[name]) == raw_bytes(original)

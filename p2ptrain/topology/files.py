@@ -10,7 +10,7 @@ from .graph import PeerSpec, Topology, TopologyError, build_topology
 
 _TOP_KEYS = {"name", "directed", "mixing", "edges", "peers", "weights", "schedule", "description"}
 _ROUND_KEYS = {"edges", "weights"}
-_PEER_KEYS = {"id", "endpoint", "bind"}
+_PEER_KEYS = {"id", "endpoint", "bind", "public_key"}
 
 
 def load_topology(path: str | Path) -> Topology:
@@ -46,14 +46,17 @@ def parse_topology(text: str, *, where: str = "<topology>", default_name: str = 
             raise fail(f"peers[{n}] must be a table with id and endpoint")
         extra = set(entry) - _PEER_KEYS
         if extra:
-            raise fail(f"peers[{n}] has unknown key(s) {', '.join(sorted(extra))}; known: id, endpoint, bind")
+            raise fail(f"peers[{n}] has unknown key(s) {', '.join(sorted(extra))}; known: id, endpoint, bind, public_key")
         for key in ("id", "endpoint"):
             if not isinstance(entry.get(key), str):
                 raise fail(f'peers[{n}] needs {key} = "..." (a string)')
         bind = entry.get("bind", entry["endpoint"])
         if not isinstance(bind, str):
             raise fail(f"peers[{n}].bind must be a string like tcp://0.0.0.0:25000")
-        peers.append(PeerSpec(id=entry["id"], endpoint=entry["endpoint"], bind=bind))
+        public_key = entry.get("public_key")
+        if public_key is not None and not isinstance(public_key, str):
+            raise fail(f'peers[{n}].public_key must be a string: the peer\'s Z85 CurveZMQ public key')
+        peers.append(PeerSpec(id=entry["id"], endpoint=entry["endpoint"], bind=bind, public_key=public_key))
 
     edges = _edge_list(doc.get("edges", []), fail)
     schedule = doc.get("schedule")
@@ -113,6 +116,8 @@ def dump_topology(topology: Topology, description: str = "") -> str:
         lines += ["[[peers]]", f"id = {q(spec.id)}", f"endpoint = {q(spec.endpoint)}"]
         if spec.bind != spec.endpoint:
             lines.append(f"bind = {q(spec.bind)}")
+        if spec.public_key is not None:
+            lines.append(f"public_key = {q(spec.public_key)}")
         lines.append("")
     for r in range(topology.period):
         prefix = ""

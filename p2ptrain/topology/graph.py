@@ -19,6 +19,8 @@ from . import weights as mixing_weights
 MIXING_KINDS = ("metropolis", "uniform", "lazy", "explicit")
 _ENDPOINT = re.compile(r"^(tcp://(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d+)|ipc://\S+|inproc://\S+)$")
 _PEER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A CurveZMQ public key as Z85 text: 40 characters of this alphabet (python -m p2ptrain.keys).
+_Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
 
 class TopologyError(ValueError):
@@ -30,6 +32,8 @@ class PeerSpec:
     id: str
     endpoint: str  # where neighbours connect
     bind: str  # where this peer listens; the endpoint unless the file says otherwise
+    # The peer's CurveZMQ public key (Z85), if the file pins it; otherwise it comes from a keys directory.
+    public_key: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,7 +150,8 @@ def relocate(topology: Topology, endpoints: list[str]) -> Topology:
     """The same graph and weights with peer i listening on ``endpoints[i]`` (bind = endpoint)."""
     if len(endpoints) != topology.size:
         raise TopologyError(f"{len(endpoints)} endpoints for {topology.size} peers")
-    peers = tuple(PeerSpec(spec.id, endpoint, endpoint) for spec, endpoint in zip(topology.peers, endpoints))
+    peers = tuple(PeerSpec(spec.id, endpoint, endpoint, spec.public_key)
+                  for spec, endpoint in zip(topology.peers, endpoints))
     return Topology(topology.name, peers, topology.directed, topology.mixing, topology.rounds)
 
 
@@ -204,6 +209,7 @@ def _check_peers(peers: list[PeerSpec], fail) -> dict[str, int]:
         raise fail("no peers; add [[peers]] tables with an id and an endpoint")
     index: dict[str, int] = {}
     seen_endpoints: dict[str, str] = {}
+    seen_keys: dict[str, str] = {}
     for spec in peers:
         if not _PEER_ID.match(spec.id):
             raise fail(
@@ -220,7 +226,23 @@ def _check_peers(peers: list[PeerSpec], fail) -> dict[str, int]:
                 "give each peer its own host:port"
             )
         seen_endpoints[spec.endpoint] = spec.id
+        if spec.public_key is not None:
+            _check_public_key(spec, seen_keys, fail)
     return index
+
+
+def _check_public_key(spec: PeerSpec, seen_keys: dict[str, str], fail) -> None:
+    if not isinstance(spec.public_key, str) or not _Z85_KEY.fullmatch(spec.public_key):
+        raise fail(
+            f"peer {spec.id!r} has a public_key that is not a CurveZMQ public key (40 Z85 characters); "
+            "copy it from python -m p2ptrain.keys show, and never put a secret key in a topology file"
+        )
+    if spec.public_key in seen_keys:
+        raise fail(
+            f"peers {seen_keys[spec.public_key]!r} and {spec.id!r} have the same public_key; "
+            "give every peer its own key pair"
+        )
+    seen_keys[spec.public_key] = spec.id
 
 
 def _round_graph(edges, index: dict[str, int], directed: bool, mixing: str, explicit_weights, fail) -> RoundGraph:
