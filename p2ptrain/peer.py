@@ -289,10 +289,12 @@ class Peer:
             else:
                 self.send_dropped += 1
 
-        # The first round of a run, or of a resumed one, waits for neighbours that may be starting too;
-        # a peer that joined a running swarm knows they are up.
+        # The first rounds of a run, or of a resumed one, wait for neighbours that may be starting too:
+        # a late peer holds up its neighbours' round 0, they hold up their neighbours' round 1, and so
+        # on, one hop per round, up to the diameter. A peer that joined a running swarm knows it is up.
         first = round_ == self.start_round
-        timeout = config.startup_timeout if first and not self.joined else config.recv_timeout
+        starting = round_ < self.start_round + max(1, self.topology.diameter)
+        timeout = config.startup_timeout if starting and not self.joined else config.recv_timeout
         expected = frozenset(self.topology.in_neighbours(self.id, round_))
         if config.mode == "async":
             waited, bytes_received, messages = await self._gather_newest(round_, timeout if first else 0, expected)

@@ -34,6 +34,9 @@ from zmq.utils import z85
 # gossip keeps neighbours within a round or two of each other, so a deeper
 # queue only means stale parameters held in memory for a peer that is gone.
 SEND_QUEUE = 8
+# A connection that answers no ping for HEARTBEAT_TIMEOUT_SECONDS is closed (and redialled).
+HEARTBEAT_SECONDS = 1
+HEARTBEAT_TIMEOUT_SECONDS = 5
 
 # A CurveZMQ key (public or secret) is 32 bytes, written as 40 Z85 characters.
 KEY_LENGTH = 40
@@ -209,6 +212,7 @@ def _listening_socket(context, bind: str, max_message_bytes: int, security: Curv
     pull.setsockopt(zmq.LINGER, 0)
     if max_message_bytes > 0:
         pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    _heartbeat(pull)
     if security is not None:
         pull.curve_server = True
         pull.curve_secretkey = security.secret_key.encode("ascii")
@@ -224,6 +228,15 @@ def _listening_socket(context, bind: str, max_message_bytes: int, security: Curv
             "stop it, pick other ports in the topology file, or set bind = \"tcp://0.0.0.0:PORT\" for the peer"
         ) from None
     return pull
+
+
+def _heartbeat(sock: zmq.Socket) -> None:
+    """ZMTP pings on every connection. A TCP connection across a link that went down otherwise stays
+    open, and traffic resumes only at TCP's next retransmission, which backs off for as long as the
+    outage lasted; with pings, a silent connection is dropped and redialled once the link is back.
+    The pings are answered by ZeroMQ's I/O thread, so a peer busy training is never taken for dead."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_SECONDS * 1000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_SECONDS * 1000)
 
 
 def _sending_sockets(sync_context: zmq.Context, out_neighbours: Mapping[str, str], linger_seconds: float,
@@ -245,6 +258,7 @@ def _sending_socket(sync_context: zmq.Context, endpoint: str, linger_seconds: fl
     sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)
     # Bounded: deliver what is queued to live neighbours, give up on dead ones.
     sock.setsockopt(zmq.LINGER, int(linger_seconds * 1000))
+    _heartbeat(sock)
     if security is not None:
         sock.curve_publickey = security.public_key.encode("ascii")
         sock.curve_secretkey = security.secret_key.encode("ascii")

@@ -10,7 +10,7 @@ import pytest
 from p2ptrain.experiment import main as experiment
 from p2ptrain.results import read_trace
 from p2ptrain.topology import dump_topology, generate
-from p2ptrain.topology.__main__ import diameter, main as topology_cli
+from p2ptrain.topology.__main__ import main as topology_cli
 
 
 def test_a_sweep_writes_results_summary_and_plots_and_resumes(tmp_path, capsys):
@@ -66,7 +66,7 @@ def test_bad_sweep_options_are_refused(tmp_path, capsys):
 @pytest.mark.parametrize("kind, n, expected", [("ring", 8, 4), ("line", 5, 4), ("complete", 6, 1), ("star", 7, 2),
                                                ("hypercube", 16, 4), ("exponential", 16, 4)])
 def test_diameter(kind, n, expected):
-    assert diameter(generate(kind, n).adjacency) == expected
+    assert generate(kind, n).diameter == expected
 
 
 def test_info_of_a_schedule_and_a_drawing(tmp_path, capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +19,6 @@ from .generators import RANDOM_KINDS
 
 # Disagreement must shrink by this factor for `info`'s predicted rounds.
 SHRINK = 1e-6
-
-
-def diameter(adjacency: np.ndarray) -> int:
-    """Longest shortest path, in hops, following the direction messages travel."""
-    n = len(adjacency)
-    longest = 0
-    for source in range(n):
-        hops = {source: 0}
-        queue = deque([source])
-        while queue:
-            i = queue.popleft()
-            for j in np.flatnonzero(adjacency[:, i]):  # j receives from i
-                if int(j) not in hops:
-                    hops[int(j)] = hops[i] + 1
-                    queue.append(int(j))
-        longest = max(longest, max(hops.values()))
-    return longest
 
 
 def predicted_rounds(rho: float, period: int) -> str:
@@ -55,7 +37,7 @@ def describe(topology) -> str:
         f"peers         {topology.size}",
         f"edges         {len(topology.edges())}" + (" over one period" if topology.period > 1 else ""),
         f"in-degree     min {degrees.min()}, max {degrees.max()}",
-        f"diameter      {diameter(topology.adjacency)}",
+        f"diameter      {topology.diameter}",
         f"doubly stoch. {'yes' if topology.doubly_stochastic else 'no: gossip will not keep the mean'}",
     ]
     if topology.period > 1:

@@ -67,6 +67,22 @@ class Topology:
         """Every link used in any round: whom a peer must be able to reach at all."""
         return np.logical_or.reduce([g.adjacency for g in self.rounds])
 
+    @cached_property
+    def diameter(self) -> int:
+        """Longest shortest path, in hops, following the direction messages travel (over the union graph)."""
+        longest = 0
+        for source in range(self.size):
+            hops = {source: 0}
+            queue = deque([source])
+            while queue:
+                i = queue.popleft()
+                for j in np.flatnonzero(self.adjacency[:, i]):  # j receives from i
+                    if int(j) not in hops:
+                        hops[int(j)] = hops[i] + 1
+                        queue.append(int(j))
+            longest = max(longest, max(hops.values()))
+        return longest
+
     @property
     def weights(self) -> np.ndarray:
         """The mixing matrix of a static topology (a time-varying one has ``weights_at``)."""
