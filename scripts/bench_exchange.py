@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Throughput of one parameter exchange: p2ptrain's transport and wire against raw pyzmq, side by side.
+"""Throughput of one parameter exchange: p2ptrain's transport and wire, with and without
+CurveZMQ, against raw pyzmq, side by side.
 
 Two processes swap a tensor (16 MiB of float32 by default) back and forth.
 In the p2ptrain mode each message goes through wire.encode, Transport.send,
-Transport.receive and wire.decode with the full validation a peer applies; in
+Transport.receive and wire.decode with the full validation a peer applies; the
+curve mode is the same with CurveZMQ on both transports (a fresh key pair per
+peer, written to a temporary keys directory and loaded as a peer loads it); in
 the raw mode the same bytes go through a bare PUSH/PULL pair with copy=False.
-Trials of the two modes alternate, so a noisy machine slows both alike, and
-the script prints the median throughput of each and their ratio.
+Trials of the modes alternate, so a noisy machine slows all of them alike, and
+the script prints the median throughput of each and their ratios.
 
-    python scripts/bench_exchange.py [--mib 16] [--rounds 20] [--trials 5]
+    python scripts/bench_exchange.py [--mib 16] [--rounds 20] [--trials 5] [--modes raw p2ptrain curve]
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import queue
 import socket
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -25,8 +30,8 @@ import torch
 import zmq
 import zmq.asyncio
 
-from p2ptrain import wire
-from p2ptrain.transport import Transport
+from p2ptrain import keys, topology, wire
+from p2ptrain.transport import Transport, authenticated_sender
 
 WARMUP_ROUNDS = 3
 
@@ -39,6 +44,11 @@ def free_ports(count: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
+
+
+def pair() -> topology.Topology:
+    # Only its peer ids matter (they name the key files); the endpoints come from free_ports.
+    return topology.generate("complete", 2)
 
 
 def raw_side(me: str, other: str, elements: int, rounds: int, first: bool, results) -> None:
@@ -72,11 +82,13 @@ def raw_side(me: str, other: str, elements: int, rounds: int, first: bool, resul
     context.term()
 
 
-def p2ptrain_side(me: str, other: str, elements: int, rounds: int, first: bool, results) -> None:
+def p2ptrain_side(me: str, other: str, elements: int, rounds: int, first: bool, results,
+                  keys_dir: str | None = None) -> None:
     async def run() -> None:
         context = zmq.asyncio.Context()
-        my_id, other_id = ("a", "b") if first else ("b", "a")
-        transport = Transport(context, me, {other_id: other}, linger_seconds=1.0)
+        my_id, other_id = ("p0", "p1") if first else ("p1", "p0")
+        security = keys.load_security(pair(), my_id, keys_dir) if keys_dir else None
+        transport = Transport(context, me, {other_id: other}, linger_seconds=1.0, security=security)
         tensors = {"w": torch.from_numpy(np.random.default_rng(0).random(elements, dtype=np.float32))}
         specs = wire.specs_of(tensors)
         contract = wire.Contract("bench", "fp", frozenset({other_id}), specs)
@@ -93,6 +105,13 @@ def p2ptrain_side(me: str, other: str, elements: int, rounds: int, first: bool, 
                 got = await transport.receive(60)
                 transport.send(other_id, frames)
             message = wire.decode(got, contract)
+            if round_ == 0:
+                # A secure number is worth something only if the path was secure: the handshake
+                # must have proved the sender's key (and the plain mode must prove nothing).
+                proved = authenticated_sender(got)
+                if proved != (other_id if security else None) or message.sender != other_id:
+                    raise RuntimeError(f"secure={security is not None}: message from {message.sender!r} "
+                                       f"arrived with authenticated sender {proved!r}")
             checksum += float(message.tensors["w"][0])
 
         for r in range(WARMUP_ROUNDS):
@@ -107,17 +126,28 @@ def p2ptrain_side(me: str, other: str, elements: int, rounds: int, first: bool, 
     asyncio.run(run())
 
 
-def trial(side, elements: int, rounds: int) -> float:
+def trial(side, elements: int, rounds: int, *extra) -> float:
     """Seconds for ``rounds`` exchanges, measured by the side that starts each one."""
     ports = free_ports(2)
     a, b = (f"tcp://127.0.0.1:{p}" for p in ports)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=side, args=(a, b, elements, rounds, True, results)),
-             ctx.Process(target=side, args=(b, a, elements, rounds, False, results))]
+    procs = [ctx.Process(target=side, args=(a, b, elements, rounds, True, results, *extra)),
+             ctx.Process(target=side, args=(b, a, elements, rounds, False, results, *extra))]
     for p in procs:
         p.start()
-    times = [results.get(timeout=300) for _ in procs]
+    times: list[float] = []
+    deadline = time.monotonic() + 300
+    while len(times) < len(procs):
+        try:
+            times.append(results.get(timeout=1))
+        except queue.Empty:
+            # A side that failed (say, the authentication check) ends the trial now rather
+            # than leaving the other side waiting out its receive deadline.
+            if any(p.exitcode not in (None, 0) for p in procs) or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                break
     for p in procs:
         p.join(timeout=60)
         if p.exitcode != 0:
@@ -125,26 +155,44 @@ def trial(side, elements: int, rounds: int) -> float:
     return max(times)
 
 
+# --modes name: (printed name, side, needs keys)
+MODES = {"raw": ("raw pyzmq", raw_side, False),
+         "p2ptrain": ("p2ptrain", p2ptrain_side, False),
+         "curve": ("p2ptrain+curve", p2ptrain_side, True)}
+# (label, numerator, denominator, note): printed when both modes ran
+RATIOS = [("p2ptrain / raw pyzmq", "p2ptrain", "raw", "(target >= 0.8)"),
+          ("curve / raw pyzmq", "curve", "raw", ""),
+          ("curve / plain p2ptrain", "curve", "p2ptrain", "(the cost of CurveZMQ)")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=float, default=16, help="tensor size in MiB (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=20, help="exchanges per trial (default: %(default)s)")
     parser.add_argument("--trials", type=int, default=5, help="trials per mode, alternating (default: %(default)s)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="modes to measure (default: all)")
     args = parser.parse_args()
+    modes = [m for m in MODES if m in args.modes]
     elements = int(args.mib * 2**20) // 4
     moved = 2 * args.rounds * elements * 4  # both directions
-    throughput = {"raw pyzmq": [], "p2ptrain": []}
-    for t in range(args.trials):
-        for name, side in (("raw pyzmq", raw_side), ("p2ptrain", p2ptrain_side)):
-            seconds = trial(side, elements, args.rounds)
-            throughput[name].append(moved / seconds / 2**20)
-            print(f"trial {t + 1}/{args.trials} {name:<10} {throughput[name][-1]:9.1f} MiB/s", flush=True)
-    raw = statistics.median(throughput["raw pyzmq"])
-    ours = statistics.median(throughput["p2ptrain"])
+    throughput: dict[str, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as keys_dir:
+        if "curve" in modes:
+            keys.generate(pair(), keys_dir)  # fresh for this run, gone with it
+        for t in range(args.trials):
+            for m in modes:
+                name, side, secure = MODES[m]
+                seconds = trial(side, elements, args.rounds, *([keys_dir] if secure else []))
+                throughput[m].append(moved / seconds / 2**20)
+                print(f"trial {t + 1}/{args.trials} {name:<14} {throughput[m][-1]:9.1f} MiB/s", flush=True)
+    median = {m: statistics.median(v) for m, v in throughput.items()}
     print(f"\n{args.mib:g} MiB float32 tensor, {args.rounds} exchanges per trial, median of {args.trials} trials")
-    print(f"raw pyzmq  {raw:9.1f} MiB/s")
-    print(f"p2ptrain   {ours:9.1f} MiB/s")
-    print(f"ratio p2ptrain / raw pyzmq = {ours / raw:.3f}  (target >= 0.8)")
+    for m in modes:
+        print(f"{MODES[m][0]:<14} {median[m]:9.1f} MiB/s")
+    for label, top, bottom, note in RATIOS:
+        if top in median and bottom in median:
+            print(f"ratio {label:<22} = {median[top] / median[bottom]:.3f}  {note}".rstrip())
 
 
 if __name__ == "__main__":

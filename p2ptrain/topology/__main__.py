@@ -12,7 +12,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from . import GENERATORS, TopologyError, dump_topology, generate, load_topology
 from .generators import RANDOM_KINDS
