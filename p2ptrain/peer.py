@@ -79,7 +79,7 @@ class Peer:
         self.in_neighbours = self.topology.in_neighbours(self.id)
         self.out_neighbours = self.topology.out_neighbours(self.id)
         self.contract = wire.Contract(config.run_id, self.fingerprint, frozenset(self.in_neighbours), specs)
-        self.inbox = Inbox()
+        self.inbox = Inbox(rounds=config.rounds)
         self.newest = Newest(config.max_staleness)  # async mode files messages here instead
         absent = config.absent_peers()
         if absent - set(self.topology.ids):
