@@ -83,11 +83,14 @@ def run_rows(run: Run, run_dir: Path, attacker: str = "") -> list[dict]:
     if traces:
         for r in sorted(set.intersection(*(set(traced) for traced, _ in traces))):
             consensus[r] = consensus_of_rows(np.stack([vectors[traced.index(r)] for traced, vectors in traces]))
-    rounds = min(len(m) for m in metrics.values())
+    # By round number, not position: an asynchronous peer that jumped ahead has no line for the
+    # rounds it skipped. Rows are the rounds every peer ran.
+    by_round = [{record["round"]: record for record in m} for m in metrics.values()]
+    rounds = sorted(set.intersection(*(set(b) for b in by_round))) if by_round else []
     sent = np.zeros(len(metrics))
     out = []
-    for r in range(rounds):
-        records = [m[r] for m in metrics.values()]
+    for r in rounds:
+        records = [b[r] for b in by_round]
         sent += [rec["bytes_sent"] for rec in records]
         losses = [rec["loss"] for rec in records if rec["loss"] is not None]
         accuracies = [rec["test_accuracy"] for rec in records if rec.get("test_accuracy") is not None]
