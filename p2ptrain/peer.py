@@ -360,12 +360,16 @@ class Peer:
                       expected: frozenset[str]) -> tuple[float, int, dict[str, wire.Message]]:
         """Collect round ``round_``'s messages until every awaited neighbour is heard or the deadline passes."""
         start = self.clock()
-        deadline = start + timeout
+        bytes_received = await self._read_while(
+            lambda: self.membership.awaited(self.inbox.senders(round_) | self.inbox.moved_on(round_), expected),
+            start + timeout)
+        return self.clock() - start, bytes_received, self.inbox.take(round_)
+
+    async def _read_while(self, waiting, deadline: float) -> int:
+        """File messages while ``waiting()`` is true and the deadline has not passed, then what else
+        has already arrived (see _drain); returns the bytes read."""
         bytes_received = 0
-        while self.membership.awaited(self.inbox.senders(round_) | self.inbox.moved_on(round_), expected):
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                break
+        while waiting() and (remaining := deadline - self.clock()) > 0:
             frames = await self.transport.receive(remaining)
             if frames is None:
                 break
@@ -374,8 +378,7 @@ class Peer:
         # Take in what else has already arrived, without waiting: when nobody is awaited
         # (all suspected, or moved on) the loop above reads nothing, and a peer that never
         # reads would never learn that its neighbours are back or where they are.
-        bytes_received += await self._drain()
-        return self.clock() - start, bytes_received, self.inbox.take(round_)
+        return bytes_received + await self._drain()
 
     async def _drain(self) -> int:
         """Read up to DRAIN_LIMIT messages that have already arrived; returns their bytes."""
@@ -393,15 +396,8 @@ class Peer:
         """Asynchronous mode: read what has arrived and take each neighbour's newest fresh parameters.
         Only a first round waits (up to ``timeout``), until every neighbour has been heard once."""
         start = self.clock()
-        deadline = start + timeout
-        bytes_received = 0
-        while timeout and self.membership.awaited(self.newest.senders(), expected):
-            frames = await self.transport.receive(deadline - self.clock())
-            if frames is None:
-                break
-            bytes_received += wire.frame_bytes(frames)
-            self._file(frames)
-        bytes_received += await self._drain()
+        bytes_received = await self._read_while(lambda: self.membership.awaited(self.newest.senders(), expected),
+                                                start + timeout)
         return self.clock() - start, bytes_received, self.newest.fresh(round_, expected)
 
     def _file(self, frames) -> None:

@@ -433,7 +433,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.join:
             # The others do not wait for the latecomers in their first round.
             args.absent = ",".join(sorted(config.absent_peers() | set(faults.joins)))
-            PeerConfig.from_dict({k: v for k, v in vars(args).items() if k not in LAUNCHER_ONLY}).validate()
         if args.restart and not args.checkpoint_every:
             print("launch_swarm: warning: --restart without --checkpoint-every restarts peers from round 0",
                   file=sys.stderr)
