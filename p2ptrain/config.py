@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from .algorithms import AGGREGATORS, ALGORITHMS, AggregatorError, check_aggregator
 from .attacks import AttackSpecError, parse_attacks
@@ -16,9 +18,7 @@ LR_SCHEDULES = ("constant", "cosine")
 INITS = ("same", "per-peer")
 ADMM_SOLVERS = ("auto", "exact", "inexact")
 MODES = ("sync", "async")
-# ADMM's penalty c depends on the scale of the local objectives: these are the
-# best values of the sweep in docs/admm.md (ring8), used unless --admm-penalty is given.
-DEFAULT_ADMM_PENALTY = {"synthetic-lstsq": 100.0, "breast-cancer": 1.0, "digits": 0.1, "synthetic": 0.1}
+STAGING = ("auto", "always")
 
 
 class ConfigError(ValueError):
@@ -42,11 +42,14 @@ class PeerConfig:
     robust_b: int = 1
     attack: str = ""  # PEER:KIND[:VALUE], an experiment's misbehaving peer
     max_staleness: int = 10
+    task: str = ""  # a built-in task's name, MODULE:ATTR or FILE.py:ATTR; empty: --dataset with --model
     dataset: str = "digits"
     partition: str = "iid"
     model: str = "auto"
     hidden: int = 64
-    admm_penalty: float = 0.0  # 0: the dataset's default, DEFAULT_ADMM_PENALTY
+    device: str = "auto"
+    staging: str = "auto"  # always: stage tensors through host buffers even on the CPU (tests that path)
+    admm_penalty: float = 0.0  # 0: the task's default
     admm_solver: str = "auto"
     reference: str = ""
     seed: int = 0
@@ -110,8 +113,12 @@ class PeerConfig:
         need(self.algo in ALGORITHMS, f"--algo {self.algo}: choose from {', '.join(ALGORITHMS)}")
         need(self.dataset in DATASETS, f"--dataset {self.dataset}: choose from {', '.join(DATASETS)}")
         need(self.model in MODELS, f"--model {self.model}: choose from {', '.join(MODELS)}")
+        need(not self.task or self.task in DATASETS or ":" in self.task,
+             f"--task {self.task}: name a built-in task ({', '.join(DATASETS)}) or your own as "
+             "package.module:attribute or path/to/file.py:attribute")
+        need(self.staging in STAGING, f"--staging {self.staging}: choose from {', '.join(STAGING)}")
         need(self.admm_penalty >= 0 and math.isfinite(self.admm_penalty),
-             f"--admm-penalty {self.admm_penalty}: use a positive penalty, or 0 for the dataset's default "
+             f"--admm-penalty {self.admm_penalty}: use a positive penalty, or 0 for the task's default "
              "(docs/admm.md shows how to pick it)")
         need(self.admm_solver in ADMM_SOLVERS, f"--admm-solver {self.admm_solver}: choose from {', '.join(ADMM_SOLVERS)}")
         need(self.init in INITS, f"--init {self.init}: choose from {', '.join(INITS)}")
@@ -125,16 +132,14 @@ class PeerConfig:
     def absent_peers(self) -> frozenset[str]:
         return frozenset(peer for peer in self.absent.split(",") if peer)
 
-    def penalty(self) -> float:
-        """ADMM's c: --admm-penalty if given, else the dataset's default."""
-        return self.admm_penalty or DEFAULT_ADMM_PENALTY[self.dataset]
-
-    def lr_at(self, round_: int) -> float:
+    def lr_at(self, round_: int, base: float | None = None) -> float:
+        """The learning rate of ``round_`` for a rate of ``base`` (--lr if None) at the start."""
+        base = self.lr if base is None else base
         if self.lr_schedule == "constant":
-            return self.lr
+            return base
         # Cosine decay to zero over the run: the last rounds take tiny steps, so
         # the peers' replicas settle onto each other instead of jittering apart.
-        return 0.5 * self.lr * (1 + math.cos(math.pi * round_ / self.rounds))
+        return 0.5 * base * (1 + math.cos(math.pi * round_ / self.rounds))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,11 +152,50 @@ class PeerConfig:
             raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))}")
         return cls(**values)
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> "PeerConfig":
+        """A configuration written by ``write`` (the launcher writes one for all its peers)."""
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"--config {path}: cannot read it as JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"--config {path}: not a JSON object of options")
+        return cls.from_dict(values)
 
-def add_training_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by a single peer and the swarm launcher (which passes them on)."""
+    def replace(self, **changes) -> "PeerConfig":
+        """A copy with ``changes``; unknown names are refused with the list of the known ones."""
+        return PeerConfig.from_dict(self.to_dict() | changes)
+
+
+def option_adder(parser: argparse.ArgumentParser, defaults: bool = True):
+    """``parser.add_argument``, dropping each option's default when ``defaults`` is False: parsed by
+    such a parser (made with argument_default=SUPPRESS) a command line yields only what it sets."""
+
+    def add(*names, **kwargs):
+        if not defaults:
+            kwargs.pop("default", None)
+        return parser.add_argument(*names, **kwargs)
+
+    return add
+
+
+def new_parser(defaults: bool = True, **kwargs) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(argument_default=None if defaults else argparse.SUPPRESS, **kwargs)
+
+
+def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
+                         helps: dict[str, str] | None = None) -> None:
+    """Options shared by a single peer, the swarm launcher and the experiment runner (``helps``
+    replaces the help of the options it names, by their Python names)."""
     d = PeerConfig()
-    add = parser.add_argument
+    plain = option_adder(parser, defaults)
+
+    def add(*names, **kwargs):
+        name = names[0].lstrip("-").replace("-", "_")
+        if helps and name in helps:
+            kwargs["help"] = helps[name]
+        return plain(*names, **kwargs)
     add("--rounds", type=int, default=d.rounds, help="communication rounds to run (default: %(default)s)")
     add("--local-steps", type=int, default=d.local_steps,
         help="SGD steps on the local shard before each exchange; 0 = pure gossip averaging (default: %(default)s)")
@@ -183,6 +227,10 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--absent", default=d.absent, metavar="PEER[,PEER...]",
         help="peers of the topology that are not running at the start (they join later with --join): the "
              "first round does not wait for them (default: none)")
+    add("--task", default=d.task, metavar="NAME|MODULE:ATTR|FILE.py:ATTR",
+        help="what to train: a built-in task (the --dataset names), or your own task object as "
+             "package.module:attribute or path/to/file.py:attribute (docs/api.md); default: --dataset "
+             "with --model")
     add("--dataset", choices=DATASETS, default=d.dataset,
         help="digits (scikit-learn, 8x8 images, 10 classes), synthetic (softmax of a known linear model), "
              "synthetic-lstsq (least squares, a different A_i, b_i per peer), breast-cancer (scikit-learn, "
@@ -194,6 +242,12 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="logreg (linear classifier) or mlp (one hidden layer) for classification; linear (the vector x) "
              "for the convex datasets; auto picks mlp or linear (default: %(default)s)")
     add("--hidden", type=int, default=d.hidden, help="hidden units of the mlp (default: %(default)s)")
+    add("--device", default=d.device,
+        help="where the model trains: cpu, cuda, cuda:N, or auto = the GPU of $LOCAL_RANK when CUDA is "
+             "present, else the CPU (default: %(default)s)")
+    add("--staging", choices=STAGING, default=d.staging,
+        help="auto: tensors off the CPU are copied through reusable host buffers for the wire; always: do "
+             "that on the CPU too, to test that path (default: %(default)s)")
     add("--admm-penalty", type=float, default=d.admm_penalty,
         help="ADMM penalty c; 0 = the dataset's default (synthetic-lstsq 100, breast-cancer 1, digits and "
              "synthetic 0.1); docs/admm.md shows how to choose it (default: %(default)s)")
@@ -231,36 +285,41 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="logging verbosity (default: %(default)s)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    parser = new_parser(
+        defaults,
         prog="python -m p2ptrain.peer",
         description="Run one peer of a p2ptrain swarm: train on this peer's shard, exchange parameters "
                     "with the neighbours named in the topology file, and mix.",
     )
-    parser.add_argument("--topology", required=True, help="topology file (TOML), e.g. topologies/ring8.toml")
-    parser.add_argument("--peer", default="",
-                        help="this peer's id in the topology; if omitted, taken from $RANK or $SLURM_PROCID "
+    add = option_adder(parser, defaults)
+    add("--config", default="", metavar="FILE",
+        help="options from a JSON file (the launcher writes RUN/peer-config.json); options "
+                             "given on the command line override it")
+    add("--topology", default="", help="topology file (TOML), e.g. topologies/ring8.toml")
+    add("--peer", default="",
+        help="this peer's id in the topology; if omitted, taken from $RANK or $SLURM_PROCID "
                              "(the n-th peer of the file)")
-    parser.add_argument("--out", default="", help="output directory (default: runs/RUN_ID/PEER)")
-    parser.add_argument("--run-id", default="",
-                        help="name shared by all peers of one run; messages of other runs are rejected "
+    add("--out", default="", help="output directory (default: runs/RUN_ID/PEER)")
+    add("--run-id", default="",
+        help="name shared by all peers of one run; messages of other runs are rejected "
                              "(default: TOPOLOGY-ALGO-sSEED)")
-    parser.add_argument("--reference", default="",
-                        help="file with the centralized optimum x* (torch.save of a tensor); adds rel_error to the "
+    add("--reference", default="",
+        help="file with the centralized optimum x* (torch.save of a tensor); adds rel_error to the "
                              "metrics (the launcher writes one for the convex datasets)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the outputs of an earlier run in --out instead of refusing")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/checkpoint.pt (written with --checkpoint-every); without one, "
+    add("--overwrite", action="store_true",
+        help="replace the outputs of an earlier run in --out instead of refusing")
+    add("--resume", action="store_true",
+        help="continue from OUT/checkpoint.pt (written with --checkpoint-every); without one, "
                              "start from round 0")
-    parser.add_argument("--keys", default="", metavar="DIR",
-                        help="CurveZMQ: encrypt and authenticate every connection with the keys in DIR (this "
+    add("--keys", default="", metavar="DIR",
+        help="CurveZMQ: encrypt and authenticate every connection with the keys in DIR (this "
                              "peer's ID.secret, every peer's ID.public unless the topology pins them); made by "
                              "python -m p2ptrain.keys generate. Without it traffic is plain and unauthenticated")
-    parser.add_argument("--join", action="store_true",
-                        help="join a running swarm: ask the neighbours for their state (a state request) and "
+    add("--join", action="store_true",
+        help="join a running swarm: ask the neighbours for their state (a state request) and "
                              "continue from the round and parameters of the first that answers (gossip only)")
-    add_training_options(parser)
+    add_training_options(parser, defaults)
     return parser
 
 
@@ -281,6 +340,9 @@ def resolve_peer_id(requested: str, ids: tuple[str, ...], environ=os.environ) ->
     raise ConfigError("no peer id: pass --peer ID, or set RANK or SLURM_PROCID to the peer's position in the topology")
 
 
-def config_from_args(argv: list[str] | None = None) -> PeerConfig:
-    args = build_parser().parse_args(argv)
-    return PeerConfig.from_dict(vars(args)).validate()
+def given_options(make_parser, argv: list[str] | None) -> tuple[dict, dict]:
+    # make_parser(defaults=False) must build the same parser with no defaults (new_parser, option_adder).
+    """(every option, the options the command line really sets). The second, without the parser's
+    defaults, overrides a --config file and a task's defaults, which plain defaults must not do."""
+    everything = vars(make_parser().parse_args(argv))  # errors and --help, with the defaults shown
+    return everything, vars(make_parser(defaults=False).parse_args(argv))

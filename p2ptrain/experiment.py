@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError, PeerConfig, add_training_options
+from .config import ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder
 from .data import parse_partition
-from .replica import check_run
+from .replica import check_run, resolve_config
 from .results import consensus_of_rows, read_trace
 from .storage import read_json_lines
-from .swarm import main as launch
-from .swarm import peer_arguments
+from .swarm import LaunchOptions, launch
 from .topology import Topology, TopologyError, dump_topology, generate_named, load_topology
 
 PEER_FIELDS = {f.name for f in dataclasses.fields(PeerConfig)}
@@ -212,53 +211,61 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+# The runner's own defaults for the peers: traces and evaluations often enough to draw curves.
+SWEEP_DEFAULTS = {"trace_every": 5, "eval_every": 5, "log_every": 50, "log_level": "WARNING"}
+# Options the runner takes as lists (--algos, --seeds, a comma-separated --partition) and sets per run.
+PER_RUN = ("algo", "seed", "partition", "aggregator")
+
+
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    parser = new_parser(
+        defaults,
         prog="scripts/topology_experiment.py",
         description="Run the same training on several topologies, algorithms, partitions and seeds; write "
                     "results.csv, summary.md and plots to --out. Interrupted sweeps resume where they stopped.")
-    parser.add_argument("--topologies", default="ring16,torus16,exponential16,one-peer-exponential16,complete16",
-                        help="comma-separated topology files or KIND+PEERS names (default: %(default)s)")
-    parser.add_argument("--algos", default="gossip", help="comma-separated: gossip, admm (default: %(default)s)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
-    parser.add_argument("--aggregators", default="mean",
-                        help="comma-separated gossip aggregators to compare: mean, clipped, trimmed-mean; with "
-                             "--attack, the figures are the honest peers' (default: %(default)s)")
-    parser.add_argument("--launch", choices=["in-process", "processes"], default="in-process",
-                        help="all peers of a run as tasks of one process (inproc sockets), or one process "
-                             "per peer over TCP loopback (default: %(default)s)")
-    parser.add_argument("--target-accuracy", type=float, default=0.95,
-                        help="summary.md reports rounds and seconds to this mean test accuracy (default: %(default)s)")
-    parser.add_argument("--base-port", type=int, default=27000,
-                        help="first TCP port of generated topologies in processes mode (default: %(default)s)")
-    parser.add_argument("--out", required=True, help="experiment directory")
-    add_training_options(parser)
-    parser.set_defaults(trace_every=5, eval_every=5, log_every=50, log_level="WARNING")
-    for action in parser._actions:
-        if action.dest == "partition":
-            action.help = "comma-separated partitions, e.g. iid,dirichlet:0.1 (default: %(default)s)"
-        if action.dest in ("algo", "seed"):
-            action.help = argparse.SUPPRESS  # --algos and --seeds take lists
+    add = option_adder(parser, defaults)
+    add("--topologies", default="ring16,torus16,exponential16,one-peer-exponential16,complete16",
+        help="comma-separated topology files or KIND+PEERS names (default: %(default)s)")
+    add("--algos", default="gossip", help="comma-separated: gossip, admm (default: %(default)s)")
+    add("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
+    add("--aggregators", default="mean",
+        help="comma-separated gossip aggregators to compare: mean, clipped, trimmed-mean; with "
+             "--attack, the figures are the honest peers' (default: %(default)s)")
+    add("--launch", choices=["in-process", "processes"], default="in-process",
+        help="all peers of a run as tasks of one process (inproc sockets), or one process "
+             "per peer over TCP loopback (default: %(default)s)")
+    add("--target-accuracy", type=float, default=0.95,
+        help="summary.md reports rounds and seconds to this mean test accuracy (default: %(default)s)")
+    add("--base-port", type=int, default=27000,
+        help="first TCP port of generated topologies in processes mode (default: %(default)s)")
+    add("--out", required=True, help="experiment directory")
+    add_training_options(parser, defaults, helps={
+        "partition": "comma-separated partitions, e.g. iid,dirichlet:0.1 (default: %(default)s)",
+        # --algos and --seeds take lists
+        "algo": argparse.SUPPRESS, "seed": argparse.SUPPRESS, "aggregator": argparse.SUPPRESS})
+    if defaults:
+        parser.set_defaults(**SWEEP_DEFAULTS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    out = Path(args.out)
+    args, explicit = given_options(build_parser, argv)
+    out = Path(args["out"])
     try:
-        partitions = args.partition.split(",")
+        partitions = args["partition"].split(",")
         for partition in partitions:
             parse_partition(partition)
-        algos = args.algos.split(",")
-        aggregators = args.aggregators.split(",")
-        for aggregator in aggregators:
-            PeerConfig(topology="-", aggregator=aggregator).validate()
-        seeds = [int(s) for s in args.seeds.split(",")]
-        names = args.topologies.split(",")
-        topologies = {name: resolve_topology(name, args.base_port) for name in names}
-        for algo in algos:
-            PeerConfig(topology="-", algo=algo).validate()
+        algos = args["algos"].split(",")
+        aggregators = args["aggregators"].split(",")
+        seeds = [int(s) for s in args["seeds"].split(",")]
+        names = args["topologies"].split(",")
+        topologies = {name: resolve_topology(name, args["base_port"]) for name in names}
+        for algo, aggregator in itertools.product(algos, aggregators):
+            PeerConfig(topology="-", algo=algo, aggregator=aggregator).validate()
+        # The shared options of every run: the task's defaults where neither the command line nor the
+        # runner sets one.
+        options = resolve_config(SWEEP_DEFAULTS | {name: value for name, value in explicit.items()
+                                                   if name in PEER_FIELDS and name not in PER_RUN})
     except (ValueError, ConfigError, TopologyError) as error:
         print(f"topology_experiment: error: {error}", file=sys.stderr)
         return 2
@@ -266,7 +273,6 @@ def main(argv: list[str] | None = None) -> int:
     (out / "topologies").mkdir(parents=True, exist_ok=True)
     runs = [Run(t, a, p, s, g) for t, a, g, p, s in itertools.product(names, algos, aggregators, partitions, seeds)]
     results: dict[Run, list[dict] | str] = {}
-    options = PeerConfig.from_dict({k: v for k, v in vars(args).items() if k in PEER_FIELDS})
     started = time.monotonic()
     for k, run in enumerate(runs, 1):
         topology = topologies[run.topology]
@@ -283,16 +289,13 @@ def main(argv: list[str] | None = None) -> int:
             topology_file.write_text(dump_topology(topology))
             elapsed = time.monotonic() - started
             print(f"[{k}/{len(runs)}] {run.name} ({elapsed:.0f}s so far)", flush=True)
-            # The shared training options first: the run's own --algo, --partition and --seed
-            # come after them, and argparse keeps the last value given.
-            code = launch([str(topology_file), "--out", str(run_dir), "--overwrite", *peer_arguments(args),
-                           "--algo", run.algo, "--partition", run.partition, "--seed", str(run.seed),
-                           "--aggregator", run.aggregator,
-                           *(["--in-process"] if args.launch == "in-process" else [])])
+            config = options.replace(algo=run.algo, partition=run.partition, seed=run.seed, aggregator=run.aggregator)
+            code = launch(config, topology, LaunchOptions(
+                out=str(run_dir), overwrite=True, in_process="inproc" if args["launch"] == "in-process" else ""))
             if code >= 128:
                 print("topology_experiment: interrupted; run it again with the same --out to resume", file=sys.stderr)
                 return code
-        results[run] = run_rows(run, run_dir, attacker=args.attack.split(":")[0])
+        results[run] = run_rows(run, run_dir, attacker=options.attack.split(":")[0])
 
     rates = {name: topology.consensus_rate for name, topology in topologies.items()}
     with open(out / "results.csv", "w", newline="") as f:
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         for rows in results.values():
             if not isinstance(rows, str):
                 writer.writerows(rows)
-    (out / "summary.md").write_text(summary_markdown(results, rates, args.target_accuracy))
+    (out / "summary.md").write_text(summary_markdown(results, rates, args["target_accuracy"]))
     paths = plot(results, rates, out / "plots")
     print((out / "summary.md").read_text())
     print(f"results: {out / 'results.csv'}; plots: {', '.join(p.name for p in paths)} in {out / 'plots'}")

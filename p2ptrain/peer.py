@@ -1,9 +1,15 @@
-"""python -m p2ptrain.peer: one peer of a swarm.
+"""python -m p2ptrain.peer: one peer of a swarm, and ``Node``, the exchange engine every peer runs.
 
-Each round: local SGD steps on this peer's shard, send the parameters to the
-out-neighbours, gather the in-neighbours' parameters of the same round until
-the deadline, mix with the topology's weights (adapt-then-combine D-PSGD), and
-write one line of metrics. No peer is special; there is no coordinator.
+Each round: local optimizer steps on this peer's shard, send the parameters to
+the out-neighbours, gather the in-neighbours' parameters of the same round
+until the deadline, mix with the topology's weights (adapt-then-combine
+D-PSGD), and write one line of metrics. No peer is special; there is no
+coordinator.
+
+``Node`` is handed its replica and its transport; it owns the exchange
+(``exchange``), joining, metrics and checkpoints. The command-line peer
+drives it with a task's local steps (``run``); the Python API (api.py) drives
+it from the hooks on a user's own optimizer.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ import zmq.asyncio
 
 from . import __version__, wire
 from .algorithms import Diverged
-from .config import ConfigError, PeerConfig, build_parser, resolve_peer_id
-from .data import DataError
+from .config import ConfigError, PeerConfig, build_parser, given_options, resolve_peer_id
 from .inbox import Inbox, Newest
 from .membership import Membership
-from .replica import build_replica
+from .replica import Replica, build_replica, resolve_config
+from .staging import Staging
+from .training import to_device
 from .results import flat_parameters, relative_error
 from .storage import (
     JsonLines,
@@ -54,28 +61,28 @@ DRAIN_LIMIT = 256
 STATE_REQUEST_INTERVAL = 0.5
 
 
-class Peer:
-    def __init__(self, config: PeerConfig, context: zmq.asyncio.Context, topology: Topology | None = None,
+class Node:
+    """One peer's exchange with its neighbours, given its replica and its transport.
+
+    The constructor does no I/O; ``start`` prepares the run directory (and restores a checkpoint
+    with --resume), ``finish`` writes the final model and result and closes the transport."""
+
+    def __init__(self, config: PeerConfig, topology: Topology, replica: Replica, transport: Transport,
                  clock=time.monotonic):
         self.config = config
         self.clock = clock
-        self.topology = topology or load_topology(config.topology)
-        self.id = resolve_peer_id(config.peer, self.topology.ids)
-        self.index = self.topology.index(self.id)
-        config.peer = self.id
-        config.run_id = config.run_id or f"{self.topology.name}-{config.algo}-s{config.seed}"
+        self.topology = topology
+        self.id = replica.peer_id
         self.log = logging.LoggerAdapter(logging.getLogger("p2ptrain.peer"), {"peer": self.id})
         self.out = Path(config.out or Path("runs") / config.run_id / self.id)
-        _prepare_output(self.out, config.overwrite, config.resume)
-
-        torch.set_num_threads(config.threads)
-        self.replica = build_replica(config, self.topology, self.id)
-        self.shard, self.model = self.replica.shard, self.replica.model
-        self.trainer, self.algorithm = self.replica.trainer, self.replica.algorithm
+        self.replica = replica
+        self.model, self.algorithm = replica.model, replica.algorithm
+        self.transport = transport
+        self.staging = Staging(replica.device, always=config.staging == "always")
         self.reference = _load_reference(config.reference, self.model) if config.reference else None
 
         specs = wire.specs_of(self.algorithm.outgoing(0))
-        self.fingerprint = wire.fingerprint(specs, salt=f"{config.model}/{config.dataset}")
+        self.fingerprint = wire.fingerprint(specs, replica.agreement)
         self.in_neighbours = self.topology.in_neighbours(self.id)
         self.out_neighbours = self.topology.out_neighbours(self.id)
         self.contract = wire.Contract(config.run_id, self.fingerprint, frozenset(self.in_neighbours), specs)
@@ -89,67 +96,52 @@ class Peer:
         self.membership = Membership(frozenset(self.in_neighbours), suspected=set(absent & set(self.in_neighbours)))
         self._answered: dict[str, int] = {}  # state requests answered: asker -> round
         self.round_now = 0
+        self.start_round = 0
         self.joined = False
         self.rejected: Counter[str] = Counter()
         # Rejections by who sent them: the authenticated peer id, or "unauthenticated" without keys.
         self.rejected_from: Counter[str] = Counter()
         self.send_dropped = 0
         self.rounds_completed = 0
-        self.last: dict = {}
+        self.last: dict = {}  # the last round's metrics record
+        self.evaluation: dict[str, float] = {}  # the task's latest held-out figures
+        self.metrics = None
+        self._trace = None
         self.started = self.clock()
 
-        self.security = self._security()
-        self.transport = Transport(
-            context,
-            self.topology.peer(self.id).bind,
-            {j: self.topology.peer(j).endpoint for j in self.out_neighbours},
-            linger_seconds=min(config.recv_timeout, 5.0),
-            # ZeroMQ drops (and disconnects) any frame over twice the largest one a peer sends,
-            # before it is read into memory; the decoder checks exact sizes below that.
-            max_message_bytes=2 * max(wire.MAX_HEADER_BYTES, *(spec.nbytes for spec in specs)),
-            security=self.security,
-        )
-        # Files are touched only once the port is ours: a peer that cannot start leaves a run as it was.
-        try:
-            self.start_round = self._restore() if config.resume else 0
-            atomic_write_json(self.out / "config.json", {
-                "config": config.to_dict(),
-                "topology": {"name": self.topology.name, "size": self.topology.size,
-                             "in_neighbours": list(self.in_neighbours), "out_neighbours": list(self.out_neighbours),
-                             "period": self.topology.period,
-                             "mixing_rows": [self.topology.mixing_row(self.id, r) for r in range(self.topology.period)]},
-                "fingerprint": self.fingerprint,
-                # Public only: a secret key never leaves its file.
-                "curve_public_key": self.security.public_key if self.security else None,
-                "shard_size": len(self.shard.x),
-                "versions": {"p2ptrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                             "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()},
-            })
-            self.metrics = JsonLines(self.out / "metrics.jsonl")
-            self._trace = self._open_trace() if config.trace_every else None
-        except BaseException:
-            self.transport.close()  # an open socket would keep the context from terminating
-            raise
+    def start(self) -> None:
+        """Prepare the run directory: refuse an earlier run's outputs (unless --overwrite or --resume),
+        restore the checkpoint with --resume, record the configuration, open the metrics."""
+        config = self.config
+        _prepare_output(self.out, config.overwrite, config.resume)
+        self.start_round = self._restore() if config.resume else 0
+        atomic_write_json(self.out / "config.json", {
+            "config": config.to_dict(),
+            "topology": {"name": self.topology.name, "size": self.topology.size,
+                         "in_neighbours": list(self.in_neighbours), "out_neighbours": list(self.out_neighbours),
+                         "period": self.topology.period,
+                         "mixing_rows": [self.topology.mixing_row(self.id, r) for r in range(self.topology.period)]},
+            "fingerprint": self.fingerprint,
+            "agreement": self.replica.agreement,
+            "task": _task_name(self.replica.task),
+            "device": str(self.replica.device),
+            # Public only: a secret key never leaves its file.
+            "curve_public_key": self.transport.public_key,
+            "shard_size": self.replica.shard_size,
+            "versions": {"p2ptrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                         "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()},
+        })
+        self.metrics = JsonLines(self.out / "metrics.jsonl")
+        self._trace = self._open_trace() if config.trace_every else None
         if self.replica.attack:
             self.log.warning("attacking its neighbours (--attack %s): it sends corrupted parameters",
                              config.attack)
         if not self.topology.doubly_stochastic:
             self.log.warning("the mixing weights of %s are not doubly stochastic: gossip will not keep the "
                              "mean of the peers' parameters", self.topology.name)
-        self.log.info("listening on %s; in-neighbours %s; out-neighbours %s; %d training examples",
+        self.log.info("listening on %s; in-neighbours %s; out-neighbours %s; %s training examples on %s",
                       self.topology.peer(self.id).bind, ",".join(self.in_neighbours),
-                      ",".join(self.out_neighbours), len(self.shard.x))
-
-    def _security(self):
-        """CurveZMQ keys from --keys, or None. A topology that pins public keys is never run without them."""
-        if self.config.keys:
-            return load_security(self.topology, self.id, self.config.keys)
-        if any(spec.public_key for spec in self.topology.peers):
-            raise ConfigError(f"{self.topology.name} pins the peers' public keys, so its swarm is secured: "
-                              "pass --keys DIR with this peer's secret key")
-        self.log.warning("no --keys: connections are neither encrypted nor authenticated; anyone who can reach "
-                         "%s can send this peer messages (docs/security.md)", self.topology.peer(self.id).bind)
-        return None
+                      ",".join(self.out_neighbours), self.replica.shard_size, self.replica.device)
 
     def _restore(self) -> int:
         """Load OUT/checkpoint.pt if there is one; returns the round to continue from."""
@@ -165,9 +157,10 @@ class Peer:
             raise ConfigError(f"{path} belongs to another run (run id {state['run_id']}, model fingerprint "
                               f"{state['fingerprint']}); resume with that run's options, or use another --out")
         self.model.load_state_dict(state["model"])
-        self.trainer.load_state_dict(state["trainer"])
+        if self.replica.trainer is not None:
+            self.replica.trainer.load_state_dict(state["trainer"])
         try:
-            self.algorithm.load_state_dict(state["algorithm"])
+            self.algorithm.load_state_dict(to_device(state["algorithm"], self.replica.device))
         except ValueError as error:
             raise ConfigError(str(error)) from None
         torch.set_rng_state(state["torch_rng"])
@@ -175,7 +168,7 @@ class Peer:
         self.inbox.stale, self.send_dropped = state["stale_dropped"], state["send_dropped"]
         self.membership.suspected = set(state["suspected"])
         self.inbox.current_round = self.rounds_completed = state["round"]
-        self.last = state["last"]
+        self.last, self.evaluation = state["last"], state["evaluation"]
         # Rounds after the checkpoint will run again; their old lines would be duplicates.
         rewrite_json_lines(self.out / "metrics.jsonl", lambda record: record["round"] < state["round"])
         self.log.info("resumed from the checkpoint of round %d", state["round"])
@@ -199,7 +192,7 @@ class Peer:
             "run_id": self.config.run_id,
             "fingerprint": self.fingerprint,
             "model": self.model.state_dict(),
-            "trainer": self.trainer.state_dict(),
+            "trainer": self.replica.trainer.state_dict() if self.replica.trainer is not None else {},
             "algorithm": self.algorithm.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "rejected": dict(self.rejected),
@@ -207,6 +200,7 @@ class Peer:
             "send_dropped": self.send_dropped,
             "suspected": sorted(self.membership.suspected),
             "last": self.last,
+            "evaluation": self.evaluation,
         }, self.out / CHECKPOINT, self._pause_before_rename if self.config.checkpoint_write_delay else None)
 
     def _pause_before_rename(self) -> None:
@@ -260,9 +254,10 @@ class Peer:
             if message.kind != "state":
                 self._take_in(message)
                 continue
-            for name, parameter in self.model.named_parameters():
-                # A copy: the received tensor lives in the message's frame buffer.
-                parameter.data = message.tensors[name].clone()
+            state = self.staging.to_device(message.tensors)
+            for name, tensor in self.algorithm.parameters.items():
+                # A copy: on the CPU the received tensor lives in the message's frame buffer.
+                tensor.data = state[name].clone()
             self.inbox.skip_to(message.round)
             self.joined = True
             self.log.info("joined: took the state of %s, continuing from round %d", message.sender, message.round)
@@ -272,19 +267,26 @@ class Peer:
                           "peer in its topology? Start without --join to train from round 0")
 
     async def run_round(self, round_: int) -> None:
+        """One round of the command-line peer: the task's local steps, then the exchange."""
+        computing = self.clock()
+        self.round_now = round_
+        loss = self.replica.train(round_)
+        if self.config.min_compute_seconds:
+            await asyncio.sleep(max(0.0, computing + self.config.min_compute_seconds - self.clock()))
+        lr = self.replica.trainer.optimizer.param_groups[0]["lr"]
+        await self.exchange(round_, loss, lr)
+
+    async def exchange(self, round_: int, loss: float | None = None, lr: float | None = None) -> None:
+        """Send this round's tensors, gather the neighbours' until the deadline, mix, write the metrics
+        (``loss`` and ``lr`` are the local steps', for the record)."""
         config = self.config
         self.round_now = round_
-        computing = self.clock()
-        loss = self.replica.train(round_)
-        if config.min_compute_seconds:
-            await asyncio.sleep(max(0.0, computing + config.min_compute_seconds - self.clock()))
-
         outgoing = self.algorithm.outgoing(round_)
         frames = wire.encode(kind="params", sender=self.id, run_id=config.run_id, round=round_,
-                             fingerprint=self.fingerprint, tensors=self.replica.sent(round_))
+                             fingerprint=self.fingerprint, tensors=self.staging.to_host(self.replica.sent(round_)))
         bytes_sent = 0
         for neighbour in self.topology.out_neighbours(self.id, round_):
-            if self.transport.send(neighbour, frames):
+            if self.transport.send(neighbour, frames, copy=self.staging.copy_on_send):
                 bytes_sent += wire.frame_bytes(frames)
             else:
                 self.send_dropped += 1
@@ -311,7 +313,7 @@ class Peer:
         for neighbour in sorted(outcome.recovered):
             self.log.info("round %d: heard from %s again", round_, neighbour)
 
-        received = {sender: message.tensors for sender, message in messages.items()}
+        received = {sender: self.staging.to_device(message.tensors) for sender, message in messages.items()}
         distance = _relative_distance_to_mean(self.algorithm.parameters_in(outgoing),
                                               [self.algorithm.parameters_in(m) for m in received.values()])
         self.algorithm.update(round_, received)
@@ -320,7 +322,7 @@ class Peer:
             "round": round_,
             "time": round(self.clock() - self.started, 4),
             "unix_time": round(time.time(), 4),
-            "lr": config.lr_at(round_),
+            "lr": lr,
             "loss": loss,
             "neighbour_distance": distance,
             "bytes_sent": bytes_sent,
@@ -339,22 +341,21 @@ class Peer:
             record["rel_error"] = relative_error(self.model.state_dict(), self.reference)
         last_round = round_ == config.rounds - 1
         if config.trace_every and ((round_ + 1) % config.trace_every == 0 or last_round):
-            row = flat_parameters(self.model.state_dict()).float().numpy()
+            row = flat_parameters(self.model.state_dict()).float().cpu().numpy()
             self._trace.write(row.tobytes())
             self._trace.flush()
             record["traced"] = row.size  # values per trace row
         if (round_ + 1) % config.eval_every == 0 or last_round:
-            record["test_loss"], record["test_accuracy"] = self.trainer.evaluate(self.shard.x_test, self.shard.y_test)
+            self.evaluation = self.replica.evaluate()
+            record |= self.evaluation
         self.metrics.write(record)
-        self.last = record | {"test_accuracy": record.get("test_accuracy", self.last.get("test_accuracy"))}
+        self.last = record
         if config.checkpoint_every and (round_ + 1) % config.checkpoint_every == 0 and not last_round:
             self.checkpoint(round_ + 1)
         if (round_ + 1) % config.log_every == 0 or last_round:
-            accuracy = self.last.get("test_accuracy")
-            self.log.info("round %d/%d loss %s acc %s heard %d/%d waited %.3fs",
+            self.log.info("round %d/%d loss %s %s heard %d/%d waited %.3fs",
                           round_ + 1, config.rounds, "-" if loss is None else f"{loss:.4f}",
-                          "-" if accuracy is None else f"{accuracy:.4f}",
-                          len(outcome.heard), len(expected), waited)
+                          _figures(self.evaluation), len(outcome.heard), len(expected), waited)
 
     async def _gather(self, round_: int, timeout: float,
                       expected: frozenset[str]) -> tuple[float, int, dict[str, wire.Message]]:
@@ -463,15 +464,16 @@ class Peer:
         atomic_torch_save(self.model.state_dict(), self.out / "model.pt")
         if self.algorithm.state_dict():
             atomic_torch_save(self.algorithm.state_dict(), self.out / "algorithm.pt")
-        test_loss, test_accuracy = self.trainer.evaluate(self.shard.x_test, self.shard.y_test)
         atomic_write_json(self.out / "result.json", {
             "peer": self.id,
             "status": status,
             "rounds": self.config.rounds,
             "rounds_completed": self.rounds_completed,
             "start_round": self.start_round,
-            "test_accuracy": test_accuracy,
-            "test_loss": test_loss,
+            # Readers look these up by name; a task that measures neither leaves them null.
+            "test_accuracy": None,
+            "test_loss": None,
+        } | self.replica.evaluate() | {
             "train_loss": self.last.get("loss"),
             "wall_seconds": self.clock() - self.started,
             "rejected": dict(self.rejected),
@@ -482,10 +484,24 @@ class Peer:
             "duplicates": self.inbox.duplicates,
             "send_dropped": self.send_dropped,
         })
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if self._trace is not None:
             self._trace.close()
         self.transport.close(abandon=self.membership.suspected)
+
+
+def _figures(evaluation: dict[str, float]) -> str:
+    """The latest held-out figures for a progress line: accuracy as before, or whatever the task measures."""
+    if not evaluation:
+        return "acc -"
+    if "test_accuracy" in evaluation:
+        return f"acc {evaluation['test_accuracy']:.4f}"
+    return " ".join(f"{name} {value:.4f}" for name, value in evaluation.items())
+
+
+def _task_name(task) -> str | None:
+    return None if task is None else getattr(task, "name", type(task).__name__)
 
 
 class Impersonation(wire.WireError):
@@ -528,6 +544,49 @@ def _prepare_output(out: Path, overwrite: bool, resume: bool) -> None:
         (out / name).unlink()
 
 
+def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topology | None = None,
+              replica: Replica | None = None) -> Node:
+    """A started Node: the peer id resolved, its replica built (unless given), its port bound, its run
+    directory prepared. Files are touched only once the port is ours: a peer that cannot start
+    leaves a run as it was."""
+    topology = topology or load_topology(config.topology)
+    peer_id = resolve_peer_id(config.peer, topology.ids)
+    config = config.replace(peer=peer_id, run_id=config.run_id or f"{topology.name}-{config.algo}-s{config.seed}")
+    torch.set_num_threads(config.threads)
+    replica = replica or build_replica(config, topology, peer_id)
+    specs = wire.specs_of(replica.algorithm.outgoing(0))
+    transport = Transport(
+        context,
+        topology.peer(peer_id).bind,
+        {j: topology.peer(j).endpoint for j in topology.out_neighbours(peer_id)},
+        linger_seconds=min(config.recv_timeout, 5.0),
+        # ZeroMQ drops (and disconnects) any frame over twice the largest one a peer sends,
+        # before it is read into memory; the decoder checks exact sizes below that.
+        max_message_bytes=2 * max(wire.MAX_HEADER_BYTES, *(spec.nbytes for spec in specs)),
+        security=_security(config, topology, peer_id),
+    )
+    try:
+        node = Node(config, topology, replica, transport)
+        node.start()
+    except BaseException:
+        transport.close()  # an open socket would keep the context from terminating
+        raise
+    return node
+
+
+def _security(config: PeerConfig, topology: Topology, peer_id: str):
+    """CurveZMQ keys from --keys, or None. A topology that pins public keys is never run without them."""
+    if config.keys:
+        return load_security(topology, peer_id, config.keys)
+    if any(spec.public_key for spec in topology.peers):
+        raise ConfigError(f"{topology.name} pins the peers' public keys, so its swarm is secured: "
+                          "pass --keys DIR with this peer's secret key")
+    logging.LoggerAdapter(logging.getLogger("p2ptrain.peer"), {"peer": peer_id}).warning(
+        "no --keys: connections are neither encrypted nor authenticated; anyone who can reach %s can send this "
+        "peer messages (docs/security.md)", topology.peer(peer_id).bind)
+    return None
+
+
 async def run_peer(config: PeerConfig, context: zmq.asyncio.Context | None = None,
                    topology: Topology | None = None, signals: list[int] | None = None) -> int:
     """Run one peer to the end; returns the process exit code (0 only when every round ran).
@@ -552,7 +611,7 @@ async def run_peer(config: PeerConfig, context: zmq.asyncio.Context | None = Non
             loop.add_signal_handler(signum, on_signal, signum)
     peer = None
     try:
-        peer = Peer(config, context, topology)
+        peer = open_node(config, context, topology)
         await peer.run()
         peer.finish("completed")
         peer.log.info("finished %d rounds in %.1fs", peer.rounds_completed, peer.clock() - peer.started)
@@ -599,13 +658,15 @@ def configure_logging(level: str, path: Path | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    everything, explicit = given_options(build_parser, argv)
+    configure_logging(everything["log_level"])
     try:
-        config = PeerConfig.from_dict(vars(args)).validate()
+        config_file = explicit.pop("config", "")
+        config = resolve_config(explicit, PeerConfig.from_file(config_file) if config_file else None)
+        if not config.topology:
+            raise ConfigError("no topology: pass --topology FILE (e.g. topologies/ring8.toml), or --config FILE")
         return asyncio.run(run_peer(config))
-    except (ConfigError, TopologyError, DataError, TransportError, KeyFileError) as error:
+    except (ConfigError, TopologyError, TransportError, KeyFileError) as error:
         print(f"p2ptrain.peer: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,33 +1,45 @@
-"""One peer's share of the work, built the same way wherever it runs: its shard, its model, its optimizer, its algorithm.
+"""One peer's share of the work, built the same way wherever it runs: from a task, its model, shard,
+optimizer and algorithm.
 
-The peer process and the lockstep simulation (simulate.py) both build
-replicas here, so a real swarm and its simulation start from identical state.
+The peer process, the in-process runner and the lockstep simulation
+(simulate.py) all build replicas here, so a real swarm and its simulation
+start from identical state.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
 
 import torch
 
-from .algorithms import ADMM, Algorithm, Gossip, exact_solver, inexact_solver
+from .algorithms import ADMM, Algorithm, Gossip
 from .attacks import Attack, AttackSpecError, attack_for, parse_attacks
+from .builtin_tasks import task_from_options
 from .config import ConfigError, PeerConfig
-from .data import TASKS, Shard, check_partition, load_shard
-from .models import Trainer, build_model, resolve_model_name
-from .problems import has_reference, local_problem
+from .task import TaskError, build_optimizer, evaluate, task_defaults
 from .topology import Topology
+from .training import Batches, LocalTrainer, as_dataset, resolve_device
 
 
 @dataclass
 class Replica:
     peer_id: str
-    shard: Shard
+    task: Any  # None under the Python API: the user's own loop trains
     model: torch.nn.Module
-    trainer: Trainer
+    trainer: LocalTrainer | None  # None under the Python API
     algorithm: Algorithm
-    lr_at: callable
+    device: torch.device
+    lr_at: Callable[[int, float], float]  # (round, a group's base rate) -> its rate this round
+    local_steps: int
+    # What every peer of the swarm must share for their messages to mix (wire.fingerprint).
+    agreement: dict = field(default_factory=dict)
     attack: Attack | None = None  # this peer lies to its neighbours (an experiment's --attack)
+
+    @property
+    def shard_size(self) -> int | None:
+        return len(self.trainer.batches) if self.trainer is not None else None
 
     def sent(self, round_: int) -> dict[str, torch.Tensor]:
         """What this peer sends in ``round_``: its outgoing tensors, or the attack's corruption of them."""
@@ -35,18 +47,44 @@ class Replica:
         return self.attack.corrupt(outgoing, round_) if self.attack else outgoing
 
     def train(self, round_: int) -> float | None:
-        """This round's local work (SGD steps or an ADMM local solve); its loss, or None if there was none."""
-        self.trainer.set_lr(self.lr_at(round_))
-        return self.algorithm.local_step(round_)
+        """This round's local work (optimizer steps, or ADMM's exact solve); its loss, or None if there was none."""
+        self.trainer.set_lr(lambda base: self.lr_at(round_, base))
+        self.algorithm.begin_local(round_)
+        loss = None
+        if self.algorithm.takes_steps and self.local_steps:
+            if self.algorithm.restarts_optimizer:
+                self.trainer.reset_optimizer_state()
+            loss = self.trainer.steps(self.local_steps)
+        return self.algorithm.end_local(round_, loss)
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.task, self.model) if self.task is not None else {}
 
 
-def check_run(config: PeerConfig, topology: Topology) -> None:
-    """Refuse option combinations that cannot work on this topology, before anything starts."""
+def exchanged_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What gossip mixes: every parameter and every floating-point buffer (BatchNorm's running
+    statistics). Integer buffers (num_batches_tracked) are counters of this peer's own steps and stay local."""
+    tensors: dict[str, torch.Tensor] = dict(model.named_parameters())
+    tensors.update((name, b) for name, b in model.named_buffers() if b.is_floating_point())
+    return tensors
+
+
+@lru_cache(maxsize=16)
+def _task(task: str, dataset: str, model: str, hidden: int, partition: str):
+    # One task object per process and configuration: an in-process swarm loads its data once.
+    return task_from_options(task, dataset, model, hidden, partition)
+
+
+def resolve_task(config: PeerConfig):
     try:
-        resolve_model_name(config.model, TASKS[config.dataset])
-        check_partition(config.dataset, config.partition)
-    except ValueError as error:  # DataError is one
+        return _task(config.task, config.dataset, config.model, config.hidden, config.partition)
+    except (TaskError, ValueError) as error:
         raise ConfigError(str(error)) from None
+
+
+def check_run(config: PeerConfig, topology: Topology, task=None) -> None:
+    """Refuse option combinations that cannot work on this topology and task, before anything starts."""
+    task = task if task is not None else resolve_task(config)
     if config.attack:
         try:
             parse_attacks([config.attack], config.seed, topology.ids)
@@ -60,52 +98,82 @@ def check_run(config: PeerConfig, topology: Topology) -> None:
         kind = "directed" if topology.directed else "time-varying"
         raise ConfigError(f"ADMM needs a static undirected graph, and {topology.name} is {kind}; "
                           "use gossip on it, or a static undirected topology")
-    if config.admm_solver == "exact" and not has_reference(config.dataset):
-        raise ConfigError(f"--admm-solver exact needs a convex dataset (synthetic-lstsq, breast-cancer), "
-                          f"not {config.dataset}; use --admm-solver inexact")
-    if not uses_exact_solver(config) and config.local_steps < 1:
+    if config.admm_solver == "exact" and not hasattr(task, "local_problem"):
+        raise ConfigError(f"--admm-solver exact needs a convex task with a closed-form local problem "
+                          f"(synthetic-lstsq, breast-cancer), not {getattr(task, 'name', task)}; use --admm-solver inexact")
+    if not uses_exact_solver(config, task) and config.local_steps < 1:
         raise ConfigError("the inexact ADMM solver takes --local-steps optimizer steps per round; use at least 1")
+    admm_penalty(config, task)
 
 
-def uses_exact_solver(config: PeerConfig) -> bool:
-    return config.admm_solver == "exact" or (config.admm_solver == "auto" and has_reference(config.dataset))
+def uses_exact_solver(config: PeerConfig, task) -> bool:
+    return config.admm_solver == "exact" or (config.admm_solver == "auto" and hasattr(task, "local_problem"))
 
 
-def build_replica(config: PeerConfig, topology: Topology, peer_id: str) -> Replica:
-    check_run(config, topology)
-    index = topology.index(peer_id)
-    shard = load_shard(config.dataset, config.partition, topology.size, index, config.seed)
-    # per-peer: a seed of the peer's own, apart from the batch seeds below.
-    init_seed = config.seed if config.init == "same" else config.seed * 1_000_003 + index + 1
-    model = build_model(config.model, shard.n_features, shard.n_classes, task=shard.task,
-                        hidden=config.hidden, seed=init_seed)
-    trainer = Trainer(model, shard.x, shard.y, task=shard.task, batch_size=config.batch_size, lr=config.lr,
-                      momentum=config.momentum, weight_decay=config.weight_decay,
-                      # Each peer draws its own batches; a fixed odd multiplier keeps seeds apart.
-                      seed=config.seed * 100_003 + index)
-    parameters = dict(model.named_parameters())
+def admm_penalty(config: PeerConfig, task) -> float:
+    """ADMM's c: --admm-penalty if given, else the task's default."""
+    penalty = config.admm_penalty or getattr(task, "admm_penalty", 0.0)
+    if not penalty:
+        raise ConfigError("ADMM needs its penalty c and this task sets none: pass --admm-penalty C (admm_penalty=C "
+                          "in the Python API; docs/admm.md shows how to choose it), or give the task an "
+                          "admm_penalty attribute")
+    return float(penalty)
 
-    def sgd_steps(round_: int) -> float | None:
-        return trainer.local_steps(config.local_steps) if config.local_steps else None
 
+def agreement(config: PeerConfig, task) -> dict:
+    """The settings every peer's algorithm must share (hashed into the fingerprint with the tensors'
+    layout); learning rates, local steps and the like may differ between peers."""
+    if config.algo == "admm":
+        return {"algorithm": "admm", "admm_penalty": admm_penalty(config, task)}
+    return {"algorithm": config.algo}
+
+
+def build_algorithm(config: PeerConfig, topology: Topology, peer_id: str, model: torch.nn.Module,
+                    penalty: float = 0.0, problem=None) -> Algorithm:
+    """The algorithm of ``config.algo`` over ``model``'s tensors (ADMM: ``penalty`` c, and ``problem``
+    for exact local solves)."""
     if config.algo == "gossip":
-        algorithm: Algorithm = Gossip(peer_id, lambda round_: topology.mixing_row(peer_id, round_), parameters,
-                                      sgd_steps, aggregator=config.aggregator, robust_b=config.robust_b)
-    else:
-        algorithm = ADMM(topology.in_neighbours(peer_id), parameters, config.penalty(),
-                         _admm_solver(config, topology, shard, parameters, trainer))
+        return Gossip(peer_id, lambda round_: topology.mixing_row(peer_id, round_), exchanged_tensors(model),
+                      aggregator=config.aggregator, robust_b=config.robust_b)
+    return ADMM(topology.in_neighbours(peer_id), dict(model.named_parameters()), penalty, problem)
+
+
+def build_replica(config: PeerConfig, topology: Topology, peer_id: str, task=None) -> Replica:
+    task = task if task is not None else resolve_task(config)
+    check_run(config, topology, task)
+    index = topology.index(peer_id)
+    try:
+        device = resolve_device(config.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    # per-peer: a seed of the peer's own, apart from the batch seeds below.
+    torch.manual_seed(config.seed if config.init == "same" else config.seed * 1_000_003 + index + 1)
+    model = task.build_model().to(device)
+    try:
+        dataset, collate, loader_batch_size = as_dataset(task.shard(index, topology.size, config.seed))
+    except (TaskError, TypeError) as error:
+        raise ConfigError(str(error)) from None
+    # Each peer draws its own batches; a fixed odd multiplier keeps seeds apart.
+    batches = Batches(dataset, loader_batch_size or config.batch_size, config.seed * 100_003 + index, collate)
+    optimizer = build_optimizer(task, model.parameters(), config.lr, config.momentum, config.weight_decay)
+    problem = task.local_problem(dataset, topology.size) if uses_exact_solver(config, task) else None
+    algorithm = build_algorithm(config, topology, peer_id, model, admm_penalty(config, task) if config.algo == "admm"
+                                else 0.0, problem)
+    trainer = LocalTrainer(model, task, batches, optimizer, device, algorithm.before_step)
     attack = attack_for(parse_attacks([config.attack] if config.attack else [], config.seed, topology.ids), peer_id)
-    return Replica(peer_id, shard, model, trainer, algorithm, config.lr_at, attack)
+    return Replica(peer_id, task, model, trainer, algorithm, device, config.lr_at, config.local_steps,
+                   agreement(config, task), attack)
 
 
-def _admm_solver(config: PeerConfig, topology: Topology, shard: Shard, parameters, trainer: Trainer):
-    if uses_exact_solver(config):
-        return exact_solver(local_problem(shard.task, shard.x, shard.y, topology.size))
-
-    def solve_steps(penalty) -> float:
-        # Each x-update is a new subproblem (the penalty's centre and the dual moved):
-        # momentum from the last one points the wrong way and makes the duals oscillate.
-        trainer.reset_optimizer_state()
-        return trainer.local_steps(config.local_steps, penalty)
-
-    return inexact_solver(parameters, solve_steps)
+def resolve_config(explicit: dict, base: PeerConfig | None = None) -> PeerConfig:
+    """A run's configuration. From a --config file (``base``, complete, as the launcher writes it) with
+    the command line's ``explicit`` options over it; or from the defaults, then the task's own defaults
+    (``Task.defaults``) for the options the command line does not set, then the command line."""
+    if base is not None:
+        return base.replace(**explicit).validate()
+    config = PeerConfig.from_dict(explicit).validate()
+    defaults = {name: value for name, value in task_defaults(resolve_task(config)).items() if name not in explicit}
+    try:
+        return config.replace(**defaults).validate()
+    except ConfigError as error:
+        raise ConfigError(f"the defaults of the task {config.task}: {error}") from None

@@ -25,14 +25,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, PeerConfig, add_training_options
+from .config import ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder
 from .faults import FaultPlan, FaultSpecError
 from .keys import KeyFileError
 from .keys import generate as generate_keys
 from .inprocess import local_endpoints, run_in_process
 from .peer import configure_logging
-from .replica import check_run
-from .problems import centralized_optimum, has_reference
+from .replica import check_run, resolve_config, resolve_task
+from .task import task_name
 from .results import consensus_distance, load_model, peer_outcome, relative_error
 from .storage import atomic_torch_save, atomic_write_json
 from .topology import Topology, TopologyError, dump_topology, generate, load_topology, relocate
@@ -40,9 +40,7 @@ from .topology import Topology, TopologyError, dump_topology, generate, load_top
 DEFAULT_TOPOLOGY = "ring8 (built in: ring of 8 peers on 127.0.0.1:25000-25007)"
 # How long peers get to exit after SIGTERM before they are killed.
 STOP_GRACE_SECONDS = 10.0
-# Launcher options that are not peer options.
-LAUNCHER_ONLY = ("topology", "base_port", "timeout", "out", "in_process", "kill", "restart", "pause", "join",
-                 "keys", "insecure")
+PEER_FIELDS = {f.name for f in dataclasses.fields(PeerConfig)}
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+)$")
 
 
@@ -65,63 +63,54 @@ class PeerProcess:
     exit_code: int | None = None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    parser = new_parser(
+        defaults,
         prog="scripts/launch_swarm.py",
         description="Start one p2ptrain peer process per peer of TOPOLOGY on this machine, show their "
                     "progress, and write DIR/summary.json. Training options are passed to every peer.",
     )
-    parser.add_argument("topology", nargs="?", default="",
-                        help=f"topology file (default: {DEFAULT_TOPOLOGY})")
-    parser.add_argument("--out", default="", help="run directory (default: runs/TOPOLOGY-ALGO-TIME)")
-    parser.add_argument("--base-port", type=int, default=0,
-                        help="move peer i to port BASE+i on its host, to run beside another swarm")
-    parser.add_argument("--run-id", default="", help="run id shared by the peers (default: the run directory's name)")
-    parser.add_argument("--timeout", type=float, default=0.0,
-                        help="stop every peer after this many seconds (default: no limit)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    parser.add_argument("--kill", action="append", default=[], metavar="PEER@ROUND",
-                        help="fault injection: SIGKILL PEER when it has completed ROUND rounds (repeatable)")
-    parser.add_argument("--restart", action="append", default=[], metavar="PEER@+SECONDS",
-                        help="start a killed PEER again SECONDS later, with --resume (use --checkpoint-every)")
-    parser.add_argument("--pause", action="append", default=[], metavar="PEER@ROUND:SECONDS",
-                        help="SIGSTOP PEER at ROUND, SIGCONT it SECONDS later (repeatable)")
-    parser.add_argument("--join", action="append", default=[], metavar="PEER@ROUND",
-                        help="hold PEER back and start it with --join once the others reach ROUND: it asks a "
+    add = option_adder(parser, defaults)
+    add("topology", nargs="?", default="",
+        help=f"topology file (default: {DEFAULT_TOPOLOGY})")
+    add("--out", default="", help="run directory (default: runs/TOPOLOGY-ALGO-TIME)")
+    add("--base-port", type=int, default=0,
+        help="move peer i to port BASE+i on its host, to run beside another swarm")
+    add("--run-id", default="", help="run id shared by the peers (default: the run directory's name)")
+    add("--timeout", type=float, default=0.0,
+        help="stop every peer after this many seconds (default: no limit)")
+    add("--overwrite", action="store_true", help="replace an earlier run in --out")
+    add("--kill", action="append", default=[], metavar="PEER@ROUND",
+        help="fault injection: SIGKILL PEER when it has completed ROUND rounds (repeatable)")
+    add("--restart", action="append", default=[], metavar="PEER@+SECONDS",
+        help="start a killed PEER again SECONDS later, with --resume (use --checkpoint-every)")
+    add("--pause", action="append", default=[], metavar="PEER@ROUND:SECONDS",
+        help="SIGSTOP PEER at ROUND, SIGCONT it SECONDS later (repeatable)")
+    add("--join", action="append", default=[], metavar="PEER@ROUND",
+        help="hold PEER back and start it with --join once the others reach ROUND: it asks a "
                              "neighbour for its state and continues from there (gossip; repeatable)")
-    parser.add_argument("--keys", default="", metavar="DIR",
-                        help="CurveZMQ keys of the peers (python -m p2ptrain.keys generate); by default the "
+    add("--keys", default="", metavar="DIR",
+        help="CurveZMQ keys of the peers (python -m p2ptrain.keys generate); by default the "
                              "launcher makes fresh ones in DIR/keys")
-    parser.add_argument("--insecure", action="store_true",
-                        help="run without CurveZMQ: plain, unauthenticated connections")
-    parser.add_argument("--in-process", nargs="?", const="inproc", default="", choices=["inproc", "ipc"],
-                        help="run every peer as a task of this one process, over inproc (default) or ipc "
+    add("--insecure", action="store_true",
+        help="run without CurveZMQ: plain, unauthenticated connections")
+    add("--in-process", nargs="?", const="inproc", default="", choices=["inproc", "ipc"],
+        help="run every peer as a task of this one process, over inproc (default) or ipc "
                              "sockets, for swarms too large for a process per peer; logs go to DIR/peers.log")
-    add_training_options(parser)
+    add_training_options(parser, defaults)
     return parser
 
 
-def peer_arguments(args: argparse.Namespace) -> list[str]:
-    """The training options of ``args`` as a peer's command line (every option explicit, for the record)."""
-    probe = argparse.ArgumentParser(add_help=False)
-    add_training_options(probe)
-    argv = []
-    for action in probe._actions:
-        value = getattr(args, action.dest)
-        argv += [action.option_strings[0], str(value)]
-    return argv
-
-
-def swarm_keys(args: argparse.Namespace, topology: Topology, run_dir: Path) -> Path | None:
+def swarm_keys(options: LaunchOptions, topology: Topology, run_dir: Path) -> Path | None:
     """The keys directory the peers get: --keys, or fresh keys in RUN_DIR/keys; None when insecure."""
-    if args.in_process == "inproc":
+    if options.in_process == "inproc":
         return None  # inproc messages never leave this process: nothing to encrypt or authenticate
-    if args.insecure:
+    if options.insecure:
         print("launch_swarm: --insecure: the peers' connections are neither encrypted nor authenticated",
               file=sys.stderr)
         return None
-    if args.keys:
-        return Path(args.keys)
+    if options.keys:
+        return Path(options.keys)
     generate_keys(topology, run_dir / "keys", force=True)
     print(f"CurveZMQ keys for {topology.size} peers made in {run_dir / 'keys'} (--insecure to run without)",
           flush=True)
@@ -173,16 +162,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_peers(topology_file: Path, topology: Topology, run_dir: Path, run_id: str,
-                training_argv: list[str], held_back: set[str] = frozenset()) -> list[PeerProcess]:
+def start_peers(config_file: Path, topology: Topology, run_dir: Path,
+                held_back: set[str] = frozenset()) -> list[PeerProcess]:
     """Start a process per peer, except the ``held_back`` ones (they join later, see join_peer)."""
     peers = []
     for peer_id in topology.ids:
         out = run_dir / "peers" / peer_id
         out.mkdir(parents=True, exist_ok=True)
         log_file = open(out / "peer.log", "wb")
-        command = (sys.executable, "-m", "p2ptrain.peer", "--topology", str(topology_file), "--peer", peer_id,
-                   "--out", str(out), "--run-id", run_id, *training_argv)
+        command = (sys.executable, "-m", "p2ptrain.peer", "--config", str(config_file), "--peer", peer_id,
+                   "--out", str(out))
         process = None if peer_id in held_back else _spawn(command, log_file)
         peers.append(PeerProcess(peer_id, out, process, log_file, command))
     return peers
@@ -416,88 +405,126 @@ async def run_here(topology: Topology, config: PeerConfig, run_dir: Path, progre
     return peers, timed_out
 
 
+@dataclass
+class LaunchOptions:
+    """What the launcher itself does, apart from the peers' configuration."""
+
+    out: str = ""
+    overwrite: bool = False
+    timeout: float = 0.0
+    in_process: str = ""  # "", "inproc" or "ipc"
+    kill: list[str] = dataclasses.field(default_factory=list)
+    restart: list[str] = dataclasses.field(default_factory=list)
+    pause: list[str] = dataclasses.field(default_factory=list)
+    join: list[str] = dataclasses.field(default_factory=list)
+    keys: str = ""
+    insecure: bool = False
+
+
+LAUNCH_FIELDS = tuple(f.name for f in dataclasses.fields(LaunchOptions))
+
+
+def parse(argv: list[str] | None) -> tuple[PeerConfig, Topology, LaunchOptions]:
+    """The launcher's command line: the peers' configuration (with the task's defaults where the
+    command line sets nothing), the topology and the launcher's own options."""
+    everything, explicit = given_options(build_parser, argv)
+    options = LaunchOptions(**{name: everything[name] for name in LAUNCH_FIELDS})
+    training = {name: value for name, value in explicit.items() if name in PEER_FIELDS}
+    config = resolve_config(training)
+    topology = load_topology(everything["topology"]) if everything["topology"] else \
+        generate("ring", 8, base_port=25000, name="ring8")
+    if everything["base_port"]:
+        topology = with_ports(topology, everything["base_port"])
+    return config, topology, options
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        config = PeerConfig.from_dict({k: v for k, v in vars(args).items() if k not in LAUNCHER_ONLY}).validate()
-        if args.topology:
-            topology = load_topology(args.topology)
-        else:
-            topology = generate("ring", 8, base_port=25000, name="ring8")
-        if args.base_port:
-            topology = with_ports(topology, args.base_port)
-        check_run(config, topology)
-        faults = FaultPlan.parse(args.kill, args.restart, args.pause, topology.ids, args.join)
-        if args.in_process and (args.kill or args.restart or args.pause or args.join):
+        config, topology, options = parse(argv)
+    except (ConfigError, TopologyError, LaunchError) as error:
+        print(f"launch_swarm: error: {error}", file=sys.stderr)
+        return 2
+    return launch(config, topology, options)
+
+
+def launch(config: PeerConfig, topology: Topology, options: LaunchOptions) -> int:
+    """Run every peer of ``topology`` with ``config`` on this machine, show their progress, write
+    RUN/summary.json; returns the launcher's exit code."""
+    try:
+        task = resolve_task(config)
+        check_run(config, topology, task)
+        faults = FaultPlan.parse(options.kill, options.restart, options.pause, topology.ids, options.join)
+        if options.in_process and (options.kill or options.restart or options.pause or options.join):
             raise LaunchError("--kill, --restart, --pause and --join act on peer processes; drop --in-process")
-        if args.join:
+        if options.join:
             # The others do not wait for the latecomers in their first round.
-            args.absent = ",".join(sorted(config.absent_peers() | set(faults.joins)))
-        if args.restart and not args.checkpoint_every:
+            config = config.replace(absent=",".join(sorted(config.absent_peers() | set(faults.joins))))
+        if options.restart and not config.checkpoint_every:
             print("launch_swarm: warning: --restart without --checkpoint-every restarts peers from round 0",
                   file=sys.stderr)
-        if not args.in_process:
+        if not options.in_process:
             check_endpoints_free(topology)
-        if args.in_process == "inproc" and args.keys:
+        if options.in_process == "inproc" and options.keys:
             raise LaunchError("--keys with --in-process: inproc sockets have no CurveZMQ handshake; "
                               "use --in-process ipc, or drop --keys")
-        if args.insecure and args.keys:
+        if options.insecure and options.keys:
             raise LaunchError("--insecure and --keys contradict each other; pick one")
     except (ConfigError, TopologyError, LaunchError, FaultSpecError) as error:
         print(f"launch_swarm: error: {error}", file=sys.stderr)
         return 2
 
-    run_dir = Path(args.out or Path("runs") / f"{topology.name}-{args.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(options.out or Path("runs") / f"{topology.name}-{config.algo}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (run_dir / "summary.json").exists() or (run_dir / "peers").exists():
-        if not args.overwrite:
+        if not options.overwrite:
             print(f"launch_swarm: error: {run_dir} holds an earlier run; pass another --out, "
                   "or --overwrite to replace it", file=sys.stderr)
             return 2
         shutil.rmtree(run_dir / "peers", ignore_errors=True)
         (run_dir / "summary.json").unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = args.run_id or run_dir.name
-    if args.in_process:
-        topology = local_endpoints(topology, run_id, args.in_process)
+    run_id = config.run_id or run_dir.name
+    if options.in_process:
+        topology = local_endpoints(topology, run_id, options.in_process)
     topology_file = run_dir / "topology.toml"
     topology_file.write_text(dump_topology(topology, "The topology this run used, as the launcher gave it to the peers."))
-    training_argv = peer_arguments(args)
     try:
-        keys_dir = swarm_keys(args, topology, run_dir)
+        keys_dir = swarm_keys(options, topology, run_dir)
     except KeyFileError as error:
         print(f"launch_swarm: error: {error}", file=sys.stderr)
         return 2
-    if keys_dir:
-        training_argv += ["--keys", str(keys_dir)]
     reference = None
-    if has_reference(args.dataset):
+    if hasattr(task, "centralized_optimum"):
         # Computed once here, from all the data, only to measure the peers against.
-        reference = centralized_optimum(args.dataset, topology.size)
+        reference = task.centralized_optimum(topology.size)
         atomic_torch_save(reference, run_dir / "reference.pt")
-        training_argv += ["--reference", str(run_dir / "reference.pt")]
-    mode = f"in this process over {args.in_process}" if args.in_process else "as processes"
-    print(f"starting {topology.size} peers of {topology.name} ({args.algo}, {args.dataset}, {args.partition}) "
+    # One configuration for every peer, in a file: the peers read it as it is, nothing is re-parsed.
+    config = config.replace(topology=str(topology_file), run_id=run_id, keys=str(keys_dir or ""),
+                            reference=str(run_dir / "reference.pt") if reference is not None else "",
+                            task=_portable_task(config.task))
+    config_file = run_dir / "peer-config.json"
+    atomic_write_json(config_file, config.to_dict())
+    mode = f"in this process over {options.in_process}" if options.in_process else "as processes"
+    print(f"starting {topology.size} peers of {topology.name} ({config.algo}, {task_name(task)}, {config.partition}) "
           f"{mode}, in {run_dir}", flush=True)
-    progress = Progress(args.rounds, time.monotonic())
+    progress = Progress(config.rounds, time.monotonic())
     started_unix_time = time.time()
-    launch = {"argv": sys.argv, "run_id": run_id, "peer_argv": training_argv, "mode": args.in_process or "processes"}
+    launch_record = {"argv": sys.argv, "run_id": run_id, "config": str(config_file),
+                     "mode": options.in_process or "processes"}
     interrupted = None
-    if args.in_process:
-        atomic_write_json(run_dir / "launch.json", launch)
-        configure_logging(args.log_level, run_dir / "peers.log")
-        config = dataclasses.replace(config, topology=str(topology_file), run_id=run_id, keys=str(keys_dir or ""),
-                                     reference=str(run_dir / "reference.pt") if reference is not None else "")
-        peers, timed_out = asyncio.run(run_here(topology, config, run_dir, progress, args.timeout))
+    if options.in_process:
+        atomic_write_json(run_dir / "launch.json", launch_record)
+        configure_logging(config.log_level, run_dir / "peers.log")
+        peers, timed_out = asyncio.run(run_here(topology, config, run_dir, progress, options.timeout))
         stopped = {p.exit_code for p in peers} & {128 + signal.SIGINT, 128 + signal.SIGTERM}
         # A timeout stops the peers like a signal, but the run failed rather than being interrupted.
         interrupted = min(stopped) - 128 if stopped and not timed_out else None
     else:
-        peers = start_peers(topology_file, topology, run_dir, run_id, training_argv, set(faults.joins))
+        peers = start_peers(config_file, topology, run_dir, set(faults.joins))
         atomic_write_json(run_dir / "launch.json",
-                          launch | {"pids": {p.id: p.process.pid for p in peers if p.process is not None}})
-        interrupted = supervise(peers, progress, args.timeout, faults, args.recv_timeout)
+                          launch_record | {"pids": {p.id: p.process.pid for p in peers if p.process is not None}})
+        interrupted = supervise(peers, progress, options.timeout, faults, config.recv_timeout)
 
-    summary = summarise(topology, args.algo, peers, time.monotonic() - progress.started, reference)
+    summary = summarise(topology, config.algo, peers, time.monotonic() - progress.started, reference)
     summary["run_id"] = run_id
     if faults.events:
         summary["faults"] = faults.events
@@ -507,9 +534,17 @@ def main(argv: list[str] | None = None) -> int:
     print(summary_table(summary))
     failed = [p.id for p in peers if p.exit_code != 0]
     if failed:
-        where = "peers.log" if args.in_process else "peers/ID/peer.log"
+        where = "peers.log" if options.in_process else "peers/ID/peer.log"
         print(f"launch_swarm: peers {', '.join(failed)} did not finish; see {run_dir}/{where}", file=sys.stderr)
     print(f"summary: {run_dir / 'summary.json'}")
     if interrupted is not None:
         return 128 + interrupted
     return 1 if failed else 0
+
+
+def _portable_task(task: str) -> str:
+    """A task file named relative to here, made absolute: the peers may run elsewhere."""
+    path, _, attribute = task.rpartition(":")
+    if path.endswith(".py"):
+        return f"{Path(path).resolve()}:{attribute}"
+    return task

@@ -138,6 +138,7 @@ class Transport:
         security: CurveSecurity | None = None,
     ):
         self.secure = security is not None
+        self.public_key = security.public_key if security is not None else None
         self._admission: _Admission | None = None
         if security is not None:
             _check_security_applies(bind, out_neighbours, security)
@@ -160,10 +161,16 @@ class Transport:
             raise
         self.closed = False
 
-    def send(self, peer_id: str, frames: Sequence) -> bool:
-        """Queue one message for ``peer_id`` without blocking; False if its queue is full."""
+    def send(self, peer_id: str, frames: Sequence, copy: bool = False) -> bool:
+        """Queue one message for ``peer_id`` without blocking; False if its queue is full.
+
+        With ``copy`` False ZeroMQ reads the frames' memory in place whenever
+        the message goes out (over inproc the receiver reads that very memory),
+        so the caller must not change it afterwards. With ``copy`` True ZeroMQ
+        copies the bytes now: for frames over buffers the caller reuses, such
+        as ``Staging.to_host``'s."""
         try:
-            self._push[peer_id].send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            self._push[peer_id].send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
             return True
         except zmq.Again:
             return False

@@ -129,14 +129,31 @@ def specs_of(tensors: Mapping[str, torch.Tensor]) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
-def fingerprint(specs: Sequence[TensorSpec], salt: str = "") -> str:
-    """A short hash of the tensor layout (and ``salt``, e.g. the model name).
+# What an agreement may hold: flat settings whose JSON text is fixed by PROTOCOL.md section 2.3.
+AgreementValue = str | int | float | bool
 
-    Two peers with different models, or the same model built differently,
-    get different fingerprints, so they never mix each other's parameters.
+
+def canonical_text(specs: Sequence[TensorSpec], agreement: Mapping[str, AgreementValue]) -> str:
+    """The JSON text the fingerprint hashes (PROTOCOL.md section 2.3)."""
+    for key, value in agreement.items():
+        # Nested values, None or non-string keys would make the text depend on more than the
+        # documented rule (json turns 1 and "1" into the same key), so they are refused.
+        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+            raise TypeError(f"agreement entry {key!r}: {value!r}; keys must be str and values str, int, float or bool")
+    document = {"agreement": dict(agreement), "tensors": [[s.name, s.dtype, list(s.shape)] for s in specs]}
+    # allow_nan=False: NaN and Infinity are not JSON, and a NaN setting would never equal itself anyway.
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def fingerprint(specs: Sequence[TensorSpec], agreement: Mapping[str, AgreementValue]) -> str:
+    """A short hash of what every peer of a swarm must share: the tensors of a message and ``agreement``.
+
+    ``agreement`` holds the algorithm's settings that must be equal on every peer, e.g.
+    ``{"algorithm": "gossip"}`` or ``{"algorithm": "admm", "admm_penalty": 100.0}``. Options that only
+    name things (``--model auto`` and ``--model mlp`` building the same network) do not belong in it:
+    the tensors already show whether the networks agree.
     """
-    canonical = json.dumps([salt, [[s.name, s.dtype, list(s.shape)] for s in specs]], separators=(",", ":"))
-    return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
+    return hashlib.blake2b(canonical_text(specs, agreement).encode("utf-8"), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -175,7 +192,12 @@ def encode(
 
     The caller must not modify those tensors in place until the frames are
     sent (the peer replaces parameter storage when it mixes, so it never does).
+    The tensors must be in host memory.
     """
+    for name, tensor in tensors.items():
+        if tensor.device.type != "cpu":
+            raise TypeError(f"tensor {name!r} is on {tensor.device}; the wire carries host memory: "
+                            "stage it with p2ptrain.staging.Staging.to_host first")
     specs = specs_of(tensors)
     header = {
         "version": PROTOCOL_VERSION,
@@ -239,10 +261,7 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
     if round_ < 0:
         raise MalformedHeader(f"negative round {round_}")
     if fp != contract.fingerprint:
-        raise FingerprintMismatch(
-            f"model fingerprint {fp} from {sender!r}, this peer's is {contract.fingerprint}: "
-            "the peers were started with different models or datasets"
-        )
+        raise _fingerprint_mismatch(fp, sender, kind, specs, contract)
     expected_specs = () if kind in EMPTY_KINDS else contract.specs
     if len(specs) != len(expected_specs):
         raise TensorSpecMismatch(f"{len(specs)} tensors described, a {kind} message of this model has "
@@ -262,6 +281,81 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
         nbytes += buffer.nbytes
         tensors[expected.name] = _tensor_from(buffer, expected)
     return Message(kind, sender, run_id, round_, fp, tensors, nbytes)
+
+
+SAME_TENSORS = ("same tensors, so the algorithm's settings differ (algorithm, ADMM penalty, message layout): "
+                "start every peer with the same ones")
+
+
+def _fingerprint_mismatch(fp: str, sender: str, kind: str, described: list, contract: Contract) -> FingerprintMismatch:
+    """The error for a foreign fingerprint, saying what differs where the header shows it.
+
+    The header's tensor list comes from the sender and is not checked yet (that is step 9), so
+    nothing in it is trusted: a malformed list only leaves the reason unexplained.
+    """
+    head = f"model fingerprint {fp} from {sender!r}, this peer's is {contract.fingerprint}"
+    if kind in EMPTY_KINDS:
+        return FingerprintMismatch(f"{head}: the peers' models or algorithm settings differ "
+                                   f"(a {kind} carries no tensors to compare)")
+    theirs = _described_specs(described)
+    if theirs is None:
+        return FingerprintMismatch(f"{head}; its tensor list is malformed, so what differs is unknown")
+    return FingerprintMismatch(f"{head}: {_difference(theirs, contract.specs, sender)}")
+
+
+def _described_specs(described: list) -> list[TensorSpec] | None:
+    specs = []
+    for item in described:
+        if not isinstance(item, dict):
+            return None
+        name, dtype, shape = item.get("name"), item.get("dtype"), item.get("shape")
+        if not (isinstance(name, str) and isinstance(dtype, str) and isinstance(shape, list)
+                and all(type(dim) is int for dim in shape)):
+            return None
+        specs.append(TensorSpec(name, dtype, tuple(shape)))
+    return specs
+
+
+def _algorithm_named(specs: Sequence[TensorSpec]) -> str:
+    # ADMM sends x/NAME and sum/NAME; parameter names (gossip) never hold a slash.
+    if specs and all(s.name.startswith(("x/", "sum/")) for s in specs):
+        return "ADMM"
+    return "gossip"
+
+
+def _shown(value: Any) -> str:
+    # The sender's strings may be long (the header may be 1 MiB); a log line need not be.
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _difference(theirs: Sequence[TensorSpec], ours: Sequence[TensorSpec], sender: str) -> str:
+    their_algorithm, our_algorithm = _algorithm_named(theirs), _algorithm_named(ours)
+    if theirs and ours and their_algorithm != our_algorithm:
+        return (f"{sender!r} sends {their_algorithm} tensors and this peer {our_algorithm} ones (gossip messages "
+                "carry the parameter names, ADMM messages x/NAME and sum/NAME): the peers run different "
+                "algorithms; start every peer with the same one")
+    differences = []
+    if len(theirs) != len(ours):
+        differences.append(f"{len(theirs)} tensors from {sender!r}, {len(ours)} here")
+    first = _first_tensor_difference(theirs, ours, sender)
+    if first:
+        differences.append(first)
+    return "; ".join(differences) or SAME_TENSORS
+
+
+def _first_tensor_difference(theirs: Sequence[TensorSpec], ours: Sequence[TensorSpec], sender: str) -> str | None:
+    # The first is enough to find the cause; the ones after it usually follow from it.
+    for index, (their, our) in enumerate(zip(theirs, ours)):
+        if their.name != our.name:
+            return f"tensor {index} is {_shown(their.name)} from {sender!r}, {our.name!r} here"
+        if their.dtype != our.dtype:
+            # A wire dtype name as it is; anything else quoted, as the sender's text it is.
+            dtype = their.dtype if their.dtype in DTYPES else _shown(their.dtype)
+            return f"tensor {our.name!r}: dtype {dtype} from {sender!r}, {our.dtype} here"
+        if their.shape != our.shape:
+            return f"tensor {our.name!r}: shape {_shown(list(their.shape))} from {sender!r}, {list(our.shape)} here"
+    return None
 
 
 def _check_spec(described: Any, expected: TensorSpec) -> None:

@@ -28,7 +28,7 @@ def honest_accuracies(config: PeerConfig, topology, states: dict) -> list[float]
     for peer_id, state in states.items():
         if peer_id != ATTACKER:
             replica.model.load_state_dict(state)
-            accuracies.append(replica.trainer.evaluate(replica.shard.x_test, replica.shard.y_test)[1])
+            accuracies.append(replica.evaluate()["test_accuracy"])
     return accuracies
 
 

@@ -8,7 +8,8 @@ import socket
 import pytest
 
 from p2ptrain import peer, swarm
-from p2ptrain.config import ConfigError, resolve_peer_id
+from p2ptrain.config import ConfigError, PeerConfig, build_parser, given_options, resolve_peer_id
+from p2ptrain.replica import resolve_config
 
 from .conftest import free_port_block
 from .processes import ROOT
@@ -99,14 +100,27 @@ def test_launcher_refuses_endpoints_of_other_machines(tmp_path, capsys):
     assert "start remote peers with python -m p2ptrain.peer on their own hosts" in capsys.readouterr().err
 
 
-def test_launcher_passes_every_training_option_to_the_peers():
-    args = swarm.build_parser().parse_args(["--rounds", "7", "--partition", "dirichlet:0.3", "--lr", "0.05"])
-    argv = swarm.peer_arguments(args)
-    assert argv[argv.index("--rounds") + 1] == "7"
-    assert argv[argv.index("--partition") + 1] == "dirichlet:0.3"
-    assert argv[argv.index("--lr") + 1] == "0.05"
-    config = peer.build_parser().parse_args(["--topology", "t", *argv])
+def test_launcher_hands_the_peers_one_configuration_file_that_their_command_line_can_override(tmp_path):
+    config, topology, options = swarm.parse(["--rounds", "7", "--partition", "dirichlet:0.3", "--lr", "0.05",
+                                             "--out", str(tmp_path / "run"), "--timeout", "9"])
     assert (config.rounds, config.partition, config.lr) == (7, "dirichlet:0.3", 0.05)
+    assert (options.out, options.timeout, topology.name) == (str(tmp_path / "run"), 9.0, "ring8")
+    path = tmp_path / "peer-config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    # What a launched peer does with its command line: the file, then the options given explicitly.
+    everything, explicit = given_options(build_parser, ["--config", str(path), "--lr", "0.1", "--resume"])
+    assert explicit == {"config": str(path), "lr": 0.1, "resume": True}  # defaults are not "given"
+    resolved = resolve_config({k: v for k, v in explicit.items() if k != "config"}, PeerConfig.from_file(path))
+    assert (resolved.rounds, resolved.partition, resolved.lr, resolved.resume) == (7, "dirichlet:0.3", 0.1, True)
+
+
+def test_a_tasks_defaults_fill_in_what_the_command_line_does_not_set(tmp_path):
+    task_file = tmp_path / "mine.py"
+    task_file.write_text("from p2ptrain.builtin_tasks import builtin_task\n"
+                         "task = builtin_task('digits')\n"
+                         "task.defaults = {'lr': 0.02, 'rounds': 33}\n")
+    config, _, _ = swarm.parse(["--task", f"{task_file}:task", "--rounds", "5"])
+    assert (config.lr, config.rounds) == (0.02, 5)  # the task's lr; the command line's rounds
 
 
 @pytest.mark.parametrize(
@@ -115,7 +129,7 @@ def test_launcher_passes_every_training_option_to_the_peers():
         (["topologies/exponential16.toml", "--algo", "admm"], "ADMM needs a static undirected graph"),
         (["--dataset", "synthetic-lstsq", "--model", "mlp"], "use --model linear"),
         (["--dataset", "digits", "--model", "linear"], "use logreg or mlp"),
-        (["--algo", "admm", "--admm-solver", "exact"], "needs a convex dataset"),
+        (["--algo", "admm", "--admm-solver", "exact"], "needs a convex task"),
         (["--algo", "admm", "--local-steps", "0"], "use at least 1"),
         (["--dataset", "synthetic-lstsq", "--partition", "dirichlet:0.5"], "--partition does not apply"),
     ],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,11 +29,12 @@ STRANGERS = 200
 ROUNDS = 200
 
 
-def receiving_contract(config: PeerConfig, topology, peer_id: str) -> wire.Contract:
-    """What ``peer_id`` accepts, built the way the peer builds it."""
+def receiving_contract(config: PeerConfig, topology, peer_id: str, out: Path) -> wire.Contract:
+    """What ``peer_id`` accepts: its tensors built the way the peer builds them, and the fingerprint
+    it recorded in ``out``/config.json, so the forged messages carry exactly the one it checks."""
     replica = build_replica(config, topology, peer_id)
     specs = wire.specs_of(replica.algorithm.outgoing(0))
-    fingerprint = wire.fingerprint(specs, salt=f"{config.model}/{config.dataset}")
+    fingerprint = json.loads((out / "config.json").read_text())["fingerprint"]
     return wire.Contract(config.run_id, fingerprint, frozenset(topology.in_neighbours(peer_id)), specs)
 
 
@@ -64,7 +66,7 @@ def test_a_peer_under_hostile_traffic_trains_exactly_as_without_it(topology_file
     try:
         # Start once the replayed rounds (0-2) are long past for p0, so they are stale, not new.
         peers["p0"].wait_for_line(r"round 10/", timeout=60)
-        contract = receiving_contract(config, topology, "p0")
+        contract = receiving_contract(config, topology, "p0", tmp_path / "p0")
         member = pusher(context, target, (*p2_keys, server))  # p2's own key: past the handshake
         for name, frames in hostile_messages(MESSAGES, contract, sender="p2", far_round=ROUNDS + 100, seed=7):
             member.send_multipart(frames)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import numpy as np
 import pytest
@@ -87,12 +89,134 @@ def test_header_is_plain_msgpack_without_tensor_bytes():
     }
 
 
-def test_fingerprint_depends_on_layout_and_salt():
-    a = wire.specs_of({"w": torch.zeros(3, 2)})
-    b = wire.specs_of({"w": torch.zeros(2, 3)})
-    assert wire.fingerprint(a, "mlp") == wire.fingerprint(a, "mlp")
-    assert wire.fingerprint(a, "mlp") != wire.fingerprint(b, "mlp")
-    assert wire.fingerprint(a, "mlp") != wire.fingerprint(a, "logreg")
+SPECS = (wire.TensorSpec("fc.weight", "float32", (64, 8)), wire.TensorSpec("fc.bias", "float32", (64,)))
+GOSSIP = {"algorithm": "gossip"}
+ADMM = {"algorithm": "admm", "admm_penalty": 100.0}
+
+
+def replaced(index: int, **changes) -> tuple[wire.TensorSpec, ...]:
+    specs = list(SPECS)
+    specs[index] = dataclasses.replace(specs[index], **changes)
+    return tuple(specs)
+
+
+@pytest.mark.parametrize("specs", [
+    replaced(0, name="fc.w"), replaced(1, dtype="float64"), replaced(0, shape=(32, 8)), replaced(1, shape=()),
+    SPECS[::-1], SPECS[:1], SPECS + (wire.TensorSpec("extra", "float32", (1,)),),
+], ids=["name", "dtype", "shape", "scalar", "order", "fewer", "more"])
+def test_fingerprint_changes_with_any_tensor(specs):
+    assert wire.fingerprint(specs, GOSSIP) != wire.fingerprint(SPECS, GOSSIP)
+
+
+def test_fingerprint_changes_with_the_agreement():
+    # 100 and 100.0, True and 1 are different JSON texts, hence different agreements.
+    agreements = [GOSSIP, {"algorithm": "admm"}, ADMM, ADMM | {"admm_penalty": 10.0}, ADMM | {"admm_penalty": 100},
+                  GOSSIP | {"extra": True}, GOSSIP | {"extra": 1}, {}]
+    assert len({wire.fingerprint(SPECS, agreement) for agreement in agreements}) == len(agreements)
+
+
+def test_fingerprint_is_the_same_for_the_same_inputs_in_any_insertion_order():
+    reordered = {"admm_penalty": 100.0, "algorithm": "admm"}
+    assert list(reordered) != list(ADMM)
+    assert wire.fingerprint(SPECS, reordered) == wire.fingerprint(SPECS, ADMM) == wire.fingerprint(list(SPECS), ADMM)
+    assert len(wire.fingerprint(SPECS, ADMM)) == 16
+
+
+@pytest.mark.parametrize("agreement", [{"penalty": float("nan")}, {"penalty": float("inf")}, {"nested": {"a": 1}},
+                                       {"none": None}, {1: "one"}])
+def test_fingerprint_refuses_an_agreement_outside_the_documented_rule(agreement):
+    with pytest.raises((TypeError, ValueError)):
+        wire.fingerprint(SPECS, agreement)
+
+
+def mismatch(sent: dict, contract_specs=SPECS, kind: str = "params", tensors_field=None) -> str:
+    """decode's FingerprintMismatch text for a message of ``sent`` tensors at a peer holding ``contract_specs``."""
+    frames = received(message(sent, kind=kind, fingerprint="0" * 16))
+    if tensors_field is not None:
+        header = msgpack.unpackb(bytes(frames[0]))
+        frames[0] = bytearray(msgpack.packb(header | {"tensors": tensors_field}))
+    contract = wire.Contract("run", "f" * 16, frozenset({"p1"}), tuple(contract_specs))
+    with pytest.raises(wire.FingerprintMismatch) as raised:
+        wire.decode(frames, contract)
+    assert raised.value.reason == "fingerprint"
+    text = str(raised.value)
+    assert text.startswith("model fingerprint 0000000000000000 from 'p1', this peer's is ffffffffffffffff")
+    return text
+
+
+def tensors_of(specs) -> dict[str, torch.Tensor]:
+    return {s.name: torch.zeros(s.shape, dtype=wire.DTYPES[s.dtype]) for s in specs}
+
+
+def test_a_mismatch_names_a_shape_difference():
+    text = mismatch(tensors_of(replaced(0, shape=(32, 8))))
+    assert text.endswith("tensor 'fc.weight': shape [32, 8] from 'p1', [64, 8] here")
+
+
+def test_a_mismatch_names_a_dtype_difference():
+    text = mismatch(tensors_of(replaced(1, dtype="float64")))
+    assert text.endswith("tensor 'fc.bias': dtype float64 from 'p1', float32 here")
+
+
+def test_a_mismatch_names_a_name_difference():
+    assert mismatch(tensors_of(replaced(1, name="fc.b"))).endswith("tensor 1 is 'fc.b' from 'p1', 'fc.bias' here")
+
+
+def test_a_mismatch_names_a_count_difference():
+    assert mismatch(tensors_of(SPECS[:1])).endswith(": 1 tensors from 'p1', 2 here")
+    extra = SPECS + (wire.TensorSpec("fc2.weight", "float32", (1, 64)),)
+    assert mismatch(tensors_of(extra)).endswith(": 3 tensors from 'p1', 2 here")
+
+
+def test_a_mismatch_between_gossip_and_admm_says_the_algorithms_differ():
+    admm = [wire.TensorSpec(f"x/{s.name}", s.dtype, s.shape) for s in SPECS] + \
+           [wire.TensorSpec(f"sum/{s.name}", "float64", s.shape) for s in SPECS]
+    for sent, here, named in [(admm, SPECS, "'p1' sends ADMM tensors and this peer gossip ones"),
+                              (SPECS, admm, "'p1' sends gossip tensors and this peer ADMM ones")]:
+        text = mismatch(tensors_of(sent), here)
+        assert named in text and "x/NAME and sum/NAME" in text and "the peers run different algorithms" in text
+
+
+def test_a_mismatch_with_the_same_tensors_blames_the_algorithm_settings():
+    text = mismatch(tensors_of(SPECS))
+    assert text.endswith(": same tensors, so the algorithm's settings differ (algorithm, ADMM penalty, "
+                         "message layout): start every peer with the same ones")
+
+
+def test_a_state_request_with_a_foreign_fingerprint_says_it_has_nothing_to_compare():
+    assert "a state_request carries no tensors to compare" in mismatch({}, kind="state_request")
+
+
+@pytest.mark.parametrize("tensors_field", [
+    ["w"], [{"name": 1, "dtype": "float32", "shape": [2]}], [{"name": "w", "shape": [2]}],
+    [{"name": "w", "dtype": "float32", "shape": "2"}], [{"name": "w", "dtype": "float32", "shape": [True]}],
+    [{"name": "w", "dtype": "float32", "shape": [None]}], [None], [[1, 2]],
+])
+def test_a_malformed_tensor_list_only_says_the_fingerprints_differ(tensors_field):
+    text = mismatch(tensors_of(SPECS), tensors_field=tensors_field)
+    assert text.endswith("its tensor list is malformed, so what differs is unknown")
+
+
+SCALARS = st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=8)
+HEADER_VALUES = st.recursive(
+    SCALARS | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["name", "dtype", "shape"]), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(HEADER_VALUES, max_size=4))
+def test_any_tensor_list_with_a_foreign_fingerprint_raises_only_the_fingerprint_mismatch(tensors_field):
+    # mismatch() fails unless decode raised exactly a FingerprintMismatch with the usual opening.
+    mismatch(tensors_of(SPECS), tensors_field=tensors_field)
+
+
+def test_a_mismatch_shortens_what_the_sender_wrote():
+    long_name = "n" * 10_000
+    text = mismatch(tensors_of(SPECS), tensors_field=[{"name": long_name, "dtype": "float32", "shape": [64, 8]},
+                                                      {"name": "fc.bias", "dtype": "float32", "shape": [64]}])
+    assert "tensor 0 is 'nnn" in text and len(text) < 300
 
 
 TENSORS = {"w": torch.ones(2, 3), "b": torch.zeros(3)}

@@ -1,6 +1,6 @@
 """Algorithms: pure tensor math, one round at a time."""
 
-from .admm import ADMM, exact_solver, inexact_solver
+from .admm import ADMM
 from .base import Algorithm, Diverged
 from .gossip import Gossip, effective_weights, mix
 from .robust import AGGREGATORS, AggregatorError, check_aggregator, clipped_mix, trimmed_mean
@@ -8,5 +8,5 @@ from .robust import AGGREGATORS, AggregatorError, check_aggregator, clipped_mix,
 ALGORITHMS = ("gossip", "admm")
 
 __all__ = ["ADMM", "AGGREGATORS", "ALGORITHMS", "AggregatorError", "Algorithm", "Diverged", "Gossip",
-           "check_aggregator", "clipped_mix", "effective_weights", "exact_solver", "inexact_solver", "mix",
+           "check_aggregator", "clipped_mix", "effective_weights", "mix",
            "trimmed_mean"]

@@ -23,14 +23,11 @@ exact value again: nothing is lost for good, and no acknowledgement is needed.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 
 from .base import Algorithm, Tensors, check_finite
-
-# Local solvers: (v, q, x_i) -> (argmin_x f_i(x) + q||x||^2 - <v, x>, loss to report)
-Solver = Callable[[Tensors, float, Tensors], tuple[Tensors, float]]
 
 X_PREFIX, SUM_PREFIX = "x/", "sum/"
 DIVERGENCE_ADVICE = ("the ADMM penalty (--admm-penalty) is probably too small for this problem, or the "
@@ -38,22 +35,31 @@ DIVERGENCE_ADVICE = ("the ADMM penalty (--admm-penalty) is probably too small fo
 
 
 class ADMM(Algorithm):
+    """One peer's ADMM. With ``problem`` (problems.LocalProblem, a single parameter ``x``) the x-update
+    is solved exactly in ``end_local``; without, it is inexact: the round's optimizer steps run on the
+    loss plus q ||x||^2 - <v, x>, whose gradient ``before_step`` adds (DiNNO: Yu, Vincent, Schwager 2022)."""
+
     name = "admm"
 
     def __init__(self, neighbours: tuple[str, ...], parameters: Mapping[str, torch.nn.Parameter],
-                 penalty: float, solver: Solver):
+                 penalty: float, problem=None):
         if penalty <= 0:
             raise ValueError(f"the ADMM penalty must be > 0, got {penalty}")
         self.neighbours = tuple(neighbours)
         self.parameters = dict(parameters)
         self.c = float(penalty)
-        self.solver = solver
+        self.problem = problem
+        # Each x-update is a new subproblem (the penalty's centre and the dual moved): momentum
+        # from the last one points the wrong way and makes the duals oscillate.
+        self.takes_steps = self.restarts_optimizer = problem is None
         start = self._x()
         self.running_sum = {n: torch.zeros_like(t, dtype=torch.float64) for n, t in start.items()}
         # x_j(0) = x_i(0): every peer builds its model from the same seed.
         self.neighbour_x = {j: {n: t.clone() for n, t in start.items()} for j in self.neighbours}
         self.edge_dual = {j: {n: torch.zeros_like(t, dtype=torch.float64) for n, t in start.items()}
                           for j in self.neighbours}
+        self._v: Tensors = {}
+        self._q = 0.0
         self._primal_residual: float | None = None
         self._objective: float | None = None
 
@@ -68,20 +74,41 @@ class ADMM(Algorithm):
                 alpha[n] += value
         return alpha
 
-    def local_step(self, round_: int) -> float:
+    def begin_local(self, round_: int) -> None:
+        """The x-update's v and q (module docstring) from the neighbours' x and the dual."""
         x, alpha, d = self._x(), self.dual(), len(self.neighbours)
-        v = {}
+        self._q = self.c * d
+        self._v = {}
         for n, xi in x.items():
             total = d * xi.double()
             for j in self.neighbours:
                 total = total + self.neighbour_x[j][n].double()
-            v[n] = self.c * total - alpha[n]
-        new, loss = self.solver(v, self.c * d, x)
-        check_finite(new, "x", round_, DIVERGENCE_ADVICE)
+            self._v[n] = (self.c * total - alpha[n]).to(xi.dtype)
+        for p in self.parameters.values():
+            # The optimizer writes in place; x_i as sent last round must not change under ZeroMQ.
+            p.data = p.data.clone()
+
+    def before_step(self) -> None:
+        # The gradient of q ||x||^2 - <v, x>, added to the loss's.
+        with torch.no_grad():
+            for n, p in self.parameters.items():
+                penalty = 2 * self._q * p.detach() - self._v[n]
+                if p.grad is None:
+                    p.grad = penalty
+                else:
+                    p.grad.add_(penalty)
+
+    def end_local(self, round_: int, loss: float | None) -> float | None:
+        if self.problem is not None:
+            x = self._x()["x"]
+            new = self.problem.argmin_augmented(self._v["x"].double(), self._q, x)
+            check_finite({"x": new}, "x", round_, DIVERGENCE_ADVICE)
+            self.parameters["x"].data = new.to(x.dtype)  # new storage: the x sent last round may be queued
+            loss = self.problem.objective(new)
+        else:
+            check_finite(self._x(), "x", round_, DIVERGENCE_ADVICE)
         for n, p in self.parameters.items():
-            # New storage, never in place: the x sent last round may still sit in a ZeroMQ queue.
-            p.data = new[n].to(p.dtype)
-            self.running_sum[n] = self.running_sum[n] + p.data.double()
+            self.running_sum[n] = self.running_sum[n] + p.detach().double()
         self._objective = loss
         return loss
 
@@ -119,35 +146,3 @@ class ADMM(Algorithm):
         self.running_sum = state["running_sum"]
         self.edge_dual = {j: state["edge_dual"][j] for j in self.neighbours}
         self.neighbour_x = {j: state["neighbour_x"][j] for j in self.neighbours}
-
-
-def exact_solver(problem) -> Solver:
-    """Local solve of a convex problem with one parameter vector named ``x`` (problems.py)."""
-
-    def solve(v: Tensors, q: float, x: Tensors) -> tuple[Tensors, float]:
-        new = problem.argmin_augmented(v["x"], q, x["x"])
-        return {"x": new}, problem.objective(new)
-
-    return solve
-
-
-def inexact_solver(parameters: Mapping[str, torch.nn.Parameter], train_steps: Callable) -> Solver:
-    """A few optimizer steps on the augmented loss, warm-started from x_i (DiNNO: Yu, Vincent, Schwager 2022).
-
-    ``train_steps(penalty)`` runs the peer's optimizer on its batch loss plus
-    ``penalty()``, here q ||x||^2 - <v, x>, and returns the mean batch loss.
-    """
-
-    def solve(v: Tensors, q: float, x: Tensors) -> tuple[Tensors, float]:
-        targets = {n: t.to(parameters[n].dtype) for n, t in v.items()}
-        for p in parameters.values():
-            # The optimizer writes in place; x_i as sent last round must not change under ZeroMQ.
-            p.data = p.data.clone()
-
-        def penalty() -> torch.Tensor:
-            return sum(q * torch.sum(p * p) - torch.sum(targets[n] * p) for n, p in parameters.items())
-
-        loss = train_steps(penalty)
-        return {n: p.detach() for n, p in parameters.items()}, loss
-
-    return solve

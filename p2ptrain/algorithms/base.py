@@ -1,4 +1,5 @@
-"""What every algorithm offers the peer: a local step, tensors out for the neighbours, tensors in from them.
+"""What every algorithm offers the peer: hooks around the local optimizer steps, tensors out for the
+neighbours, tensors in from them.
 
 Algorithms are pure math. They never see sockets, clocks or files: the peer
 hands them what arrived, so the same inbox always gives the same update and
@@ -20,11 +21,28 @@ class Diverged(ArithmeticError):
 
 
 class Algorithm(ABC):
-    name: str
+    """One round: ``begin_local``, the optimizer steps (with ``before_step`` between each backward pass
+    and step), ``end_local``, then ``outgoing`` to the neighbours and ``update`` with what they sent.
 
-    @abstractmethod
-    def local_step(self, round_: int) -> float | None:
-        """This round's local work on the peer's own data; returns its loss (None if there was none)."""
+    The steps are not the algorithm's: the peer runs them on a task, or the user's own loop runs them
+    and the Python API calls these hooks from the optimizer's step hooks."""
+
+    name: str
+    # False: the algorithm solves its local problem itself in end_local (exact ADMM), without steps.
+    takes_steps = True
+    # True: each round's steps solve a new subproblem, so the optimizer's momentum must be forgotten.
+    restarts_optimizer = False
+
+    def begin_local(self, round_: int) -> None:
+        """Before this round's optimizer steps."""
+
+    def before_step(self) -> None:
+        """Between a backward pass and the optimizer's step: add this algorithm's terms to the gradients."""
+
+    def end_local(self, round_: int, loss: float | None) -> float | None:
+        """After this round's steps (``loss``: their mean batch loss, None if none ran); returns the loss
+        to report."""
+        return loss
 
     @abstractmethod
     def outgoing(self, round_: int) -> Tensors:

@@ -53,7 +53,8 @@ def mix(
 
 
 class Gossip(Algorithm):
-    """Mix the model's parameters with the neighbours' after the local steps.
+    """Mix the model's tensors (its parameters and floating-point buffers) with the neighbours' after
+    the local steps.
 
     ``aggregator`` is how: "mean" (``mix``, the default), "clipped"
     (ClippedGossip) or "trimmed-mean", the robust ones tolerating ``robust_b``
@@ -63,21 +64,15 @@ class Gossip(Algorithm):
     name = "gossip"
 
     def __init__(self, self_id: str, row: Mapping[str, float] | Callable[[int], Mapping[str, float]],
-                 parameters: Mapping[str, torch.nn.Parameter],
-                 train: Callable[[int], float | None] = lambda round_: None,
-                 aggregator: str = "mean", robust_b: int = 1):
+                 parameters: Mapping[str, torch.Tensor], aggregator: str = "mean", robust_b: int = 1):
         check_aggregator(aggregator, robust_b)
         self.self_id = self_id
         # A fixed row, or one per round for a time-varying topology.
         self.row_at = row if callable(row) else (lambda round_, fixed=dict(row): fixed)
         self.parameters = dict(parameters)
-        self.train = train
         self.aggregator = aggregator
         self.robust_b = robust_b
         self.round_metrics: dict = {}
-
-    def local_step(self, round_: int) -> float | None:
-        return self.train(round_)
 
     def outgoing(self, round_: int) -> Tensors:
         return {name: p.detach() for name, p in self.parameters.items()}

@@ -1,0 +1,157 @@
+"""Tasks: what a swarm trains. One object builds the model, hands each peer its shard, computes a batch's
+loss and evaluates; the built-in datasets are tasks like any other.
+
+A task is named on the command line as a built-in name (``digits``), as
+``package.module:attribute`` (the convention of uvicorn and gunicorn) or as
+``path/to/file.py:attribute``. The attribute is a task object, or a callable
+(a class, a function) that makes one when called with no arguments.
+
+What a task must guarantee (docs/api.md): ``build_model`` gives the same
+model on every peer once p2ptrain has seeded torch (it does so before the
+call), and ``shard`` is a pure function of (index, count, seed), so every
+peer computes the same partition and keeps only its own part.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+
+class TaskError(ValueError):
+    """A task that cannot be found or used; the message says how to fix it."""
+
+
+class Task:
+    """The task protocol, with the optional parts filled in. Subclass it, or write any object whose
+    required methods have these signatures (p2ptrain checks for them, not for the base class)."""
+
+    name: str = "task"
+    # Options this task runs best with (lr, batch_size, rounds, local_steps, ...), used wherever
+    # the command line does not set them.
+    defaults: Mapping[str, Any] = {}
+
+    def build_model(self) -> nn.Module:
+        """A fresh model. torch is seeded before the call, so every peer builds the same one."""
+        raise NotImplementedError
+
+    def shard(self, index: int, count: int, seed: int):
+        """Peer ``index`` of ``count``'s training data: a torch Dataset, or a DataLoader (its dataset,
+        batch size and collate_fn are used; p2ptrain draws the batches itself, see training.Batches)."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        """The loss of one batch (as the shard's dataset and collate_fn make it), on the model's device."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Held-out figures, the same data for every peer: e.g. {"test_loss": .., "test_accuracy": ..}."""
+        return {}
+
+    def optimizer(self, parameters, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+        """The local optimizer; --lr, --momentum and --weight-decay are passed in. Default: SGD."""
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+REQUIRED = ("build_model", "shard", "loss")
+
+
+def load_task(spec: str) -> Any:
+    """The task named by ``spec``: MODULE:ATTRIBUTE or FILE.py:ATTRIBUTE (built-in names are resolved
+    by builtin_tasks.task_from_options, which calls this for everything else)."""
+    module_name, _, attribute = spec.rpartition(":")
+    if not module_name or not attribute:
+        raise TaskError(f"--task {spec!r}: name a task as package.module:attribute or path/to/file.py:attribute "
+                        "(e.g. examples/custom_model.py:task), or use a built-in one")
+    module = _import(module_name, spec)
+    try:
+        found = getattr(module, attribute)
+    except AttributeError:
+        public = sorted(name for name in vars(module) if not name.startswith("_"))
+        raise TaskError(f"--task {spec!r}: {module_name} has no attribute {attribute!r} "
+                        f"(it has {', '.join(public[:12]) or 'nothing public'})") from None
+    task = found if _is_task(found) else _call(found, spec)
+    check_task(task, spec)
+    return task
+
+
+def _import(module_name: str, spec: str):
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise TaskError(f"--task {spec!r}: no file {path} (relative paths are from {Path.cwd()})")
+        # A module name of its own per file, so two task files named alike do not replace each other.
+        name = f"p2ptrain_task_{abs(hash(str(path.resolve())))}"
+        if name in sys.modules:
+            return sys.modules[name]
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise TaskError(f"--task {spec!r}: cannot import {module_name} ({error}); is it installed, or on "
+                        "PYTHONPATH? A file is named path/to/file.py:attribute") from None
+
+
+def _is_task(value: Any) -> bool:
+    return not isinstance(value, type) and all(callable(getattr(value, m, None)) for m in REQUIRED)
+
+
+def _call(factory: Any, spec: str) -> Any:
+    if not callable(factory):
+        raise TaskError(f"--task {spec!r} is a {type(factory).__name__}, neither a task nor something that makes one")
+    try:
+        return factory()
+    except TypeError as error:
+        raise TaskError(f"--task {spec!r}: calling it with no arguments failed ({error}); point --task at a task "
+                        "object, or at a function or class that makes one without arguments") from None
+
+
+def check_task(task: Any, spec: str) -> None:
+    missing = [m for m in REQUIRED if not callable(getattr(task, m, None))]
+    if missing:
+        raise TaskError(f"--task {spec!r} gives a {type(task).__name__}, which lacks {', '.join(missing)}: a task "
+                        "builds the model, gives a peer its shard and computes a batch's loss (docs/api.md)")
+
+
+def task_name(task: Any) -> str:
+    return getattr(task, "name", type(task).__name__)
+
+
+def task_defaults(task: Any) -> dict[str, Any]:
+    return dict(getattr(task, "defaults", {}) or {})
+
+
+def build_optimizer(task: Any, parameters, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    make = getattr(task, "optimizer", None)
+    if make is None:
+        return Task.optimizer(task, parameters, lr, momentum, weight_decay)
+    return make(parameters, lr, momentum, weight_decay)
+
+
+def evaluate(task: Any, model: nn.Module) -> dict[str, float]:
+    """The task's held-out figures, with the model in eval mode and no gradients."""
+    judge = getattr(task, "evaluate", None)
+    if judge is None:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            figures = judge(model)
+    finally:
+        model.train(was_training)
+    return {name: float(value) for name, value in (figures or {}).items() if value is not None}
