@@ -27,14 +27,10 @@ from pathlib import Path
 import torch
 import zmq.asyncio
 
-from .config import ConfigError, PeerConfig, resolve_peer_id
+from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, resolve_peer_id
 from .peer import Node, configure_logging, open_node
 from .replica import Replica, agreement, build_algorithm, check_run
 from .topology import Topology, load_topology
-
-# Rounds of a Peer that is not told how many there will be: its neighbours' claims of rounds beyond
-# this are still not believed.
-UNBOUNDED_ROUNDS = 2**31 - 1
 
 
 class Peer:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from .config import NAMED_TASKS, parse_task_args
 from .data import DATASETS, TASKS, DataError, check_partition, load_dataset, shard_indices
 from .models import build_model, resolve_model_name, task_loss
 from .problems import LocalProblem, local_problem
@@ -22,7 +23,7 @@ from .task import TaskError, load_task
 # ADMM's penalty c depends on the scale of the local objectives: these are the
 # best values of the sweep in docs/admm.md (ring8), used unless --admm-penalty is given.
 ADMM_PENALTY = {"synthetic-lstsq": 100.0, "breast-cancer": 1.0, "digits": 0.1, "synthetic": 0.1}
-BUILTIN_TASKS = DATASETS
+BUILTIN_TASKS = DATASETS + NAMED_TASKS
 
 
 @lru_cache(maxsize=8)
@@ -69,6 +70,7 @@ class DatasetTask:
         x, y = batch
         return task_loss(self.kind, model(x), y)
 
+    @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         data = self._data()
         if len(data.x_test) == 0:
@@ -104,11 +106,16 @@ def builtin_task(dataset: str, model: str = "auto", hidden: int = 64, partition:
 
 
 def task_from_options(task: str, dataset: str = "digits", model: str = "auto", hidden: int = 64,
-                      partition: str = "iid"):
+                      partition: str = "iid", task_args: str = ""):
     """The task a configuration names: --task (built-in or plugin), else --dataset with --model."""
-    if not task or task in BUILTIN_TASKS:
+    arguments = parse_task_args(task_args)
+    if not task or task in DATASETS:
+        if arguments:
+            raise TaskError(f"the dataset tasks take --model, --hidden and --partition, not --task-args {task_args}")
         return builtin_task(task or dataset, model, hidden, partition)
     if model != "auto" or partition != "iid":
         raise TaskError(f"--model and --partition choose among the built-in tasks' models and splits; the task "
                         f"{task} builds its own model and shards its own data: drop them")
-    return load_task(task)
+    if task == "gpt-char":
+        return load_task("p2ptrain.language:CharTask", arguments)
+    return load_task(task, arguments)

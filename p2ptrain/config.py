@@ -19,6 +19,12 @@ INITS = ("same", "per-peer")
 ADMM_SOLVERS = ("auto", "exact", "inexact")
 MODES = ("sync", "async")
 STAGING = ("auto", "always")
+WIRE_DTYPES = ("", "bfloat16", "float16")  # "": the model's own precision
+# The rounds of a run nobody fixed in advance (a Python API peer trains as long as its loop does):
+# claims of rounds beyond this are still not believed.
+UNBOUNDED_ROUNDS = 2**31 - 1
+# Built-in tasks beyond the datasets' (builtin_tasks.py); --dataset names the others.
+NAMED_TASKS = ("gpt-char",)
 
 
 class ConfigError(ValueError):
@@ -38,11 +44,14 @@ class PeerConfig:
     batch_size: int = 32
     algo: str = "gossip"
     mode: str = "sync"
+    fragments: int = 1  # exchange one of K fragments of the model per round
+    wire_dtype: str = ""  # bfloat16 or float16: the precision messages travel in; "": the model's
     aggregator: str = "mean"
     robust_b: int = 1
     attack: str = ""  # PEER:KIND[:VALUE], an experiment's misbehaving peer
     max_staleness: int = 10
     task: str = ""  # a built-in task's name, MODULE:ATTR or FILE.py:ATTR; empty: --dataset with --model
+    task_args: str = ""  # KEY=VALUE,... for the task's constructor or factory
     dataset: str = "digits"
     partition: str = "iid"
     model: str = "auto"
@@ -113,10 +122,20 @@ class PeerConfig:
         need(self.algo in ALGORITHMS, f"--algo {self.algo}: choose from {', '.join(ALGORITHMS)}")
         need(self.dataset in DATASETS, f"--dataset {self.dataset}: choose from {', '.join(DATASETS)}")
         need(self.model in MODELS, f"--model {self.model}: choose from {', '.join(MODELS)}")
-        need(not self.task or self.task in DATASETS or ":" in self.task,
-             f"--task {self.task}: name a built-in task ({', '.join(DATASETS)}) or your own as "
+        need(not self.task or self.task in DATASETS + NAMED_TASKS or ":" in self.task,
+             f"--task {self.task}: name a built-in task ({', '.join(DATASETS + NAMED_TASKS)}) or your own as "
              "package.module:attribute or path/to/file.py:attribute")
+        parse_task_args(self.task_args)
         need(self.staging in STAGING, f"--staging {self.staging}: choose from {', '.join(STAGING)}")
+        need(self.fragments >= 1, f"--fragments {self.fragments}: 1 (the whole model every round) or more")
+        need(self.wire_dtype in WIRE_DTYPES, f"--wire-dtype {self.wire_dtype}: choose from bfloat16, float16, or "
+             "leave it out for the model's own precision")
+        need((self.fragments == 1 and not self.wire_dtype) or self.algo == "gossip",
+             "--fragments and --wire-dtype work with --algo gossip: ADMM's duals need the exact x and running "
+             "sums of every neighbour every round; drop them, or use gossip")
+        need(self.fragments == 1 or self.mode == "sync",
+             "--fragments works with --mode sync: every peer must mix the same fragment in the same round; "
+             "use --mode sync, or drop --fragments")
         need(self.admm_penalty >= 0 and math.isfinite(self.admm_penalty),
              f"--admm-penalty {self.admm_penalty}: use a positive penalty, or 0 for the task's default "
              "(docs/admm.md shows how to pick it)")
@@ -168,6 +187,24 @@ class PeerConfig:
         return PeerConfig.from_dict(self.to_dict() | changes)
 
 
+def parse_task_args(text: str) -> dict[str, int | float | str]:
+    """--task-args "layers=4,text=corpus.txt": integers and floats as numbers, anything else as text."""
+    values: dict[str, int | float | str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip().isidentifier():
+            raise ConfigError(f"--task-args {text!r}: {item!r} is not KEY=VALUE; write e.g. layers=4,width=128")
+        for kind in (int, float):
+            try:
+                values[key.strip()] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            values[key.strip()] = value
+    return values
+
+
 def option_adder(parser: argparse.ArgumentParser, defaults: bool = True):
     """``parser.add_argument``, dropping each option's default when ``defaults`` is False: parsed by
     such a parser (made with argument_default=SUPPRESS) a command line yields only what it sets."""
@@ -210,6 +247,13 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
         help="sync: each round waits for the neighbours' parameters of that round (up to --recv-timeout); "
              "async: never wait, mix with the newest parameters each neighbour has sent, at most "
              "--max-staleness rounds old, so a slow or paused peer does not slow the others (default: %(default)s)")
+    add("--fragments", type=int, default=d.fragments, metavar="K",
+        help="cut the model into K fragments of about equal size and exchange one per round, in turn: about "
+             "K times fewer bytes per round, every value still mixed every K rounds (gossip, sync) (default: "
+             "%(default)s)")
+    add("--wire-dtype", default=d.wire_dtype, choices=[t for t in WIRE_DTYPES if t],
+        help="send the parameters in bfloat16 or float16 (half the bytes of float32); they are mixed in the "
+             "model's precision and the local copy is never rounded (default: the model's precision)")
     add("--aggregator", choices=AGGREGATORS, default=d.aggregator,
         help="how gossip combines the neighbours' parameters: mean (the weighted average of W), clipped "
              "(ClippedGossip: each neighbour's difference clipped to an adaptive radius) or trimmed-mean "
@@ -231,6 +275,9 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
         help="what to train: a built-in task (the --dataset names), or your own task object as "
              "package.module:attribute or path/to/file.py:attribute (docs/api.md); default: --dataset "
              "with --model")
+    add("--task-args", default=d.task_args, metavar="KEY=VALUE,...",
+        help="arguments of the task: gpt-char takes layers, heads, width, context, text (a UTF-8 file); a "
+             "plugin named by a class or function gets them as keyword arguments (default: none)")
     add("--dataset", choices=DATASETS, default=d.dataset,
         help="digits (scikit-learn, 8x8 images, 10 classes), synthetic (softmax of a known linear model), "
              "synthetic-lstsq (least squares, a different A_i, b_i per peer), breast-cancer (scikit-learn, "

@@ -29,7 +29,7 @@ import zmq.asyncio
 
 from . import __version__, wire
 from .algorithms import Diverged
-from .config import ConfigError, PeerConfig, build_parser, given_options, resolve_peer_id
+from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, build_parser, given_options, resolve_peer_id
 from .inbox import Inbox, Newest
 from .membership import Membership
 from .replica import Replica, build_replica, resolve_config
@@ -38,6 +38,7 @@ from .training import to_device
 from .results import flat_parameters, relative_error
 from .storage import (
     JsonLines,
+    atomic_write_bytes,
     read_json_lines,
     atomic_torch_save,
     atomic_write_json,
@@ -49,7 +50,8 @@ from .keys import KeyFileError, load_security
 from .transport import Transport, TransportError, authenticated_sender
 
 CHECKPOINT = "checkpoint.pt"
-OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "algorithm.pt", "config.json", "trace.f32", CHECKPOINT)
+OUTPUT_FILES = ("metrics.jsonl", "result.json", "model.pt", "algorithm.pt", "config.json", "trace.f32", "sample.txt",
+                CHECKPOINT)
 # Rejections logged one by one before switching to one line per thousand: a
 # flood of garbage must not flood the log too.
 REJECTIONS_LOGGED = 100
@@ -59,6 +61,16 @@ REJECTIONS_LOGGED = 100
 DRAIN_LIMIT = 256
 # Seconds between a joining peer's state requests while no answer has come.
 STATE_REQUEST_INTERVAL = 0.5
+
+
+def message_contract(run_id: str, fingerprint: str, senders: frozenset[str], algorithm, period: int) -> wire.Contract:
+    """What this peer accepts: its algorithm's params messages (one layout per fragment) and state answers."""
+    layouts = tuple(wire.specs_of(tensors) for tensors in algorithm.message_layouts())
+    state_specs = wire.specs_of(algorithm.state_tensors())
+    if len(layouts) == 1:
+        return wire.Contract(run_id, fingerprint, senders, layouts[0], state_specs=state_specs)
+    return wire.Contract(run_id, fingerprint, senders, state_specs, fragments=layouts, period=period,
+                         state_specs=state_specs)
 
 
 class Node:
@@ -81,11 +93,13 @@ class Node:
         self.staging = Staging(replica.device, always=config.staging == "always")
         self.reference = _load_reference(config.reference, self.model) if config.reference else None
 
-        specs = wire.specs_of(self.algorithm.outgoing(0))
-        self.fingerprint = wire.fingerprint(specs, replica.agreement)
+        # The fingerprint covers the whole model in its own precision; the agreement says how it travels.
+        state_specs = wire.specs_of(self.algorithm.state_tensors())
+        self.fingerprint = wire.fingerprint(state_specs, replica.agreement)
         self.in_neighbours = self.topology.in_neighbours(self.id)
         self.out_neighbours = self.topology.out_neighbours(self.id)
-        self.contract = wire.Contract(config.run_id, self.fingerprint, frozenset(self.in_neighbours), specs)
+        self.contract = message_contract(config.run_id, self.fingerprint, frozenset(self.in_neighbours),
+                                         self.algorithm, topology.period)
         self.inbox = Inbox(rounds=config.rounds)
         self.newest = Newest(config.max_staleness)  # async mode files messages here instead
         absent = config.absent_peers()
@@ -283,7 +297,8 @@ class Node:
         self.round_now = round_
         outgoing = self.algorithm.outgoing(round_)
         frames = wire.encode(kind="params", sender=self.id, run_id=config.run_id, round=round_,
-                             fingerprint=self.fingerprint, tensors=self.staging.to_host(self.replica.sent(round_)))
+                             fingerprint=self.fingerprint, tensors=self.staging.to_host(self.replica.sent(round_)),
+                             fragment=self.algorithm.fragment_at(round_))
         bytes_sent = 0
         for neighbour in self.topology.out_neighbours(self.id, round_):
             if self.transport.send(neighbour, frames, copy=self.staging.copy_on_send):
@@ -353,8 +368,9 @@ class Node:
         if config.checkpoint_every and (round_ + 1) % config.checkpoint_every == 0 and not last_round:
             self.checkpoint(round_ + 1)
         if (round_ + 1) % config.log_every == 0 or last_round:
-            self.log.info("round %d/%d loss %s %s heard %d/%d waited %.3fs",
-                          round_ + 1, config.rounds, "-" if loss is None else f"{loss:.4f}",
+            self.log.info("round %d%s loss %s %s heard %d/%d waited %.3fs", round_ + 1,
+                          "" if config.rounds == UNBOUNDED_ROUNDS else f"/{config.rounds}",
+                          "-" if loss is None else f"{loss:.4f}",
                           _figures(self.evaluation), len(outcome.heard), len(expected), waited)
 
     async def _gather(self, round_: int, timeout: float,
@@ -452,7 +468,7 @@ class Node:
             self.log.warning("state request from %s, which this peer does not send to; not answered", asker)
             return
         frames = wire.encode(kind="state", sender=self.id, run_id=self.config.run_id, round=round_,
-                             fingerprint=self.fingerprint, tensors=self.algorithm.outgoing(self.round_now))
+                             fingerprint=self.fingerprint, tensors=self.staging.to_host(self.algorithm.state_tensors()))
         if self.transport.send(asker, frames):
             self._answered[asker] = round_
             self.log.info("answered a state request from %s: continue from round %d", asker, round_)
@@ -462,6 +478,9 @@ class Node:
     def finish(self, status: str) -> None:
         """Write the final model and result, then release the sockets. Safe to call once per peer."""
         atomic_torch_save(self.model.state_dict(), self.out / "model.pt")
+        sample = self.replica.sample()
+        if sample is not None:
+            atomic_write_bytes(self.out / "sample.txt", sample.encode("utf-8"))
         if self.algorithm.state_dict():
             atomic_torch_save(self.algorithm.state_dict(), self.out / "algorithm.pt")
         atomic_write_json(self.out / "result.json", {
@@ -538,7 +557,8 @@ def _prepare_output(out: Path, overwrite: bool, resume: bool) -> None:
     if existing and not overwrite:
         raise ConfigError(
             f"{out} already holds the outputs of a run ({', '.join(existing)}); "
-            "pass another --out, --resume to continue it, or --overwrite to replace it"
+            "pass another --out, --resume to continue it, or --overwrite to replace it (in the Python API: "
+            "out=..., resume=True or overwrite=True)"
         )
     for name in existing:
         (out / name).unlink()
@@ -554,7 +574,8 @@ def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topolo
     config = config.replace(peer=peer_id, run_id=config.run_id or f"{topology.name}-{config.algo}-s{config.seed}")
     torch.set_num_threads(config.threads)
     replica = replica or build_replica(config, topology, peer_id)
-    specs = wire.specs_of(replica.algorithm.outgoing(0))
+    largest = max(spec.nbytes for tensors in (*replica.algorithm.message_layouts(), replica.algorithm.state_tensors())
+                  for spec in wire.specs_of(tensors))
     transport = Transport(
         context,
         topology.peer(peer_id).bind,
@@ -562,7 +583,7 @@ def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topolo
         linger_seconds=min(config.recv_timeout, 5.0),
         # ZeroMQ drops (and disconnects) any frame over twice the largest one a peer sends,
         # before it is read into memory; the decoder checks exact sizes below that.
-        max_message_bytes=2 * max(wire.MAX_HEADER_BYTES, *(spec.nbytes for spec in specs)),
+        max_message_bytes=2 * max(wire.MAX_HEADER_BYTES, largest),
         security=_security(config, topology, peer_id),
     )
     try:

@@ -18,7 +18,7 @@ from .algorithms import ADMM, Algorithm, Gossip
 from .attacks import Attack, AttackSpecError, attack_for, parse_attacks
 from .builtin_tasks import task_from_options
 from .config import ConfigError, PeerConfig
-from .task import TaskError, build_optimizer, evaluate, task_defaults
+from .task import TaskError, build_optimizer, evaluate, in_eval_mode, task_defaults
 from .topology import Topology
 from .training import Batches, LocalTrainer, as_dataset, resolve_device
 
@@ -60,6 +60,11 @@ class Replica:
     def evaluate(self) -> dict[str, float]:
         return evaluate(self.task, self.model) if self.task is not None else {}
 
+    def sample(self) -> str | None:
+        """Text the model generates, for tasks that can (a language model's ``sample``); None for others."""
+        generate = getattr(self.task, "sample", None)
+        return None if generate is None else in_eval_mode(self.model, lambda: generate(self.model))
+
 
 def exchanged_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """What gossip mixes: every parameter and every floating-point buffer (BatchNorm's running
@@ -70,14 +75,14 @@ def exchanged_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @lru_cache(maxsize=16)
-def _task(task: str, dataset: str, model: str, hidden: int, partition: str):
+def _task(task: str, dataset: str, model: str, hidden: int, partition: str, task_args: str):
     # One task object per process and configuration: an in-process swarm loads its data once.
-    return task_from_options(task, dataset, model, hidden, partition)
+    return task_from_options(task, dataset, model, hidden, partition, task_args)
 
 
 def resolve_task(config: PeerConfig):
     try:
-        return _task(config.task, config.dataset, config.model, config.hidden, config.partition)
+        return _task(config.task, config.dataset, config.model, config.hidden, config.partition, config.task_args)
     except (TaskError, ValueError) as error:
         raise ConfigError(str(error)) from None
 
@@ -125,7 +130,9 @@ def agreement(config: PeerConfig, task) -> dict:
     layout); learning rates, local steps and the like may differ between peers."""
     if config.algo == "admm":
         return {"algorithm": "admm", "admm_penalty": admm_penalty(config, task)}
-    return {"algorithm": config.algo}
+    # How the model travels, where it is not the plain default (so the default's fingerprint stays put).
+    layout = {"fragments": config.fragments} if config.fragments > 1 else {}
+    return {"algorithm": config.algo} | layout | ({"wire_dtype": config.wire_dtype} if config.wire_dtype else {})
 
 
 def build_algorithm(config: PeerConfig, topology: Topology, peer_id: str, model: torch.nn.Module,
@@ -134,7 +141,8 @@ def build_algorithm(config: PeerConfig, topology: Topology, peer_id: str, model:
     for exact local solves)."""
     if config.algo == "gossip":
         return Gossip(peer_id, lambda round_: topology.mixing_row(peer_id, round_), exchanged_tensors(model),
-                      aggregator=config.aggregator, robust_b=config.robust_b)
+                      aggregator=config.aggregator, robust_b=config.robust_b, fragments=config.fragments,
+                      period=topology.period, wire_dtype=getattr(torch, config.wire_dtype) if config.wire_dtype else None)
     return ADMM(topology.in_neighbours(peer_id), dict(model.named_parameters()), penalty, problem)
 
 

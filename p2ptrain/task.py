@@ -62,9 +62,10 @@ class Task:
 REQUIRED = ("build_model", "shard", "loss")
 
 
-def load_task(spec: str) -> Any:
+def load_task(spec: str, arguments: Mapping[str, Any] | None = None) -> Any:
     """The task named by ``spec``: MODULE:ATTRIBUTE or FILE.py:ATTRIBUTE (built-in names are resolved
-    by builtin_tasks.task_from_options, which calls this for everything else)."""
+    by builtin_tasks.task_from_options, which calls this for everything else). A class or function
+    is called with ``arguments`` (--task-args) as keyword arguments."""
     module_name, _, attribute = spec.rpartition(":")
     if not module_name or not attribute:
         raise TaskError(f"--task {spec!r}: name a task as package.module:attribute or path/to/file.py:attribute "
@@ -76,7 +77,14 @@ def load_task(spec: str) -> Any:
         public = sorted(name for name in vars(module) if not name.startswith("_"))
         raise TaskError(f"--task {spec!r}: {module_name} has no attribute {attribute!r} "
                         f"(it has {', '.join(public[:12]) or 'nothing public'})") from None
-    task = found if _is_task(found) else _call(found, spec)
+    # A class or function makes the task; any other object is one (check_task says what it lacks).
+    if callable(found) and not _is_task(found):
+        task = _call(found, spec, dict(arguments or {}))
+    elif arguments:
+        raise TaskError(f"--task {spec!r} is a task object, which takes no --task-args; point --task at a "
+                        "class or function that makes the task from them")
+    else:
+        task = found
     check_task(task, spec)
     return task
 
@@ -110,14 +118,13 @@ def _is_task(value: Any) -> bool:
     return not isinstance(value, type) and all(callable(getattr(value, m, None)) for m in REQUIRED)
 
 
-def _call(factory: Any, spec: str) -> Any:
-    if not callable(factory):
-        raise TaskError(f"--task {spec!r} is a {type(factory).__name__}, neither a task nor something that makes one")
+def _call(factory: Any, spec: str, arguments: dict[str, Any]) -> Any:
     try:
-        return factory()
+        return factory(**arguments)
     except TypeError as error:
-        raise TaskError(f"--task {spec!r}: calling it with no arguments failed ({error}); point --task at a task "
-                        "object, or at a function or class that makes one without arguments") from None
+        given = ", ".join(f"{k}={v!r}" for k, v in arguments.items()) or "no arguments"
+        raise TaskError(f"--task {spec!r}: calling it with {given} failed ({error}); point --task at a task "
+                        "object, or at a function or class that makes one from --task-args") from None
 
 
 def check_task(task: Any, spec: str) -> None:
@@ -142,16 +149,21 @@ def build_optimizer(task: Any, parameters, lr: float, momentum: float, weight_de
     return make(parameters, lr, momentum, weight_decay)
 
 
+def in_eval_mode(model: nn.Module, work):
+    """``work()`` with the model in eval mode and no gradients; the mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return work()
+    finally:
+        model.train(was_training)
+
+
 def evaluate(task: Any, model: nn.Module) -> dict[str, float]:
     """The task's held-out figures, with the model in eval mode and no gradients."""
     judge = getattr(task, "evaluate", None)
     if judge is None:
         return {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            figures = judge(model)
-    finally:
-        model.train(was_training)
+    figures = in_eval_mode(model, lambda: judge(model))
     return {name: float(value) for name, value in (figures or {}).items() if value is not None}

@@ -101,6 +101,10 @@ class FrameLengthMismatch(WireError):
     reason = "frame_length"
 
 
+class FragmentMismatch(WireError):
+    reason = "fragment"
+
+
 class NonFinite(WireError):
     reason = "non_finite"
 
@@ -158,13 +162,29 @@ def fingerprint(specs: Sequence[TensorSpec], agreement: Mapping[str, AgreementVa
 
 @dataclass(frozen=True)
 class Contract:
-    """What a receiving peer accepts: its run, its model layout, its in-neighbours."""
+    """What a receiving peer accepts: its run, its model layout, its in-neighbours.
+
+    ``specs``: the tensors of a whole-model message (a state answer, and params messages unless the
+    model travels in fragments). ``fragments``: the tensors of each fragment's params message, when it
+    does; the fragment of round r is floor(r / period) mod len(fragments) (fragments.py). ``specs``
+    and ``fragments`` are in the precision messages travel in (--wire-dtype)."""
 
     run_id: str
     fingerprint: str
     senders: frozenset[str]
     specs: tuple[TensorSpec, ...]
     kinds: frozenset[str] = KINDS
+    fragments: tuple[tuple[TensorSpec, ...], ...] = ()
+    period: int = 1
+    # A state answer's tensors: the whole model in its own precision (None: the same as ``specs``).
+    state_specs: tuple[TensorSpec, ...] | None = None
+
+    def expected(self, kind: str, fragment: int | None) -> tuple[TensorSpec, ...]:
+        if kind in EMPTY_KINDS:
+            return ()
+        if kind == "state" and self.state_specs is not None:
+            return self.state_specs
+        return self.specs if fragment is None else self.fragments[fragment]
 
 
 @dataclass
@@ -187,6 +207,7 @@ def encode(
     round: int,
     fingerprint: str,
     tensors: Mapping[str, torch.Tensor],
+    fragment: int | None = None,
 ) -> list[bytes | memoryview]:
     """Frames of one message. Tensor frames share memory with ``tensors``.
 
@@ -208,6 +229,8 @@ def encode(
         "fingerprint": fingerprint,
         "tensors": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in specs],
     }
+    if fragment is not None:
+        header["fragment"] = fragment
     frames: list[bytes | memoryview] = [msgpack.packb(header, use_bin_type=True)]
     for tensor in tensors.values():
         flat = tensor.detach().contiguous().reshape(-1)
@@ -260,9 +283,11 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
         raise RunMismatch(f"run id {run_id!r} from {sender!r}, this peer runs {contract.run_id!r}")
     if round_ < 0:
         raise MalformedHeader(f"negative round {round_}")
+    fragment = header.get("fragment")
     if fp != contract.fingerprint:
-        raise _fingerprint_mismatch(fp, sender, kind, specs, contract)
-    expected_specs = () if kind in EMPTY_KINDS else contract.specs
+        raise _fingerprint_mismatch(fp, sender, kind, specs, contract, fragment)
+    _check_fragment(fragment, kind, round_, contract)
+    expected_specs = contract.expected(kind, fragment)
     if len(specs) != len(expected_specs):
         raise TensorSpecMismatch(f"{len(specs)} tensors described, a {kind} message of this model has "
                                  f"{len(expected_specs)}")
@@ -283,11 +308,28 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
     return Message(kind, sender, run_id, round_, fp, tensors, nbytes)
 
 
-SAME_TENSORS = ("same tensors, so the algorithm's settings differ (algorithm, ADMM penalty, message layout): "
+def _check_fragment(fragment: Any, kind: str, round_: int, contract: Contract) -> None:
+    """A params message of a fragmented model names the fragment its round carries; no other message names one."""
+    if kind != "params" or not contract.fragments:
+        if fragment is not None:
+            raise FragmentMismatch(f"a {kind} message names fragment {_shown(fragment)}, but this peer exchanges "
+                                   "the whole model in it")
+        return
+    if type(fragment) is not int:
+        raise FragmentMismatch(f"no fragment index in a params message; this peer exchanges its model in "
+                               f"{len(contract.fragments)} fragments (--fragments)")
+    scheduled = (round_ // contract.period) % len(contract.fragments)
+    if fragment != scheduled:
+        raise FragmentMismatch(f"fragment {fragment} in round {round_}, whose fragment is {scheduled} of "
+                               f"{len(contract.fragments)}")
+
+
+SAME_TENSORS = ("same tensors, so the algorithm's settings differ (algorithm, ADMM penalty, fragments): "
                 "start every peer with the same ones")
 
 
-def _fingerprint_mismatch(fp: str, sender: str, kind: str, described: list, contract: Contract) -> FingerprintMismatch:
+def _fingerprint_mismatch(fp: str, sender: str, kind: str, described: list, contract: Contract,
+                          fragment: Any = None) -> FingerprintMismatch:
     """The error for a foreign fingerprint, saying what differs where the header shows it.
 
     The header's tensor list comes from the sender and is not checked yet (that is step 9), so
@@ -300,7 +342,17 @@ def _fingerprint_mismatch(fp: str, sender: str, kind: str, described: list, cont
     theirs = _described_specs(described)
     if theirs is None:
         return FingerprintMismatch(f"{head}; its tensor list is malformed, so what differs is unknown")
-    return FingerprintMismatch(f"{head}: {_difference(theirs, contract.specs, sender)}")
+    if fragment is not None and not contract.fragments:
+        return FingerprintMismatch(f"{head}: {sender!r} sends its model in fragments and this peer whole; start "
+                                   "every peer with the same --fragments")
+    if contract.fragments and kind == "params":
+        if type(fragment) is not int or not 0 <= fragment < len(contract.fragments):
+            return FingerprintMismatch(f"{head}: this peer sends its model in {len(contract.fragments)} fragments "
+                                       f"and {sender!r} does not; start every peer with the same --fragments")
+        ours = contract.fragments[fragment]
+    else:
+        ours = contract.specs
+    return FingerprintMismatch(f"{head}: {_difference(theirs, ours, sender)}")
 
 
 def _described_specs(described: list) -> list[TensorSpec] | None:

@@ -13,7 +13,7 @@ from p2ptrain.storage import read_json_lines
 from p2ptrain.topology import PeerSpec, build_topology, dump_topology
 
 from .conftest import free_port_block
-from .processes import LoggedProcess
+from .processes import ROOT, LoggedProcess
 
 
 @pytest.fixture
@@ -26,12 +26,16 @@ def solo_topology(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("algo", ["gossip", "admm"])
-def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(solo_topology, tmp_path, algo):
+@pytest.mark.parametrize("algo, task", [("gossip", ""), ("admm", ""), ("gossip", "batchnorm_adam")])
+def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(solo_topology, tmp_path, algo, task):
+    # The plugin task draws from a DataLoader over dicts, with Adam and BatchNorm: the checkpoint must hold
+    # where its sampler stands mid-epoch, Adam's moments and the buffers.
     common = ["--topology", str(solo_topology), "--peer", "p0", "--algo", algo, "--rounds", "30",
               "--local-steps", "3", "--checkpoint-every", "10", "--eval-every", "5"]
     if algo == "admm":
         common += ["--admm-solver", "inexact"]
+    if task:
+        common += ["--task", f"{ROOT / 'tests' / 'plugin_tasks.py'}:{task}"]
     out = tmp_path / "run"
     assert peer.main(common + ["--out", str(out)]) == 0
     uninterrupted = torch.load(out / "model.pt", weights_only=True)

@@ -180,7 +180,7 @@ def test_a_mismatch_between_gossip_and_admm_says_the_algorithms_differ():
 def test_a_mismatch_with_the_same_tensors_blames_the_algorithm_settings():
     text = mismatch(tensors_of(SPECS))
     assert text.endswith(": same tensors, so the algorithm's settings differ (algorithm, ADMM penalty, "
-                         "message layout): start every peer with the same ones")
+                         "fragments): start every peer with the same ones")
 
 
 def test_a_state_request_with_a_foreign_fingerprint_says_it_has_nothing_to_compare():

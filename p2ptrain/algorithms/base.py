@@ -52,6 +52,18 @@ class Algorithm(ABC):
     def update(self, round_: int, received: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         """Fold in what arrived this round (only the neighbours heard before the deadline)."""
 
+    def fragment_at(self, round_: int) -> int | None:
+        """The fragment of the model ``round_``'s message carries; None when it carries all of it."""
+        return None
+
+    def message_layouts(self) -> list[Tensors]:
+        """One example of each kind of params message, in fragment order (the receiver's contract)."""
+        return [self.outgoing(0)]
+
+    def state_tensors(self) -> Tensors:
+        """The whole model as a joining peer takes it, in the model's precision."""
+        return self.outgoing(0)
+
     def parameters_in(self, message: Mapping[str, torch.Tensor]) -> Tensors:
         """The model parameters carried by one of this algorithm's messages."""
         return dict(message)

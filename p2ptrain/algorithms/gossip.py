@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from ..fragments import cut, fragment_at, paste, plan
 from .base import Algorithm, Tensors, check_finite
 from .robust import check_aggregator, clipped_gossip, trimmed_mean
 
@@ -59,12 +60,19 @@ class Gossip(Algorithm):
     ``aggregator`` is how: "mean" (``mix``, the default), "clipped"
     (ClippedGossip) or "trimmed-mean", the robust ones tolerating ``robust_b``
     bad neighbours (see ``robust.py``).
+
+    ``fragments`` > 1 exchanges and mixes one fragment of the model per round
+    (fragments.py; ``period`` is the topology's). ``wire_dtype`` (bfloat16,
+    float16) is the precision messages travel in: what arrives is widened back
+    to the model's precision and mixed there with this peer's own, unrounded,
+    values, so the local copy is never rounded.
     """
 
     name = "gossip"
 
     def __init__(self, self_id: str, row: Mapping[str, float] | Callable[[int], Mapping[str, float]],
-                 parameters: Mapping[str, torch.Tensor], aggregator: str = "mean", robust_b: int = 1):
+                 parameters: Mapping[str, torch.Tensor], aggregator: str = "mean", robust_b: int = 1,
+                 fragments: int = 1, period: int = 1, wire_dtype: torch.dtype | None = None):
         check_aggregator(aggregator, robust_b)
         self.self_id = self_id
         # A fixed row, or one per round for a time-varying topology.
@@ -72,23 +80,51 @@ class Gossip(Algorithm):
         self.parameters = dict(parameters)
         self.aggregator = aggregator
         self.robust_b = robust_b
+        self.fragments, self.period = fragments, period
+        self.plan = plan({name: p.numel() for name, p in self.parameters.items()}, fragments) if fragments > 1 else None
+        self.wire_dtype = wire_dtype
         self.round_metrics: dict = {}
 
-    def outgoing(self, round_: int) -> Tensors:
+    def fragment_at(self, round_: int) -> int | None:
+        return fragment_at(round_, self.fragments, self.period) if self.plan else None
+
+    def state_tensors(self) -> Tensors:
         return {name: p.detach() for name, p in self.parameters.items()}
 
+    def message_layouts(self) -> list[Tensors]:
+        # Fragment f is first sent in round f * period.
+        return [self.outgoing(f * self.period) for f in range(self.fragments)]
+
+    def _own(self, round_: int) -> Tensors:
+        """This round's share of the model (a fragment's pieces, or all of it), in the model's precision."""
+        own = self.state_tensors()
+        return cut(own, self.plan[self.fragment_at(round_)]) if self.plan else own
+
+    def outgoing(self, round_: int) -> Tensors:
+        own = self._own(round_)
+        if self.wire_dtype is None:
+            return own
+        return {key: tensor.to(self.wire_dtype) for key, tensor in own.items()}
+
     def update(self, round_: int, received: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-        mixed = self.aggregate(round_, received)
+        own = self._own(round_)
+        if self.wire_dtype is not None:
+            # Widened exactly (every half-precision value is a float32 value), then mixed in full precision.
+            received = {j: {key: t.to(own[key].dtype) for key, t in tensors.items()} for j, tensors in received.items()}
+        mixed = self.aggregate(round_, own, received)
         check_finite(mixed, "parameter", round_, "the learning rate (--lr) is probably too large for this "
                      "problem; try a smaller one")
-        for name, p in self.parameters.items():
+        if self.plan:
+            mixed = paste(self.state_tensors(), self.plan[self.fragment_at(round_)], mixed)
+        for name, tensor in mixed.items():
             # New storage rather than an in-place copy: the tensors just sent
             # may still be queued in ZeroMQ, zero-copy, and must not change.
-            p.data = mixed[name]
+            self.parameters[name].data = tensor
 
-    def aggregate(self, round_: int, received: Mapping[str, Mapping[str, torch.Tensor]]) -> Tensors:
-        """This round's new parameters by the chosen rule, as new tensors."""
-        own, row = self.outgoing(round_), self.row_at(round_)
+    def aggregate(self, round_: int, own: Mapping[str, torch.Tensor],
+                  received: Mapping[str, Mapping[str, torch.Tensor]]) -> Tensors:
+        """This round's new values of ``own`` by the chosen rule, as new tensors."""
+        row = self.row_at(round_)
         if self.aggregator == "clipped":
             clipping = clipped_gossip(self.self_id, own, received, row, self.robust_b)
             # json has no infinity: a radius set by neighbours at infinite distance is logged as null.

@@ -1,0 +1,63 @@
+"""The Python API and task plugins in real swarms: separate processes over TCP, checked against the simulation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from p2ptrain.config import PeerConfig
+from p2ptrain.simulate import simulate
+from p2ptrain.storage import read_json_lines
+from p2ptrain.topology import load_topology
+
+from .processes import ROOT, LoggedProcess, run_launcher
+
+pytestmark = pytest.mark.swarm
+PLUGIN = f"{ROOT / 'tests' / 'plugin_tasks.py'}:batchnorm_adam"
+
+
+def assert_models_equal(out, expected: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Every peer's parameters and buffers (BatchNorm statistics, step counters) equal the oracle's."""
+    for peer_id, state in expected.items():
+        got = torch.load(out / peer_id / "model.pt", weights_only=True)
+        assert set(got) == set(state)
+        for name, tensor in state.items():
+            assert torch.equal(got[name], tensor), f"{peer_id} {name}"
+
+
+def test_a_launched_swarm_of_a_plugin_task_with_batchnorm_and_adam_equals_the_simulation(topology_file, tmp_path):
+    out = tmp_path / "run"
+    result = run_launcher([str(topology_file("ring", 4)), "--task", PLUGIN, "--rounds", "30", "--local-steps", "2",
+                           "--eval-every", "10", "--out", str(out), "--timeout", "100"], timeout=110)
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = PeerConfig.from_file(out / "peer-config.json")
+    assert (config.lr, config.lr_schedule) == (0.01, "constant")  # the task's defaults
+    assert_models_equal(out / "peers", simulate(config, load_topology(out / "topology.toml")))
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(p["test_accuracy"] > 0.8 for p in summary["peers"].values())
+    assert "batchnorm-adam" in result.stdout
+
+
+@pytest.mark.parametrize("algo, kind, peers", [("gossip", "ring", 4), ("admm", "complete", 3)])
+def test_training_scripts_using_the_python_api_end_where_the_simulation_does(topology_file, tmp_path, algo, kind,
+                                                                             peers):
+    path = topology_file(kind, peers)
+    rounds, local_steps = 12, 3
+    scripts = [LoggedProcess(["python3", "-m", "tests.api_peer", str(path), str(tmp_path / f"p{rank}"), str(rounds),
+                              str(local_steps), algo], env={"RANK": str(rank)}) for rank in range(peers)]
+    try:
+        for script in scripts:
+            assert script.finish(timeout=90) == 0, script.log()
+    finally:
+        for script in scripts:
+            script.kill()
+    config = PeerConfig(topology="-", task=PLUGIN, algo=algo, admm_penalty=0.5 if algo == "admm" else 0.0,
+                        rounds=rounds, local_steps=local_steps, lr=0.01, lr_schedule="constant").validate()
+    assert_models_equal(tmp_path, simulate(config, load_topology(path)))
+    for rank in range(peers):
+        records = read_json_lines(tmp_path / f"p{rank}" / "metrics.jsonl")
+        assert [r["round"] for r in records] == list(range(rounds))
+        assert all(not r["missing"] for r in records)
+        assert json.loads((tmp_path / f"p{rank}" / "result.json").read_text())["status"] == "completed"

@@ -1,0 +1,192 @@
+"""Tasks: found by name, checked, trained the same way as the built-ins; batches reproducible and resumable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from p2ptrain.builtin_tasks import DatasetTask, task_from_options
+from p2ptrain.config import ConfigError, PeerConfig
+from p2ptrain.inprocess import local_endpoints, run_in_process
+from p2ptrain.peer import run_peer
+from p2ptrain.replica import build_replica, exchanged_tensors
+from p2ptrain.simulate import simulate
+from p2ptrain.storage import read_json_lines
+from p2ptrain.task import TaskError, load_task
+from p2ptrain.topology import generate
+from p2ptrain.training import Batches, as_dataset
+
+from .plugin_tasks import BatchNormAdam
+from .processes import ROOT
+
+PLUGIN = str(ROOT / "tests" / "plugin_tasks.py")
+
+
+@pytest.mark.parametrize("spec", ["tests.plugin_tasks:batchnorm_adam", f"{PLUGIN}:batchnorm_adam",
+                                  f"{PLUGIN}:make_task", f"{PLUGIN}:BatchNormAdam"])
+def test_a_task_is_found_as_module_attribute_or_file_attribute_object_or_factory(spec):
+    task = load_task(spec)
+    assert type(task).__name__ == "BatchNormAdam"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("no-colon", "name a task as package.module:attribute"),
+    (f"{PLUGIN}:missing", "has no attribute 'missing' (it has"),
+    ("no/such/file.py:task", "no file no/such/file.py"),
+    ("no_such_module_here:task", "cannot import no_such_module_here"),
+    (f"{PLUGIN}:FEATURES", "gives a Tensor, which lacks build_model, shard, loss"),
+    (f"{PLUGIN}:stack", "calling it with no arguments failed"),
+    (f"{PLUGIN}:Examples", "calling it with no arguments failed"),
+])
+def test_a_task_that_cannot_be_used_is_refused_with_the_fix(spec, message):
+    with pytest.raises(TaskError, match=message.replace("(", r"\(")):
+        load_task(spec)
+
+
+def test_an_object_without_the_required_methods_is_refused(tmp_path):
+    path = tmp_path / "half.py"
+    path.write_text("class Half:\n    def build_model(self):\n        return None\n\nhalf = Half()\n")
+    with pytest.raises(TaskError, match="lacks shard, loss"):
+        load_task(f"{path}:half")
+
+
+def test_dataset_and_model_options_name_the_same_built_in_task_as_task():
+    by_dataset = task_from_options("", dataset="breast-cancer", model="auto")
+    by_task = task_from_options("breast-cancer")
+    assert type(by_dataset) is type(by_task) and by_dataset.model_name == by_task.model_name == "linear"
+    assert hasattr(by_task, "centralized_optimum")
+    with pytest.raises(TaskError, match="drop them"):
+        task_from_options(f"{PLUGIN}:batchnorm_adam", model="mlp")
+
+
+def test_mlp_and_auto_build_the_same_network_and_so_the_same_fingerprint_input():
+    topology = generate("ring", 4)
+    a = build_replica(PeerConfig(topology="-", model="mlp"), topology, "p0")
+    b = build_replica(PeerConfig(topology="-", model="auto"), topology, "p0")
+    assert a.agreement == b.agreement == {"algorithm": "gossip"}
+    assert [(n, t.shape) for n, t in a.algorithm.outgoing(0).items()] == \
+        [(n, t.shape) for n, t in b.algorithm.outgoing(0).items()]
+
+
+def test_floating_buffers_are_exchanged_and_integer_buffers_stay_local():
+    model = BatchNormAdam().build_model()
+    names = set(exchanged_tensors(model))
+    assert {"1.running_mean", "1.running_var", "1.weight", "0.weight"} <= names
+    assert "1.num_batches_tracked" not in names
+
+
+def test_batches_cover_every_example_once_per_epoch_and_resume_exactly():
+    dataset = TensorDataset(torch.arange(10.0))
+    batches = Batches(dataset, 3, seed=5)
+    epoch = torch.cat([batches.next()[0] for _ in range(3)])  # 9 of 10: a short last batch is not drawn
+    assert len(set(epoch.tolist())) == 9
+    state = batches.state_dict()
+    ahead = [batches.next()[0] for _ in range(5)]
+    again = Batches(dataset, 3, seed=99)
+    again.load_state_dict(state)
+    assert all(torch.equal(a, again.next()[0]) for a in ahead)
+    assert torch.equal(Batches(dataset, 3, seed=5).next()[0], epoch[:3])  # the seed decides the order
+
+
+def test_a_dataloader_gives_its_dataset_batch_size_and_collate():
+    task = BatchNormAdam()
+    dataset, collate, batch_size = as_dataset(task.shard(1, 4, seed=0))
+    assert (len(dataset), batch_size) == (375, 16)
+    pixels, labels = Batches(dataset, batch_size, seed=0, collate=collate).next()
+    assert pixels.shape == (16, 64) and labels.shape == (16,)
+    with pytest.raises(TypeError, match="Dataset or DataLoader"):
+        as_dataset(42)
+
+
+def test_the_simulation_of_a_batchnorm_task_brings_buffers_to_consensus_and_keeps_step_counts_local():
+    config = PeerConfig(topology="-", task=f"{PLUGIN}:batchnorm_adam", rounds=60, local_steps=2, lr=0.01,
+                        lr_schedule="cosine").validate()
+    states = simulate(config, generate("complete", 4))
+    means = torch.stack([s["1.running_mean"] for s in states.values()])
+    assert float((means - means.mean(0)).abs().max()) < 1e-6  # complete graph, Metropolis: exact average
+    assert all(int(s["1.num_batches_tracked"]) == 120 for s in states.values())  # 60 rounds x 2 steps, local
+    replica = build_replica(config, generate("complete", 4), "p0")
+    replica.model.load_state_dict(states["p0"])
+    assert replica.evaluate()["test_accuracy"] > 0.85
+
+
+@pytest.mark.asyncio
+async def test_an_in_process_swarm_of_a_plugin_task_through_the_staging_path_equals_the_simulation(tmp_path):
+    # --staging always sends every tensor through the host buffers and copies what arrives, as on a GPU.
+    topology = local_endpoints(generate("ring", 4), "staged", "inproc")
+    config = PeerConfig(topology="-", task=f"{PLUGIN}:batchnorm_adam", rounds=12, local_steps=2, lr=0.01,
+                        staging="always", run_id="staged", eval_every=6, log_level="WARNING").validate()
+    assert await run_in_process(topology, config, tmp_path) == {pid: 0 for pid in topology.ids}
+    for peer_id, state in simulate(config, topology).items():
+        got = torch.load(tmp_path / peer_id / "model.pt", weights_only=True)
+        assert set(got) == set(state)
+        for name, tensor in state.items():
+            assert torch.equal(got[name], tensor), f"{peer_id} {name}"
+    result = json.loads((tmp_path / "p1" / "result.json").read_text())
+    assert result["test_accuracy"] > 0.5 and result["status"] == "completed"
+
+
+async def _pair(tmp_path, first: dict, second: dict) -> dict[str, dict]:
+    """Two peers of a pair in one process, each with its own options; their results and metrics."""
+    topology = local_endpoints(generate("complete", 2), f"pair-{tmp_path.name}", "inproc")
+    import zmq.asyncio
+
+    context = zmq.asyncio.Context()
+    common = dict(topology="-", rounds=4, run_id="pair", recv_timeout=0.5, startup_timeout=2, eval_every=4)
+    configs = {"p0": PeerConfig(**common, peer="p0", out=str(tmp_path / "p0"), **first).validate(),
+               "p1": PeerConfig(**common, peer="p1", out=str(tmp_path / "p1"), **second).validate()}
+    try:
+        codes = await asyncio.gather(*(run_peer(c, context, topology, []) for c in configs.values()))
+    finally:
+        context.term()
+    assert codes == [0, 0]
+    return {pid: {"result": json.loads((tmp_path / pid / "result.json").read_text()),
+                  "metrics": read_json_lines(tmp_path / pid / "metrics.jsonl")} for pid in configs}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("second, named", [
+    ({"hidden": 32}, "shape [32, 64] from 'p1', [64, 64] here"),
+    ({"algo": "admm", "admm_solver": "inexact"}, "different algorithms"),
+    ({"algo": "admm", "admm_solver": "inexact", "admm_penalty": 0.5}, None),
+])
+async def test_a_neighbour_with_another_model_or_algorithm_is_rejected_with_the_mismatch_named(
+        tmp_path, caplog, second, named):
+    first = {"algo": "admm", "admm_solver": "inexact"} if named is None else {}
+    with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
+        outcome = await _pair(tmp_path, first, second)
+    for peer_id in ("p0", "p1"):
+        assert outcome[peer_id]["result"]["rejected"].get("fingerprint", 0) >= 1
+        assert all(record["heard"] == [] for record in outcome[peer_id]["metrics"])
+    rejections = [r.getMessage() for r in caplog.records if "rejected message" in r.getMessage()]
+    expected = named or "same tensors, so the algorithm's settings differ"
+    assert any(expected in line for line in rejections), rejections
+
+
+@pytest.mark.asyncio
+async def test_neighbours_whose_options_differ_only_in_what_may_differ_mix_every_round(tmp_path):
+    outcome = await _pair(tmp_path, {"lr": 0.1, "local_steps": 1, "log_level": "INFO", "model": "mlp"},
+                          {"lr": 0.03, "local_steps": 3, "log_level": "WARNING", "model": "auto"})
+    for peer_id, other in (("p0", "p1"), ("p1", "p0")):
+        assert outcome[peer_id]["result"]["rejected"] == {}
+        assert [record["heard"] for record in outcome[peer_id]["metrics"]] == [[other]] * 4
+
+
+def test_a_task_with_no_admm_penalty_is_refused_for_admm_with_the_fix():
+    config = PeerConfig(topology="-", task=f"{PLUGIN}:batchnorm_adam", algo="admm").validate()
+    with pytest.raises(ConfigError, match="pass --admm-penalty C"):
+        build_replica(config, generate("ring", 4), "p0")
+
+
+def test_a_built_in_task_is_a_task_like_any_plugin():
+    task = DatasetTask("digits", "logreg")
+    torch.manual_seed(0)
+    model = task.build_model()
+    batch = next(iter(DataLoader(task.shard(0, 4, seed=0), batch_size=8)))
+    assert task.loss(model, batch).ndim == 0
+    assert set(task.evaluate(model)) == {"test_loss", "test_accuracy"}
