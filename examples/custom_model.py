@@ -1,11 +1,8 @@
 """Your own model in a swarm: a small CNN with BatchNorm on scikit-learn's 8x8 digits, trained with Adam.
 
-As a task for the launcher (p2ptrain draws the batches and runs the rounds):
-    python3 scripts/launch_swarm.py topologies/ring4.toml --task examples/custom_model.py:task
-As your own training loop, one process per peer (p2ptrain.Peer hooks the optimizer):
-    torchrun --nproc_per_node 4 examples/custom_model.py topologies/ring4.toml
+As a task:  python3 scripts/launch_swarm.py topologies/ring4.toml --task examples/custom_model.py:task
+As your own loop, a process per peer:  torchrun --nproc_per_node 4 examples/custom_model.py topologies/ring4.toml
 """
-
 import sys
 
 import torch
@@ -58,7 +55,7 @@ if __name__ == "__main__":
     optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
     with p2ptrain.Peer(sys.argv[1], model, optimizer, local_steps=1, log_level="INFO") as peer:
         loader = task.shard(peer.index, peer.count, seed=0)
-        for epoch in range(13):  # about 150 exchanges, as the task's default rounds
+        for epoch in range(13):  # 12 batches an epoch: 156 exchanges, about the task's 150 rounds
             for batch in loader:
                 optimizer.zero_grad()
                 task.loss(model, batch).backward()

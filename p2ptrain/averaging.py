@@ -29,7 +29,7 @@ def averaging_config(rounds: int, seed: int = 0) -> PeerConfig:
 
 def initial_parameters(topology: Topology, config: PeerConfig) -> np.ndarray:
     """Row i: peer i's starting parameters, built exactly as the peer builds them."""
-    return np.stack([flat_parameters(build_replica(config, topology, pid).model.state_dict()).numpy()
+    return np.stack([flat_parameters(build_replica(config, topology, pid).model.state_dict()).cpu().numpy()
                      for pid in topology.ids])
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder
 from .data import parse_partition
-from .replica import check_run, resolve_config
+from .replica import check_run, resolve_config, resolve_task
 from .results import consensus_of_rows, read_trace
 from .storage import read_json_lines
 from .swarm import LaunchOptions, launch
@@ -31,7 +31,17 @@ from .topology import Topology, TopologyError, dump_topology, generate_named, lo
 
 PEER_FIELDS = {f.name for f in dataclasses.fields(PeerConfig)}
 CSV_COLUMNS = ["topology", "algo", "aggregator", "partition", "seed", "round", "wall_time", "mean_loss", "mean_accuracy",
-               "consensus_distance", "bytes_sent_per_peer"]
+               "metric", "mean_metric", "consensus_distance", "bytes_sent_per_peer"]
+DEFAULT_METRIC = "test_accuracy"
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses and perplexities fall as training succeeds; accuracies and the like rise."""
+    return "loss" in metric or "perplexity" in metric
+
+
+def label_of(metric: str) -> str:
+    return "accuracy" if metric == DEFAULT_METRIC else metric
 
 
 @dataclass(frozen=True)
@@ -72,9 +82,10 @@ def unsupported(run: Run, topology: Topology, options: PeerConfig) -> str | None
     return None
 
 
-def run_rows(run: Run, run_dir: Path, attacker: str = "") -> list[dict]:
+def run_rows(run: Run, run_dir: Path, attacker: str = "", metric: str = DEFAULT_METRIC) -> list[dict]:
     """results.csv rows of one finished run, from its peers' metrics and traces. An ``attacker``
-    is left out: the figures are those of the honest peers."""
+    is left out: the figures are those of the honest peers. ``metric``: the task's figure compared
+    across runs (mean over peers, in the rounds it was evaluated)."""
     peers = sorted(p for p in (run_dir / "peers").iterdir() if p.name != attacker)
     metrics = {p.name: read_json_lines(p / "metrics.jsonl") for p in peers}
     traces = [read_trace(p) for p in peers if (p / "trace.f32").exists()]
@@ -93,12 +104,15 @@ def run_rows(run: Run, run_dir: Path, attacker: str = "") -> list[dict]:
         sent += [rec["bytes_sent"] for rec in records]
         losses = [rec["loss"] for rec in records if rec["loss"] is not None]
         accuracies = [rec["test_accuracy"] for rec in records if rec.get("test_accuracy") is not None]
+        figures = [rec[metric] for rec in records if rec.get(metric) is not None]
         out.append({
             "topology": run.topology, "algo": run.algo, "aggregator": run.aggregator, "partition": run.partition,
             "seed": run.seed, "round": r,
             "wall_time": max(rec["time"] for rec in records),
             "mean_loss": float(np.mean(losses)) if losses else "",
             "mean_accuracy": float(np.mean(accuracies)) if accuracies else "",
+            "metric": metric,
+            "mean_metric": float(np.mean(figures)) if figures else "",
             "consensus_distance": consensus.get(r, ""),
             "bytes_sent_per_peer": float(sent.mean()),
         })
@@ -106,15 +120,20 @@ def run_rows(run: Run, run_dir: Path, attacker: str = "") -> list[dict]:
 
 
 def first_reaching(rows: list[dict], target: float) -> dict | None:
+    """The first row whose mean metric reached ``target`` (from above for losses, from below otherwise)."""
     for row in rows:
-        if row["mean_accuracy"] != "" and row["mean_accuracy"] >= target:
+        value = row["mean_metric"]
+        if value != "" and (value <= target if lower_is_better(row["metric"]) else value >= target):
             return row
     return None
 
 
-def summary_markdown(results: dict[Run, list[dict] | str], rates: dict[str, float], target: float) -> str:
-    lines = [f"| topology | rho | algo | aggregator | partition | seed | final accuracy (mean) | rounds to {target:g} | "
-             f"seconds to {target:g} | final consensus distance | MB sent per peer |",
+def summary_markdown(results: dict[Run, list[dict] | str], rates: dict[str, float], target: float,
+                     metric: str = DEFAULT_METRIC) -> str:
+    name = label_of(metric)
+    goal = "no target" if math.isnan(target) else f"{target:g}"
+    lines = [f"| topology | rho | algo | aggregator | partition | seed | final {name} (mean) | rounds to {goal} | "
+             f"seconds to {goal} | final consensus distance | MB sent per peer |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run, rows in results.items():
         head = (f"| {run.topology} | {rates[run.topology]:.3f} | {run.algo} | {run.aggregator} | {run.partition} "
@@ -122,11 +141,11 @@ def summary_markdown(results: dict[Run, list[dict] | str], rates: dict[str, floa
         if isinstance(rows, str):  # the reason the run could not be made
             lines.append(f"{head} {rows} | | | | |")
             continue
-        accuracies = [r["mean_accuracy"] for r in rows if r["mean_accuracy"] != ""]
+        figures = [r["mean_metric"] for r in rows if r["mean_metric"] != ""]
         consensus = [r["consensus_distance"] for r in rows if r["consensus_distance"] != ""]
         hit = first_reaching(rows, target)
-        final = f"{accuracies[-1]:.4f}" if accuracies else "-"
-        rounds = str(hit["round"] + 1) if hit else "not reached"
+        final = f"{figures[-1]:.4f}" if figures else "-"
+        rounds = str(hit["round"] + 1) if hit else ("-" if math.isnan(target) else "not reached")
         seconds = f"{hit['wall_time']:.1f}" if hit else "-"
         distance = f"{consensus[-1]:.2e}" if consensus else "-"
         megabytes = rows[-1]["bytes_sent_per_peer"] / 2**20
@@ -134,9 +153,10 @@ def summary_markdown(results: dict[Run, list[dict] | str], rates: dict[str, floa
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict[Run, list[dict] | str], rates: dict[str, float], out: Path) -> list[Path]:
-    """PNG plots: consensus distance against round with rho^t drawn over it, accuracy against round
-    and against wall time, bytes sent per peer."""
+def plot(results: dict[Run, list[dict] | str], rates: dict[str, float], out: Path,
+         metric: str = DEFAULT_METRIC) -> list[Path]:
+    """PNG plots: consensus distance against round with rho^t drawn over it, the metric (accuracy by
+    default) against round, wall time and bytes sent per peer, and bytes sent per peer."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no screen
@@ -178,19 +198,21 @@ def plot(results: dict[Run, list[dict] | str], rates: dict[str, float], out: Pat
     ax.legend(fontsize=6, ncol=2)
     paths.append(_save(fig, out / "consensus.png"))
 
-    for x_key, name, label in (("round", "accuracy_rounds.png", "round"),
-                               ("wall_time", "accuracy_time.png", "wall time (s)")):
+    name = label_of(metric)
+    for x_key, suffix, label in (("round", "rounds", "round"), ("wall_time", "time", "wall time (s)"),
+                                 ("bytes_sent_per_peer", "bytes", "MB sent per peer")):
         fig, ax = plt.subplots(figsize=(8, 5))
+        scale = 2**-20 if x_key == "bytes_sent_per_peer" else 1
         for run, rows in finished.items():
-            points = [(r[x_key], r["mean_accuracy"]) for r in rows if r["mean_accuracy"] != ""]
+            points = [(r[x_key] * scale, r["mean_metric"]) for r in rows if r["mean_metric"] != ""]
             if points:
                 x, y = zip(*points)
                 ax.plot(x, y, styles.get(run.algo, "-"), color=colours[run.topology], linewidth=widths[run.partition],
                         label=run.label)
         ax.set_xlabel(label)
-        ax.set_ylabel("mean test accuracy over peers")
+        ax.set_ylabel(f"mean {metric} over peers")
         ax.legend(fontsize=6, ncol=2)
-        paths.append(_save(fig, out / name))
+        paths.append(_save(fig, out / f"{name}_{suffix}.png"))
 
     fig, ax = plt.subplots(figsize=(8, 5))
     names = [run.name for run in finished]
@@ -234,8 +256,12 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     add("--launch", choices=["in-process", "processes"], default="in-process",
         help="all peers of a run as tasks of one process (inproc sockets), or one process "
              "per peer over TCP loopback (default: %(default)s)")
-    add("--target-accuracy", type=float, default=0.95,
-        help="summary.md reports rounds and seconds to this mean test accuracy (default: %(default)s)")
+    add("--metric", default="",
+        help="the task's figure the runs are compared by (test_accuracy, val_loss, ...); lower is better for "
+             "losses and perplexities (default: the task's headline, else test_accuracy)")
+    add("--target", "--target-accuracy", dest="target", type=float, default=None,
+        help="summary.md reports rounds and seconds until the mean metric reaches this (default: 0.95 for "
+             "accuracy; none otherwise)")
     add("--base-port", type=int, default=27000,
         help="first TCP port of generated topologies in processes mode (default: %(default)s)")
     add("--out", required=True, help="experiment directory")
@@ -266,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         # runner sets one.
         options = resolve_config(SWEEP_DEFAULTS | {name: value for name, value in explicit.items()
                                                    if name in PEER_FIELDS and name not in PER_RUN})
+        metric = args["metric"] or getattr(resolve_task(options), "headline", DEFAULT_METRIC)
+        target = args["target"] if args["target"] is not None else (0.95 if metric == DEFAULT_METRIC else math.nan)
     except (ValueError, ConfigError, TopologyError) as error:
         print(f"topology_experiment: error: {error}", file=sys.stderr)
         return 2
@@ -295,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             if code >= 128:
                 print("topology_experiment: interrupted; run it again with the same --out to resume", file=sys.stderr)
                 return code
-        results[run] = run_rows(run, run_dir, attacker=options.attack.split(":")[0])
+        results[run] = run_rows(run, run_dir, attacker=options.attack.split(":")[0], metric=metric)
 
     rates = {name: topology.consensus_rate for name, topology in topologies.items()}
     with open(out / "results.csv", "w", newline="") as f:
@@ -304,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         for rows in results.values():
             if not isinstance(rows, str):
                 writer.writerows(rows)
-    (out / "summary.md").write_text(summary_markdown(results, rates, args["target_accuracy"]))
-    paths = plot(results, rates, out / "plots")
+    (out / "summary.md").write_text(summary_markdown(results, rates, target, metric))
+    paths = plot(results, rates, out / "plots", metric)
     print((out / "summary.md").read_text())
     print(f"results: {out / 'results.csv'}; plots: {', '.join(p.name for p in paths)} in {out / 'plots'}")
     return 0

@@ -20,7 +20,7 @@ def consensus_distance(models: list[dict[str, torch.Tensor]]) -> float:
     """Mean over peers of ||x_i - x_mean|| / ||x_mean||: 0 when every replica is identical."""
     if not models:
         raise ValueError("no models to compare")
-    return consensus_of_rows(torch.stack([flat_parameters(m) for m in models]).numpy())
+    return consensus_of_rows(torch.stack([flat_parameters(m).cpu() for m in models]).numpy())
 
 
 def consensus_of_rows(rows: np.ndarray) -> float:

@@ -35,7 +35,8 @@ from .replica import check_run, resolve_config, resolve_task
 from .task import task_name
 from .results import consensus_distance, load_model, peer_outcome, relative_error
 from .storage import atomic_torch_save, atomic_write_json
-from .topology import Topology, TopologyError, dump_topology, generate, load_topology, relocate
+from .topology import (PeerSpec, Topology, TopologyError, build_topology, dump_topology, generate, load_topology,
+                       relocate)
 
 DEFAULT_TOPOLOGY = "ring8 (built in: ring of 8 peers on 127.0.0.1:25000-25007)"
 # How long peers get to exit after SIGTERM before they are killed.
@@ -94,6 +95,9 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
                              "launcher makes fresh ones in DIR/keys")
     add("--insecure", action="store_true",
         help="run without CurveZMQ: plain, unauthenticated connections")
+    add("--centralized", action="store_true",
+        help="the baseline: one peer alone on all the data, with --batch-size times the topology's peer count, "
+             "so that it sees as many samples per step as the whole swarm (same rounds, steps and schedule)")
     add("--in-process", nargs="?", const="inproc", default="", choices=["inproc", "ipc"],
         help="run every peer as a task of this one process, over inproc (default) or ipc "
                              "sockets, for swarms too large for a process per peer; logs go to DIR/peers.log")
@@ -419,6 +423,7 @@ class LaunchOptions:
     join: list[str] = dataclasses.field(default_factory=list)
     keys: str = ""
     insecure: bool = False
+    centralized: bool = False
 
 
 LAUNCH_FIELDS = tuple(f.name for f in dataclasses.fields(LaunchOptions))
@@ -450,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
 def launch(config: PeerConfig, topology: Topology, options: LaunchOptions) -> int:
     """Run every peer of ``topology`` with ``config`` on this machine, show their progress, write
     RUN/summary.json; returns the launcher's exit code."""
+    if options.centralized:
+        topology, config = centralized(topology, config)
     try:
         task = resolve_task(config)
         check_run(config, topology, task)
@@ -541,6 +548,14 @@ def launch(config: PeerConfig, topology: Topology, options: LaunchOptions) -> in
     if interrupted is not None:
         return 128 + interrupted
     return 1 if failed else 0
+
+
+def centralized(topology: Topology, config: PeerConfig) -> tuple[Topology, PeerConfig]:
+    """The swarm's centralized baseline: its first peer alone, with all the data, taking batches as large
+    as the whole swarm's, so that after each round it has seen as many samples as the swarm has."""
+    first = topology.peers[0]
+    alone = build_topology(f"{topology.name}-centralized", [PeerSpec(first.id, first.endpoint, first.bind)], [])
+    return alone, config.replace(batch_size=config.batch_size * topology.size)
 
 
 def show_sample(peers: list[PeerProcess]) -> None:

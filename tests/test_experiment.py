@@ -33,13 +33,14 @@ def test_a_sweep_writes_results_summary_and_plots_and_resumes(tmp_path, capsys):
     assert [int(r["round"]) for r in one_run] == list(range(12))
     assert [r["round"] for r in one_run if r["consensus_distance"]] == ["2", "5", "8", "11"]
     assert [r["round"] for r in one_run if r["mean_accuracy"]] == ["2", "5", "8", "11"]
+    assert all(r["metric"] == "test_accuracy" and r["mean_metric"] == r["mean_accuracy"] for r in rows)
     sent = [float(r["bytes_sent_per_peer"]) for r in one_run]
     assert all(b > a for a, b in zip(sent, sent[1:]))  # cumulative
 
     summary = (out / "summary.md").read_text()
     assert "| exponential4 | 0.333 | admm | mean | iid | 0 | n/a (ADMM needs a static undirected graph, and exponential4 " \
         "is directed) |" in summary
-    for name in ("consensus.png", "accuracy_rounds.png", "accuracy_time.png", "bytes_sent.png"):
+    for name in ("consensus.png", "accuracy_rounds.png", "accuracy_time.png", "accuracy_bytes.png", "bytes_sent.png"):
         assert (out / "plots" / name).stat().st_size > 10_000
 
     # The consensus column is the distance to the mean of all peers' traced parameters.

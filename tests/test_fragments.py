@@ -184,3 +184,27 @@ def test_a_whole_model_peer_refuses_a_fragment_and_says_so():
     contract = wire.Contract("r", "e" * 16, frozenset({"p1"}), whole)
     with pytest.raises(wire.FingerprintMismatch, match="sends its model in fragments and this peer whole"):
         wire.decode(encode(1, {"weight[1:2]": torch.tensor([2.0])}, 1), contract)
+
+
+@pytest.mark.swarm
+def test_a_swarm_of_processes_exchanging_half_precision_fragments_equals_the_simulation(topology_file, tmp_path):
+    import json
+
+    from p2ptrain.storage import read_json_lines
+    from p2ptrain.topology import load_topology
+
+    from .processes import run_launcher
+
+    out = tmp_path / "run"
+    result = run_launcher([str(topology_file("ring", 4)), "--fragments", "3", "--wire-dtype", "bfloat16",
+                           "--rounds", "30", "--eval-every", "10", "--out", str(out), "--timeout", "100"], timeout=110)
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = PeerConfig.from_file(out / "peer-config.json")
+    for peer_id, state in simulate(config, load_topology(out / "topology.toml")).items():
+        got = torch.load(out / "peers" / peer_id / "model.pt", weights_only=True)
+        for name, tensor in state.items():
+            assert torch.equal(got[name], tensor), f"{peer_id} {name}"
+    records = read_json_lines(out / "peers" / "p1" / "metrics.jsonl")
+    assert all(r["heard"] == ["p0", "p2"] and not r["rejected"] for r in records)
+    assert json.loads((out / "peers" / "p1" / "config.json").read_text())["agreement"] == \
+        {"algorithm": "gossip", "fragments": 3, "wire_dtype": "bfloat16"}

@@ -38,9 +38,10 @@ def specs_from(text: str) -> tuple[wire.TensorSpec, ...]:
 VECTORS = vectors()
 
 
-def test_the_document_has_the_gossip_and_the_admm_vectors():
+def test_the_document_has_the_gossip_the_admm_and_the_fragment_vectors():
     assert [json.loads(v["agreement"]) for v in VECTORS] == [
-        {"algorithm": "gossip"}, {"algorithm": "admm", "admm_penalty": 0.1}]
+        {"algorithm": "gossip"}, {"algorithm": "admm", "admm_penalty": 0.1},
+        {"algorithm": "gossip", "fragments": 4, "wire_dtype": "bfloat16"}]
     for vector in VECTORS:
         assert set(vector) == {"tensors", "agreement", "canonical", "fingerprint"}
         assert specs_from(vector["tensors"]) == (wire.TensorSpec("weight", "float32", (1, 2)),
