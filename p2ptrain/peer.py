@@ -63,10 +63,11 @@ DRAIN_LIMIT = 256
 STATE_REQUEST_INTERVAL = 0.5
 
 
-def message_contract(run_id: str, fingerprint: str, senders: frozenset[str], algorithm, period: int) -> wire.Contract:
-    """What this peer accepts: its algorithm's params messages (one layout per fragment) and state answers."""
+def message_contract(run_id: str, fingerprint: str, senders: frozenset[str], algorithm, period: int,
+                     state_specs: tuple[wire.TensorSpec, ...]) -> wire.Contract:
+    """What this peer accepts: its algorithm's params messages (one layout per fragment) and state answers
+    (``state_specs``: the whole model in its own precision)."""
     layouts = tuple(wire.specs_of(tensors) for tensors in algorithm.message_layouts())
-    state_specs = wire.specs_of(algorithm.state_tensors())
     if len(layouts) == 1:
         return wire.Contract(run_id, fingerprint, senders, layouts[0], state_specs=state_specs)
     return wire.Contract(run_id, fingerprint, senders, state_specs, fragments=layouts, period=period,
@@ -99,7 +100,7 @@ class Node:
         self.in_neighbours = self.topology.in_neighbours(self.id)
         self.out_neighbours = self.topology.out_neighbours(self.id)
         self.contract = message_contract(config.run_id, self.fingerprint, frozenset(self.in_neighbours),
-                                         self.algorithm, topology.period)
+                                         self.algorithm, topology.period, state_specs)
         self.inbox = Inbox(rounds=config.rounds)
         self.newest = Newest(config.max_staleness)  # async mode files messages here instead
         absent = config.absent_peers()

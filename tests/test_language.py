@@ -10,8 +10,8 @@ import torch
 from p2ptrain.builtin_tasks import task_from_options
 from p2ptrain.config import PeerConfig
 from p2ptrain.gpt import GPT, GPTConfig, generate, parameter_count
-from p2ptrain.language import CharTask, Windows
-from p2ptrain.replica import exchanged_tensors
+from p2ptrain.language import CharTask
+from p2ptrain.replica import exchanged_tensors, resolve_config
 from p2ptrain.simulate import simulate
 from p2ptrain.task import TaskError, evaluate
 from p2ptrain.topology import generate as generate_topology
@@ -66,6 +66,10 @@ def test_the_validation_slice_is_the_held_out_end_of_the_text_and_the_same_for_e
 def test_the_default_corpus_and_the_unigram_bound(task):
     assert 400_000 < len(task.ids) < 600_000 and 80 <= task.vocab_size <= 130
     assert task.decode(task.encode("def f(x):\n")) == "def f(x):\n"
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        task.encode("\u4e2d")
+    with pytest.raises(TaskError, match="characters the text never uses"):
+        CharTask(seed_text="\u4e2d", **SMALL)
     # Above zero and below the entropy of a uniform choice: English text is far from uniform.
     assert 2.5 < task.unigram_entropy() < math.log(task.vocab_size)
 
@@ -79,6 +83,12 @@ def test_the_default_model_has_a_million_parameters_and_ties_its_head_to_the_emb
     assert "head.weight" not in exchanged and "token_embedding.weight" in exchanged
     assert list(model.buffers()) == []  # no mask: nothing constant goes on the wire
     assert sum(t.numel() for t in exchanged.values()) == parameter_count(model)
+
+
+def test_the_task_defaults_fill_in_the_options_the_command_line_leaves_out():
+    config = resolve_config({"task": "gpt-char", "rounds": 7})
+    assert config.rounds == 7 and config.lr == CharTask.defaults["lr"]
+    assert config.batch_size == CharTask.defaults["batch_size"] and config.lr_schedule == "cosine"
 
 
 def test_a_text_file_given_by_path_is_used(tmp_path):
@@ -97,7 +107,7 @@ def test_a_text_file_given_by_path_is_used(tmp_path):
     (None, "no such file"),
     (b"caf\xe9 au lait\n" * 100, "not UTF-8 text .* convert it"),
     (b"too short\n", "too few for windows of context=16 .* give a text of at least 170 characters, or a smaller context"),
-])
+], ids=["missing", "latin-1", "too-short"])
 def test_a_bad_text_file_is_refused_with_the_fix(tmp_path, content, message):
     path = tmp_path / "corpus.txt"
     if content is not None:

@@ -1,0 +1,153 @@
+"""How a swarm's messages shape its training: whole-model gossip against model fragments and half-precision
+messages, with the centralized baseline beside them (scripts/compare_messages.py).
+
+Each variant is one in-process swarm run by the launcher with the same task,
+topology, seed and options, differing only in --fragments and --wire-dtype;
+the baseline is the launcher's --centralized run. The study writes
+summary.md (every peer's final metric, its distance from the baseline,
+consensus, bytes sent per peer per round and their ratio to whole-model
+gossip, wall time) and plots of the metric against rounds and against bytes
+sent. A variant whose summary.json exists is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder
+from .experiment import DEFAULT_METRIC, PEER_FIELDS, Run, lower_is_better, resolve_topology, run_rows
+from .replica import resolve_config, resolve_task
+from .swarm import LaunchOptions, launch
+from .topology import TopologyError
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    fragments: int = 1
+    wire_dtype: str = ""
+    centralized: bool = False
+
+    def config(self, base: PeerConfig) -> PeerConfig:
+        return base.replace(fragments=self.fragments, wire_dtype=self.wire_dtype)
+
+
+def variants(fragments: int) -> list[Variant]:
+    return [Variant("centralized", centralized=True), Variant("gossip"),
+            Variant(f"fragments-{fragments}", fragments=fragments), Variant("bfloat16", wire_dtype="bfloat16"),
+            Variant(f"fragments-{fragments}-bfloat16", fragments=fragments, wire_dtype="bfloat16")]
+
+
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    parser = new_parser(defaults, prog="scripts/compare_messages.py",
+                        description="Train the same task with whole-model, fragment and half-precision gossip and "
+                                    "alone (the centralized baseline); compare them in a table and plots.")
+    add = option_adder(parser, defaults)
+    add("--out", required=True, help="study directory")
+    add("--topology", default="ring8", help="topology file or KIND+PEERS name (default: %(default)s)")
+    add("--only", default="", help="comma-separated variant names to run (default: all)")
+    add("--metric", default="", help="the figure compared (default: the task's headline, else test_accuracy)")
+    add("--base-port", type=int, default=27500, help="ports of a generated topology (default: %(default)s)")
+    add_training_options(parser, defaults, helps={
+        "fragments": "K of the fragment variants (default: 4)", "wire_dtype": argparse.SUPPRESS})
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, explicit = given_options(build_parser, argv)
+    out = Path(args["out"])
+    try:
+        topology = resolve_topology(args["topology"], args["base_port"])
+        base = resolve_config({k: v for k, v in explicit.items() if k in PEER_FIELDS and k not in ("fragments",
+                                                                                                   "wire_dtype")})
+        metric = args["metric"] or getattr(resolve_task(base), "headline", DEFAULT_METRIC)
+        fragments = explicit.get("fragments", 4)
+        chosen = [v for v in variants(fragments) if not args["only"] or v.name in args["only"].split(",")]
+        if not chosen:
+            raise ConfigError(f"--only {args['only']}: no such variant; choose from "
+                              f"{', '.join(v.name for v in variants(fragments))}")
+    except (ValueError, ConfigError, TopologyError) as error:
+        print(f"compare_messages: error: {error}", file=sys.stderr)
+        return 2
+    results = {}
+    for variant in chosen:
+        run_dir = out / variant.name
+        if not (run_dir / "summary.json").exists():
+            print(f"== {variant.name}", flush=True)
+            code = launch(variant.config(base), topology, LaunchOptions(out=str(run_dir), overwrite=True,
+                                                                        in_process="inproc",
+                                                                        centralized=variant.centralized))
+            if code != 0:
+                print(f"compare_messages: {variant.name} failed (exit {code}); see {run_dir}", file=sys.stderr)
+                return code
+        results[variant] = study_run(variant, run_dir, metric, base.rounds)
+    table = summary_markdown(results, metric)
+    (out / "summary.md").write_text(table)
+    paths = plot(results, metric, out)
+    print(table)
+    print(f"summary: {out / 'summary.md'}; plots: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def study_run(variant: Variant, run_dir: Path, metric: str, rounds: int) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    finals = [json.loads((p / "result.json").read_text()).get(metric) for p in sorted((run_dir / "peers").iterdir())]
+    rows = run_rows(Run(variant.name, summary["algo"], "iid", 0), run_dir, metric=metric)
+    return {"finals": [f for f in finals if f is not None], "rows": rows, "wall": summary["wall_seconds"],
+            "consensus": summary["consensus_distance"],
+            "bytes_per_round": rows[-1]["bytes_sent_per_peer"] / rounds if rows else 0.0}
+
+
+def summary_markdown(results: dict[Variant, dict], metric: str) -> str:
+    baseline = next((r for v, r in results.items() if v.centralized), None)
+    reference = baseline["finals"][0] if baseline and baseline["finals"] else None
+    full = next((r for v, r in results.items() if v.name == "gossip"), None)
+    lines = [f"| run | final {metric} (min / mean / max over peers) | worst vs centralized | consensus distance | "
+             "bytes sent per peer per round | vs whole-model gossip | wall time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for variant, result in results.items():
+        finals = result["finals"]
+        worst = (max if lower_is_better(metric) else min)(finals) if finals else None
+        figures = f"{min(finals):.4f} / {sum(finals) / len(finals):.4f} / {max(finals):.4f}" if finals else "-"
+        versus = f"{(worst / reference - 1) * 100:+.1f}%" if reference and worst is not None else "-"
+        ratio = (f"{result['bytes_per_round'] / full['bytes_per_round']:.3f}"
+                 if full and full["bytes_per_round"] and not variant.centralized else "-")
+        consensus = "-" if variant.centralized or result["consensus"] is None else f"{result['consensus']:.2e}"
+        lines.append(f"| {variant.name} | {figures} | {versus} | {consensus} | {result['bytes_per_round']:,.0f} | "
+                     f"{ratio} | {result['wall']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[Variant, dict], metric: str, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no screen
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for x_key, name, label in (("round", "rounds", "round"), ("bytes_sent_per_peer", "bytes", "MB sent per peer")):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for variant, result in results.items():
+            points = [(r[x_key], r["mean_metric"]) for r in result["rows"] if r["mean_metric"] != ""]
+            if not points:
+                continue
+            if variant.centralized and x_key != "round":
+                # Alone, it sends nothing: its final figure is the line to reach.
+                ax.axhline(points[-1][1], linestyle=":", color="black", label=f"{variant.name} (final)")
+                continue
+            x, y = zip(*points)
+            scale = 2**-20 if x_key != "round" else 1
+            ax.plot([v * scale for v in x], y, "--" if variant.centralized else "-", label=variant.name)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"mean {metric} over peers")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{metric}_{name}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
