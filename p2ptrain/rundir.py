@@ -1,0 +1,98 @@
+"""Where a run keeps its files: one place names them, for the peers that write them and for the launcher,
+the experiment runner and the readers of results.
+
+A peer's directory (``PeerDir``) holds what one peer writes; a launcher's run
+directory (``RunDir``) holds the topology and configuration it handed the
+peers, one peer directory per peer under ``peers/``, and the summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PeerDir:
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"  # the configuration and what the peer was built from
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"  # one JSON line per round
+
+    @property
+    def trace(self) -> Path:
+        return self.path / "trace.f32"  # float32 parameter rows every --trace-every rounds
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def result(self) -> Path:
+        return self.path / "result.json"  # status and counters, written at the end
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model.pt"  # the final state_dict
+
+    @property
+    def algorithm(self) -> Path:
+        return self.path / "algorithm.pt"  # algorithm state beyond the model (ADMM's duals)
+
+    @property
+    def sample(self) -> Path:
+        return self.path / "sample.txt"  # text generated at the end, for tasks that generate
+
+    @property
+    def log(self) -> Path:
+        return self.path / "peer.log"  # the launcher's capture of the peer's output
+
+    def outputs(self) -> tuple[Path, ...]:
+        """Files a run leaves here: a new run refuses to start over them unless told to overwrite."""
+        return (self.metrics, self.result, self.model, self.algorithm, self.config, self.trace, self.sample,
+                self.checkpoint)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def peers(self) -> Path:
+        return self.path / "peers"
+
+    def peer(self, peer_id: str) -> PeerDir:
+        return PeerDir(self.peers / peer_id)
+
+    @property
+    def topology(self) -> Path:
+        return self.path / "topology.toml"  # the graph as the launcher gave it to the peers
+
+    @property
+    def peer_config(self) -> Path:
+        return self.path / "peer-config.json"  # the one configuration every peer reads
+
+    @property
+    def launch(self) -> Path:
+        return self.path / "launch.json"  # the command and the peers' pids
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def keys(self) -> Path:
+        return self.path / "keys"
+
+    @property
+    def reference(self) -> Path:
+        return self.path / "reference.pt"  # the centralized optimum of a convex task
+
+    @property
+    def peers_log(self) -> Path:
+        return self.path / "peers.log"  # the log of peers run in the launcher's own process
