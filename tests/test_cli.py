@@ -140,3 +140,18 @@ def test_launcher_refuses_combinations_that_cannot_work_before_starting(args, me
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_readme_keeps_secret_keys_out_of_the_checkout_and_git_ignores_them_anyway():
+    import re
+    import shutil
+    import subprocess
+
+    readme = (ROOT / "README.md").read_text()
+    directories = re.findall(r"p2ptrain\.keys generate .*--dir (\S+)", readme)
+    assert directories and all(d.startswith(("~/", "/")) for d in directories), directories
+    if shutil.which("git") and (ROOT / ".git").exists():
+        for path in ("keys/p0.secret", "keys/pair/p1.public", "anywhere/p3.secret"):
+            assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0, path
+    else:
+        assert {"keys/", "*.secret"} <= set((ROOT / ".gitignore").read_text().split())

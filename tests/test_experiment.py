@@ -79,3 +79,28 @@ def test_info_of_a_schedule_and_a_drawing(tmp_path, capsys):
     assert "rounds to shrink disagreement 1e6-fold: 4 (the exact average after one period)" in printed
     assert topology_cli(["draw", str(path), "-o", str(tmp_path / "op.png")]) == 0
     assert (tmp_path / "op.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generate_says_what_it_wrote(tmp_path, capsys):
+    path = tmp_path / "ring6.toml"
+    assert topology_cli(["generate", "ring", "--peers", "6", "--base-port", "26000", "-o", str(path)]) == 0
+    said = capsys.readouterr().err
+    assert said.startswith(f"wrote {path}: ring6, 6 peers, 6 edges, rho 0.6667")
+    assert "tcp://127.0.0.1:26000 ... tcp://127.0.0.1:26005" in said
+
+
+@pytest.mark.parametrize("kind, wraps", [("torus", True), ("grid", False)])
+def test_a_torus_or_grid_is_drawn_on_its_lattice(kind, wraps):
+    import networkx as nx
+
+    from p2ptrain.topology.__main__ import lattice_layout
+
+    topology = generate(kind, 16)
+    graph = nx.Graph()
+    graph.add_edges_from(topology.edges())
+    layout = lattice_layout(graph)
+    assert sorted(layout.values()) == sorted((col, -row) for row in range(4) for col in range(4))
+    # Every link joins lattice neighbours, or (on a torus only) wraps around a row or column.
+    spans = {abs(layout[a][0] - layout[b][0]) + abs(layout[a][1] - layout[b][1]) for a, b in graph.edges()}
+    assert spans == ({1, 3} if wraps else {1})
+    assert lattice_layout(nx.complete_graph(8)) is None and lattice_layout(nx.cycle_graph(8)) is None

@@ -22,19 +22,10 @@ from p2ptrain.algorithms.gossip import mix
 from p2ptrain.staging import Staging
 from p2ptrain.transport import Transport
 
+from .test_wire import tensor_of
+
 ROOT = Path(__file__).resolve().parent.parent
 _names = itertools.count()
-
-
-def tensor_of(dtype: torch.dtype, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    """Values spread over the dtype's whole range."""
-    g = torch.Generator().manual_seed(seed)
-    if dtype == torch.bool:
-        return torch.randint(0, 2, shape, generator=g).bool()
-    if dtype.is_floating_point:
-        return (torch.randn(shape, generator=g) * 100).to(dtype)
-    info = torch.iinfo(dtype)
-    return torch.randint(info.min, info.max, shape, generator=g, dtype=torch.int64).to(dtype)
 
 
 def raw_bytes(t: torch.Tensor) -> bytes:

@@ -53,6 +53,34 @@ def describe(topology) -> str:
     return "\n".join(lines)
 
 
+def lattice_layout(graph) -> dict | None:
+    """Positions on a grid when the graph is a grid or a torus (of any rows x columns), else None.
+
+    A force-directed layout folds a torus into a tangle; found as a lattice, each peer is drawn at its
+    row and column, and a torus's wrap-around links show as the long edges across the drawing."""
+    import networkx as nx
+
+    n = graph.number_of_nodes()
+    degrees = {d for _, d in graph.degree()}
+    if n < 4 or n > 1024 or not degrees <= {2, 3, 4}:
+        return None
+    for rows in range(2, n // 2 + 1):
+        if n % rows:
+            continue
+        for periodic in (True, False):
+            lattice = nx.grid_2d_graph(rows, n // rows, periodic=periodic)
+            if lattice.number_of_edges() != graph.number_of_edges():
+                continue
+            match = nx.vf2pp_isomorphism(graph, lattice)
+            if match is not None:
+                return {node: (col, -row) for node, (row, col) in match.items()}
+    return None
+
+
+def _distance(a, b) -> float:
+    return abs(a[0] - b[0]) + abs(a[1] - b[1])
+
+
 def draw(topology, path: Path) -> None:
     import matplotlib
 
@@ -63,11 +91,20 @@ def draw(topology, path: Path) -> None:
     graph = nx.DiGraph() if topology.directed else nx.Graph()
     graph.add_nodes_from(topology.ids)
     graph.add_edges_from(topology.edges())
-    layout = nx.circular_layout(graph) if topology.directed or topology.period > 1 else nx.kamada_kawai_layout(graph)
+    lattice = None if topology.directed or topology.period > 1 else lattice_layout(graph)
+    if topology.directed or topology.period > 1:
+        layout = nx.circular_layout(graph)
+    else:
+        layout = lattice or nx.kamada_kawai_layout(graph)
+    # A torus's wrap-around links would run straight through their row or column: drawn as arcs instead.
+    wraps = [(a, b) for a, b in graph.edges() if lattice and _distance(layout[a], layout[b]) > 1]
     fig, ax = plt.subplots(figsize=(6, 6))
     arrows = {"arrows": True, "arrowsize": 8} if topology.directed else {"arrows": False}
     nx.draw_networkx(graph, layout, ax=ax, node_color="#8fbcd4", node_size=350, font_size=7,
-                     edge_color="#555555", width=0.8, **arrows)
+                     edge_color="#555555", width=0.8, edgelist=[e for e in graph.edges() if e not in wraps], **arrows)
+    if wraps:
+        nx.draw_networkx_edges(graph, layout, ax=ax, edgelist=wraps, edge_color="#999999", width=0.8, arrows=True,
+                               arrowstyle="-", connectionstyle="arc3,rad=0.25", node_size=350)
     kind = f"schedule of {topology.period} rounds, all shown" if topology.period > 1 else topology.mixing
     ax.set_title(f"{topology.name}: {topology.size} peers, rho = {topology.consensus_rate:.3f} ({kind})", fontsize=9)
     ax.set_axis_off()
@@ -104,12 +141,17 @@ def main(argv: list[str] | None = None) -> int:
             text = dump_topology(topology, f"{topology.name}: {args.kind} graph of {args.peers} peers.")
             if args.output:
                 Path(args.output).write_text(text, encoding="utf-8")
+                endpoints = [spec.endpoint for spec in topology.peers]
+                print(f"wrote {args.output}: {topology.name}, {topology.size} peers, {len(topology.edges())} edges, "
+                      f"rho {topology.consensus_rate:.4f}; endpoints {endpoints[0]} ... {endpoints[-1]}",
+                      file=sys.stderr)
             else:
                 sys.stdout.write(text)
         elif args.command == "info":
             print(describe(load_topology(args.file)))
         else:
             draw(load_topology(args.file), Path(args.output))
+            print(f"wrote {args.output}", file=sys.stderr)
     except TopologyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
