@@ -23,8 +23,10 @@ import numpy as np
 
 from .config import ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder
 from .data import parse_partition
+from .plots import save, sweep_figures
 from .replica import check_run, resolve_config, resolve_task
 from .results import consensus_of_rows, read_trace
+from .rundir import RunDir, SweepDir
 from .storage import read_json_lines
 from .swarm import LaunchOptions, launch
 from .topology import Topology, TopologyError, dump_topology, generate_named, load_topology
@@ -82,13 +84,13 @@ def unsupported(run: Run, topology: Topology, options: PeerConfig) -> str | None
     return None
 
 
-def run_rows(run: Run, run_dir: Path, attacker: str = "", metric: str = DEFAULT_METRIC) -> list[dict]:
+def run_rows(run: Run, run_dir: RunDir, attacker: str = "", metric: str = DEFAULT_METRIC) -> list[dict]:
     """results.csv rows of one finished run, from its peers' metrics and traces. An ``attacker``
     is left out: the figures are those of the honest peers. ``metric``: the task's figure compared
     across runs (mean over peers, in the rounds it was evaluated)."""
-    peers = sorted(p for p in (run_dir / "peers").iterdir() if p.name != attacker)
-    metrics = {p.name: read_json_lines(p / "metrics.jsonl") for p in peers}
-    traces = [read_trace(p) for p in peers if (p / "trace.f32").exists()]
+    peers = [p for p in run_dir.peer_dirs() if p.id != attacker]
+    metrics = {p.id: read_json_lines(p.metrics) for p in peers}
+    traces = [read_trace(p) for p in peers if p.trace.exists()]
     consensus = {}
     if traces:
         for r in sorted(set.intersection(*(set(traced) for traced, _ in traces))):
@@ -153,86 +155,6 @@ def summary_markdown(results: dict[Run, list[dict] | str], rates: dict[str, floa
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict[Run, list[dict] | str], rates: dict[str, float], out: Path,
-         metric: str = DEFAULT_METRIC) -> list[Path]:
-    """PNG plots: consensus distance against round with rho^t drawn over it, the metric (accuracy by
-    default) against round, wall time and bytes sent per peer, and bytes sent per peer."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no screen
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    finished = {run: rows for run, rows in results.items() if not isinstance(rows, str)}
-    colours = {name: plt.cm.tab10(i % 10) for i, name in enumerate(sorted({r.topology for r in finished}))}
-    styles = {"gossip": "-", "admm": "--"}
-    # Colour: topology; line style: algorithm; width: partition (the first listed widest).
-    partitions = list(dict.fromkeys(run.partition for run in finished))
-    widths = {p: max(2.4 - 1.2 * i, 0.6) for i, p in enumerate(partitions)}
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    predicted = set()
-    lowest = math.inf
-    for run, rows in finished.items():
-        points = [(r["round"], r["consensus_distance"]) for r in rows if r["consensus_distance"] != ""]
-        if not points:
-            continue
-        x, y = zip(*points)
-        lowest = min(lowest, min(v for v in y if v > 0))
-        ax.semilogy(x, y, styles.get(run.algo, "-"), color=colours[run.topology], alpha=0.8,
-                    linewidth=widths[run.partition], label=run.label)
-        rho = rates[run.topology]
-        if run.topology not in predicted and 0 < rho < 1:
-            predicted.add(run.topology)
-            t = np.arange(x[0], x[-1] + 1)
-            ax.semilogy(t, y[0] * rho ** (t - x[0]), ":", color=colours[run.topology], linewidth=1,
-                        label=f"{run.topology} rho^t, rho={rho:.3f}")
-    if math.isfinite(lowest):
-        # With gradient steps disagreement stops shrinking; the prediction is for pure averaging
-        # (--local-steps 0) and would otherwise stretch the axis far below every measurement.
-        ax.set_ylim(bottom=lowest / 100)
-    ax.set_xlabel("round")
-    ax.set_ylabel("consensus distance (mean ||x_i - x̄|| / ||x̄||)")
-    ax.set_title("Consensus distance; dotted: rho^t from the first measured point")
-    ax.legend(fontsize=6, ncol=2)
-    paths.append(_save(fig, out / "consensus.png"))
-
-    name = label_of(metric)
-    for x_key, suffix, label in (("round", "rounds", "round"), ("wall_time", "time", "wall time (s)"),
-                                 ("bytes_sent_per_peer", "bytes", "MB sent per peer")):
-        fig, ax = plt.subplots(figsize=(8, 5))
-        scale = 2**-20 if x_key == "bytes_sent_per_peer" else 1
-        for run, rows in finished.items():
-            points = [(r[x_key] * scale, r["mean_metric"]) for r in rows if r["mean_metric"] != ""]
-            if points:
-                x, y = zip(*points)
-                ax.plot(x, y, styles.get(run.algo, "-"), color=colours[run.topology], linewidth=widths[run.partition],
-                        label=run.label)
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"mean {metric} over peers")
-        ax.legend(fontsize=6, ncol=2)
-        paths.append(_save(fig, out / f"{name}_{suffix}.png"))
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    names = [run.name for run in finished]
-    ax.barh(names, [rows[-1]["bytes_sent_per_peer"] / 2**20 for rows in finished.values()],
-            color=[colours[run.topology] for run in finished])
-    ax.set_xlabel("MB sent per peer over the run")
-    ax.tick_params(axis="y", labelsize=6)
-    paths.append(_save(fig, out / "bytes_sent.png"))
-    return paths
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
-
-
 # The runner's own defaults for the peers: traces and evaluations often enough to draw curves.
 SWEEP_DEFAULTS = {"trace_every": 5, "eval_every": 5, "log_every": 50, "log_level": "WARNING"}
 # Options the runner takes as lists (--algos, --seeds, a comma-separated --partition) and sets per run.
@@ -276,7 +198,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, explicit = given_options(build_parser, argv)
-    out = Path(args["out"])
+    sweep = SweepDir(Path(args["out"]))
     try:
         partitions = args["partition"].split(",")
         for partition in partitions:
@@ -298,42 +220,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"topology_experiment: error: {error}", file=sys.stderr)
         return 2
 
-    (out / "topologies").mkdir(parents=True, exist_ok=True)
+    sweep.topologies.mkdir(parents=True, exist_ok=True)
     runs = [Run(t, a, p, s, g) for t, a, g, p, s in itertools.product(names, algos, aggregators, partitions, seeds)]
     results: dict[Run, list[dict] | str] = {}
     started = time.monotonic()
     for k, run in enumerate(runs, 1):
         topology = topologies[run.topology]
-        run_dir = out / "runs" / run.name
+        run_dir = sweep.run(run.name)
         reason = unsupported(run, topology, options)
         if reason:
             print(f"[{k}/{len(runs)}] {run.name}: skipped, {reason}", flush=True)
             results[run] = f"n/a ({reason})"
             continue
-        if (run_dir / "summary.json").exists():
+        if run_dir.summary.exists():
             print(f"[{k}/{len(runs)}] {run.name}: done earlier", flush=True)
         else:
-            topology_file = out / "topologies" / f"{run.topology}.toml"
-            topology_file.write_text(dump_topology(topology))
+            sweep.topology(run.topology).write_text(dump_topology(topology))
             elapsed = time.monotonic() - started
             print(f"[{k}/{len(runs)}] {run.name} ({elapsed:.0f}s so far)", flush=True)
             config = options.replace(algo=run.algo, partition=run.partition, seed=run.seed, aggregator=run.aggregator)
             code = launch(config, topology, LaunchOptions(
-                out=str(run_dir), overwrite=True, in_process="inproc" if args["launch"] == "in-process" else ""))
+                out=str(run_dir.path), overwrite=True, in_process="inproc" if args["launch"] == "in-process" else ""))
             if code >= 128:
                 print("topology_experiment: interrupted; run it again with the same --out to resume", file=sys.stderr)
                 return code
         results[run] = run_rows(run, run_dir, attacker=options.attack.split(":")[0], metric=metric)
+    write_results(sweep, results, {name: topology.consensus_rate for name, topology in topologies.items()},
+                  target, metric)
+    return 0
 
-    rates = {name: topology.consensus_rate for name, topology in topologies.items()}
-    with open(out / "results.csv", "w", newline="") as f:
+
+def write_results(sweep: SweepDir, results: dict[Run, list[dict] | str], rates: dict[str, float], target: float,
+                  metric: str) -> None:
+    """results.csv, summary.md and the plots of a sweep; the summary is printed too."""
+    with open(sweep.results, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for rows in results.values():
             if not isinstance(rows, str):
                 writer.writerows(rows)
-    (out / "summary.md").write_text(summary_markdown(results, rates, target, metric))
-    paths = plot(results, rates, out / "plots", metric)
-    print((out / "summary.md").read_text())
-    print(f"results: {out / 'results.csv'}; plots: {', '.join(p.name for p in paths)} in {out / 'plots'}")
-    return 0
+    sweep.summary.write_text(summary_markdown(results, rates, target, metric))
+    sweep.plots.mkdir(parents=True, exist_ok=True)
+    paths = [save(figure, sweep.plot(name))
+             for name, figure in sweep_figures(results, rates, metric, label_of(metric)).items()]
+    print(sweep.summary.read_text())
+    print(f"results: {sweep.results}; plots: {', '.join(p.name for p in paths)} in {sweep.plots}")

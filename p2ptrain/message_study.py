@@ -20,7 +20,9 @@ from pathlib import Path
 
 from .config import ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder
 from .experiment import DEFAULT_METRIC, PEER_FIELDS, Run, lower_is_better, resolve_topology, run_rows
+from .plots import save, study_figures
 from .replica import resolve_config, resolve_task
+from .rundir import RunDir, StudyDir
 from .swarm import LaunchOptions, launch
 from .topology import TopologyError
 
@@ -59,7 +61,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, explicit = given_options(build_parser, argv)
-    out = Path(args["out"])
+    study = StudyDir(Path(args["out"]))
     try:
         topology = resolve_topology(args["topology"], args["base_port"])
         base = resolve_config({k: v for k, v in explicit.items() if k in PEER_FIELDS and k not in ("fragments",
@@ -75,27 +77,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = {}
     for variant in chosen:
-        run_dir = out / variant.name
-        if not (run_dir / "summary.json").exists():
+        run_dir = study.variant(variant.name)
+        if not run_dir.summary.exists():
             print(f"== {variant.name}", flush=True)
-            code = launch(variant.config(base), topology, LaunchOptions(out=str(run_dir), overwrite=True,
+            code = launch(variant.config(base), topology, LaunchOptions(out=str(run_dir.path), overwrite=True,
                                                                         in_process="inproc",
                                                                         centralized=variant.centralized))
             if code != 0:
-                print(f"compare_messages: {variant.name} failed (exit {code}); see {run_dir}", file=sys.stderr)
+                print(f"compare_messages: {variant.name} failed (exit {code}); see {run_dir.path}", file=sys.stderr)
                 return code
         results[variant] = study_run(variant, run_dir, metric, base.rounds)
     table = summary_markdown(results, metric)
-    (out / "summary.md").write_text(table)
-    paths = plot(results, metric, out)
+    study.summary.write_text(table)
+    paths = [save(figure, study.plot(name)) for name, figure in study_figures(results, metric).items()]
     print(table)
-    print(f"summary: {out / 'summary.md'}; plots: {', '.join(str(p) for p in paths)}")
+    print(f"summary: {study.summary}; plots: {', '.join(str(p) for p in paths)}")
     return 0
 
 
-def study_run(variant: Variant, run_dir: Path, metric: str, rounds: int) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    finals = [json.loads((p / "result.json").read_text()).get(metric) for p in sorted((run_dir / "peers").iterdir())]
+def study_run(variant: Variant, run_dir: RunDir, metric: str, rounds: int) -> dict:
+    summary = json.loads(run_dir.summary.read_text())
+    finals = [json.loads(p.result.read_text()).get(metric) for p in run_dir.peer_dirs()]
     rows = run_rows(Run(variant.name, summary["algo"], "iid", 0), run_dir, metric=metric)
     return {"finals": [f for f in finals if f is not None], "rows": rows, "wall": summary["wall_seconds"],
             "consensus": summary["consensus_distance"],
@@ -120,34 +122,3 @@ def summary_markdown(results: dict[Variant, dict], metric: str) -> str:
         lines.append(f"| {variant.name} | {figures} | {versus} | {consensus} | {result['bytes_per_round']:,.0f} | "
                      f"{ratio} | {result['wall']:.0f} |")
     return "\n".join(lines) + "\n"
-
-
-def plot(results: dict[Variant, dict], metric: str, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no screen
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for x_key, name, label in (("round", "rounds", "round"), ("bytes_sent_per_peer", "bytes", "MB sent per peer")):
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for variant, result in results.items():
-            points = [(r[x_key], r["mean_metric"]) for r in result["rows"] if r["mean_metric"] != ""]
-            if not points:
-                continue
-            if variant.centralized and x_key != "round":
-                # Alone, it sends nothing: its final figure is the line to reach.
-                ax.axhline(points[-1][1], linestyle=":", color="black", label=f"{variant.name} (final)")
-                continue
-            x, y = zip(*points)
-            scale = 2**-20 if x_key != "round" else 1
-            ax.plot([v * scale for v in x], y, "--" if variant.centralized else "-", label=variant.name)
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"mean {metric} over peers")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out / f"{metric}_{name}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths

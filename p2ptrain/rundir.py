@@ -1,9 +1,12 @@
 """Where a run keeps its files: one place names them, for the peers that write them and for the launcher,
-the experiment runner and the readers of results.
+the experiment runner, the message study and the readers of results.
 
 A peer's directory (``PeerDir``) holds what one peer writes; a launcher's run
 directory (``RunDir``) holds the topology and configuration it handed the
-peers, one peer directory per peer under ``peers/``, and the summary.
+peers, one peer directory per peer under ``peers/``, and the summary. A
+topology experiment (``SweepDir``) keeps one run directory per combination
+under ``runs/`` beside its table, CSV and plots; a message study
+(``StudyDir``) one per variant beside its table and plots.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from pathlib import Path
 @dataclass(frozen=True)
 class PeerDir:
     path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name  # the launcher names a peer's directory after the peer
 
     @property
     def config(self) -> Path:
@@ -62,12 +69,23 @@ class PeerDir:
 class RunDir:
     path: Path
 
+    @classmethod
+    def fresh(cls, name: str) -> "RunDir":
+        return cls(Path("runs") / name)  # where the launcher puts a run not given an --out
+
     @property
     def peers(self) -> Path:
         return self.path / "peers"
 
     def peer(self, peer_id: str) -> PeerDir:
         return PeerDir(self.peers / peer_id)
+
+    def peer_dirs(self) -> list[PeerDir]:
+        """The directories of the peers that ran, in order of their ids."""
+        return [PeerDir(p) for p in sorted(self.peers.iterdir()) if p.is_dir()]
+
+    def holds_a_run(self) -> bool:
+        return self.summary.exists() or self.peers.exists()
 
     @property
     def topology(self) -> Path:
@@ -96,3 +114,52 @@ class RunDir:
     @property
     def peers_log(self) -> Path:
         return self.path / "peers.log"  # the log of peers run in the launcher's own process
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """A topology experiment's directory (experiment.py)."""
+
+    path: Path
+
+    def run(self, name: str) -> RunDir:
+        return RunDir(self.path / "runs" / name)
+
+    @property
+    def topologies(self) -> Path:
+        return self.path / "topologies"
+
+    def topology(self, name: str) -> Path:
+        return self.topologies / f"{name}.toml"  # a generated graph, written for the runs to read
+
+    @property
+    def results(self) -> Path:
+        return self.path / "results.csv"  # a row per run and round
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.md"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    def plot(self, name: str) -> Path:
+        return self.plots / f"{name}.png"
+
+
+@dataclass(frozen=True)
+class StudyDir:
+    """A message study's directory (message_study.py): its plots sit beside its table."""
+
+    path: Path
+
+    def variant(self, name: str) -> RunDir:
+        return RunDir(self.path / name)
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.md"
+
+    def plot(self, name: str) -> Path:
+        return self.path / f"{name}.png"

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +21,7 @@ from .conftest import free_port_block
 from .processes import ROOT
 
 RING8 = str(ROOT / "topologies" / "ring8.toml")
+NOBODY = 65534
 
 
 def test_peer_help_explains_every_option(capsys):
@@ -155,3 +162,40 @@ def test_the_readme_keeps_secret_keys_out_of_the_checkout_and_git_ignores_them_a
             assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0, path
     else:
         assert {"keys/", "*.secret"} <= set((ROOT / ".gitignore").read_text().split())
+
+
+@contextlib.contextmanager
+def without_root():
+    """Root writes through a directory's permission bits; act as nobody so a read-only directory is one."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.mark.parametrize("where", ["under a file", "a file", "a read-only directory", "in a read-only directory"])
+def test_launcher_refuses_an_out_it_cannot_write_in_one_line(where, topology_file, tmp_path, capfd):
+    config, topology, options = swarm.parse([str(topology_file("ring", 3)), "--rounds", "1"])
+    # Outside pytest's own directory, which only its owner may enter.
+    base = Path(tempfile.mkdtemp(prefix="p2ptrain-out-"))
+    try:
+        base.chmod(0o755)
+        (base / "file").write_text("not a directory\n")
+        (base / "readonly").mkdir(mode=0o555)
+        out = {"under a file": base / "file" / "run", "a file": base / "file",
+               "a read-only directory": base / "readonly", "in a read-only directory": base / "readonly" / "run"}[where]
+        with without_root():
+            code = swarm.launch(config, topology, dataclasses.replace(options, out=str(out)))
+    finally:
+        (base / "readonly").chmod(0o755)
+        shutil.rmtree(base)
+    err = capfd.readouterr().err
+    assert code == 2
+    assert err.startswith("launch_swarm: error: cannot write the run directory") and err.count("\n") == 1, err
+    assert "Traceback" not in err

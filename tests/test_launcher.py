@@ -1,0 +1,103 @@
+"""The launcher's parts that need no peer: the live display and the summary, from hand-written peer files."""
+
+from __future__ import annotations
+
+import json
+
+from p2ptrain.config import PeerConfig
+from p2ptrain.faults import FaultPlan
+from p2ptrain.progress import PeerState, Progress, headline, progress_line, progress_table
+from p2ptrain.rundir import RunDir
+from p2ptrain.summary import summarise, summary_table
+from p2ptrain.swarm import Ended, LaunchOptions, PreparedRun, conclude
+from p2ptrain.topology import generate
+
+
+def test_while_peers_start_the_display_says_how_many_listen_instead_of_round_zero():
+    peers = [PeerState("p0"), PeerState("p1", begun=True), PeerState("p2", begun=True)]
+    assert headline(peers, 200) == "starting: 2/3 peers listening"
+    table = progress_table(peers, 200, elapsed=3.0)
+    assert table[0] == "    3.0s  starting: 2/3 peers listening"
+    assert [line.split()[1:] for line in table[2:]] == [["-/200", "-", "-", "starting"],
+                                                        ["-/200", "-", "-", "listening"],
+                                                        ["-/200", "-", "-", "listening"]]
+    assert progress_line(peers, 200, elapsed=3.0) == "   3.0s starting: 2/3 peers listening"
+
+
+def test_once_peers_have_rounds_the_display_gives_the_range_and_who_is_still_starting():
+    peers = [PeerState("p0", begun=True, round=12, loss=0.25, accuracy=0.5),
+             PeerState("p1", begun=True, round=14, loss=0.2, accuracy=0.625),
+             PeerState("p2", begun=True),
+             PeerState("p3", launched=False)]
+    assert headline(peers, 200) == ("rounds 0-14/200 accuracy 0.500-0.625; 1 still starting (1 listening); "
+                                    "1 waiting to join")
+    rows = progress_table(peers, 200, elapsed=9.0)[2:]
+    assert rows[0].split() == ["p0", "12/200", "0.2500", "0.5000", "running"]
+    assert rows[3].split()[-3:] == ["waiting", "to", "join"]
+    everyone = [PeerState(p.id, begun=True, round=20 + i) for i, p in enumerate(peers)]
+    assert headline(everyone, 200) == "rounds 20-23/200"
+
+
+def test_when_every_peer_has_exited_the_display_says_finished_with_their_exit_codes():
+    peers = [PeerState("p0", begun=True, round=200, exit_code=0), PeerState("p1", begun=True, round=57, exit_code=-9)]
+    assert headline(peers, 200) == "finished: rounds 57-200/200"
+    assert [line.split()[-1] for line in progress_table(peers, 200, elapsed=30.0)[2:]] == ["0", "-9"]
+
+
+def test_the_display_follows_the_peers_files_and_stops_once_all_have_exited(tmp_path, capsys):
+    run_dir = RunDir(tmp_path)
+    for peer_id in ("p0", "p1"):
+        run_dir.peer(peer_id).path.mkdir(parents=True)
+    progress = Progress(run_dir, ("p0", "p1"), rounds=3)
+    progress.tty = False
+    progress.show({"p0": None, "p1": None})
+    assert capsys.readouterr().out.split("s ", 1)[1] == "starting: 0/2 peers listening\n"
+
+    for peer_id in ("p0", "p1"):
+        run_dir.peer(peer_id).config.write_text("{}")
+        run_dir.peer(peer_id).metrics.write_text(
+            "".join(json.dumps({"round": r, "loss": 1.0 / (r + 1)}) + "\n" for r in range(3)))
+    progress.show({"p0": None, "p1": None})
+    assert capsys.readouterr().out == ""  # off a terminal, a line every few seconds only
+    assert progress.rounds_completed() == {"p0": 3, "p1": 3}
+
+    progress.tty = True  # a table redrawn in place
+    progress.show({"p0": None, "p1": None})
+    assert "rounds 3-3/3" in capsys.readouterr().out
+    progress.show({"p0": 0, "p1": 0})
+    drawn = capsys.readouterr().out
+    # Back up over the table drawn before (4 lines), then draw it once more, finished.
+    assert drawn.startswith("\x1b[4F") and "finished: rounds 3-3/3" in drawn and "exit 0" in drawn
+    progress.show({"p0": 0, "p1": 0})
+    progress.show({"p0": 0, "p1": 0})
+    assert capsys.readouterr().out == ""  # nothing changes any more: nothing is drawn
+
+
+def write_result(run_dir: RunDir, peer_id: str, status: str, rounds: int) -> None:
+    files = run_dir.peer(peer_id)
+    files.path.mkdir(parents=True)
+    files.result.write_text(json.dumps({"peer": peer_id, "status": status, "rounds": 50, "rounds_completed": rounds,
+                                        "start_round": 0, "test_accuracy": 0.5, "test_loss": 1.0,
+                                        "train_loss": 0.9}))
+
+
+def test_a_peer_that_heard_from_nobody_is_flagged_isolated_in_the_summary_and_a_warning(tmp_path, capsys):
+    topology = generate("ring", 3)
+    run_dir = RunDir(tmp_path / "run")
+    write_result(run_dir, "p0", "completed", 50)
+    write_result(run_dir, "p1", "isolated", 50)
+    write_result(run_dir, "p2", "completed", 50)
+
+    summary = summarise(topology, "gossip", run_dir, {"p0": 0, "p1": 0, "p2": 0}, wall_seconds=1.0)
+    assert [p["status"] for p in summary["peers"].values()] == ["completed", "isolated", "completed"]
+    assert summary_table(summary).splitlines()[2].split()[-1] == "isolated"
+
+    run = PreparedRun(PeerConfig(topology="-", rounds=50, run_id="r"), topology, LaunchOptions(), run_dir,
+                      task=None, faults=FaultPlan(), reference=None)
+    assert conclude(run, Ended({"p0": 0, "p1": 0, "p2": 0}, None, 1.0, 0.0)) == 0
+    written = json.loads(run_dir.summary.read_text())
+    assert written["peers"]["p1"]["status"] == "isolated" and written["peers"]["p0"]["status"] == "completed"
+    printed = capsys.readouterr()
+    assert "p1" in printed.out and "isolated" in printed.out
+    warnings = [line for line in printed.err.splitlines() if "heard from no neighbour" in line]
+    assert len(warnings) == 1 and "peers p1 " in warnings[0] and "p0" not in warnings[0]
