@@ -25,6 +25,8 @@ from .config import ConfigError, PeerConfig, add_training_options, given_options
 from .data import parse_partition
 from .plots import save, sweep_figures
 from .replica import check_run, resolve_config, resolve_task
+from .progress import figure_label
+from .task import headline_figure
 from .results import consensus_of_rows, read_trace
 from .rundir import RunDir, SweepDir
 from .storage import read_json_lines
@@ -40,10 +42,6 @@ DEFAULT_METRIC = "test_accuracy"
 def lower_is_better(metric: str) -> bool:
     """Losses and perplexities fall as training succeeds; accuracies and the like rise."""
     return "loss" in metric or "perplexity" in metric
-
-
-def label_of(metric: str) -> str:
-    return "accuracy" if metric == DEFAULT_METRIC else metric
 
 
 @dataclass(frozen=True)
@@ -132,7 +130,7 @@ def first_reaching(rows: list[dict], target: float) -> dict | None:
 
 def summary_markdown(results: dict[Run, list[dict] | str], rates: dict[str, float], target: float,
                      metric: str = DEFAULT_METRIC) -> str:
-    name = label_of(metric)
+    name = figure_label(metric)
     goal = "no target" if math.isnan(target) else f"{target:g}"
     lines = [f"| topology | rho | algo | aggregator | partition | seed | final {name} (mean) | rounds to {goal} | "
              f"seconds to {goal} | final consensus distance | MB sent per peer |",
@@ -214,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         # runner sets one.
         options = resolve_config(SWEEP_DEFAULTS | {name: value for name, value in explicit.items()
                                                    if name in PEER_FIELDS and name not in PER_RUN})
-        metric = args["metric"] or getattr(resolve_task(options), "headline", DEFAULT_METRIC)
+        metric = args["metric"] or headline_figure(resolve_task(options))
         target = args["target"] if args["target"] is not None else (0.95 if metric == DEFAULT_METRIC else math.nan)
     except (ValueError, ConfigError, TopologyError) as error:
         print(f"topology_experiment: error: {error}", file=sys.stderr)
@@ -262,6 +260,6 @@ def write_results(sweep: SweepDir, results: dict[Run, list[dict] | str], rates: 
     sweep.summary.write_text(summary_markdown(results, rates, target, metric))
     sweep.plots.mkdir(parents=True, exist_ok=True)
     paths = [save(figure, sweep.plot(name))
-             for name, figure in sweep_figures(results, rates, metric, label_of(metric)).items()]
+             for name, figure in sweep_figures(results, rates, metric, figure_label(metric)).items()]
     print(sweep.summary.read_text())
     print(f"results: {sweep.results}; plots: {', '.join(p.name for p in paths)} in {sweep.plots}")

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder
-from .experiment import DEFAULT_METRIC, PEER_FIELDS, Run, lower_is_better, resolve_topology, run_rows
+from .experiment import PEER_FIELDS, Run, lower_is_better, resolve_topology, run_rows
 from .plots import save, study_figures
 from .replica import resolve_config, resolve_task
+from .task import headline_figure
 from .rundir import RunDir, StudyDir
 from .swarm import LaunchOptions, launch
 from .topology import TopologyError
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         topology = resolve_topology(args["topology"], args["base_port"])
         base = resolve_config({k: v for k, v in explicit.items() if k in PEER_FIELDS and k not in ("fragments",
                                                                                                    "wire_dtype")})
-        metric = args["metric"] or getattr(resolve_task(base), "headline", DEFAULT_METRIC)
+        metric = args["metric"] or headline_figure(resolve_task(base))
         fragments = explicit.get("fragments", 4)
         chosen = [v for v in variants(fragments) if not args["only"] or v.name in args["only"].split(",")]
         if not chosen:

@@ -39,7 +39,7 @@ class PeerState:
     begun: bool = False  # its config.json exists: its port is bound
     round: int | None = None  # rounds completed; None before its first metrics line
     loss: float | None = None
-    accuracy: float | None = None
+    figure: float | None = None  # the task's headline figure (test accuracy, validation loss) when last evaluated
     exit_code: int | None = None
 
     @property
@@ -53,43 +53,48 @@ class PeerState:
         return "listening" if self.round is None else "running"
 
 
-def headline(peers: list[PeerState], rounds: int) -> str:
+def figure_label(figure: str) -> str:
+    """A column title for the task's headline figure: ``accuracy`` for test_accuracy, its name otherwise."""
+    return "accuracy" if figure == "test_accuracy" else figure
+
+
+def headline(peers: list[PeerState], rounds: int, figure: str = "test_accuracy") -> str:
     """The swarm in a few words: how many are listening while they start, then the rounds reached."""
     launched = [p for p in peers if p.launched]
     starting = [p for p in launched if p.round is None and p.exit_code is None]
     waiting = len(peers) - len(launched)
     if all(p.exit_code is not None for p in peers):
-        text = f"finished: {_rounds_reached(launched, rounds)}"
+        text = f"finished: {_rounds_reached(launched, rounds, figure)}"
     elif len(starting) == len(launched):
         text = f"starting: {sum(p.begun for p in launched)}/{len(launched)} peers listening"
     else:
-        text = _rounds_reached(launched, rounds)
+        text = _rounds_reached(launched, rounds, figure)
         if starting:
             text += f"; {len(starting)} still starting ({sum(p.begun for p in starting)} listening)"
     return text + (f"; {waiting} waiting to join" if waiting else "")
 
 
-def progress_table(peers: list[PeerState], rounds: int, elapsed: float) -> list[str]:
+def progress_table(peers: list[PeerState], rounds: int, elapsed: float, figure: str = "test_accuracy") -> list[str]:
     """The terminal display: the headline over a row per peer."""
-    lines = [f"{elapsed:7.1f}s  {headline(peers, rounds)}",
-             f"{'':9}{'peer':<10} {'round':>9} {'loss':>8} {'accuracy':>9}  state"]
+    lines = [f"{elapsed:7.1f}s  {headline(peers, rounds, figure)}",
+             f"{'':9}{'peer':<10} {'round':>9} {'loss':>8} {figure_label(figure):>9}  state"]
     for p in peers:
         done = "-" if p.round is None else p.round
-        lines.append(f"{'':9}{p.id:<10} {done:>4}/{rounds:<4} {_fmt(p.loss):>8} {_fmt(p.accuracy):>9}  {p.state}")
+        lines.append(f"{'':9}{p.id:<10} {done:>4}/{rounds:<4} {_fmt(p.loss):>8} {_fmt(p.figure):>9}  {p.state}")
     return lines
 
 
-def progress_line(peers: list[PeerState], rounds: int, elapsed: float) -> str:
+def progress_line(peers: list[PeerState], rounds: int, elapsed: float, figure: str = "test_accuracy") -> str:
     """The display in a log: the headline alone."""
-    return f"{elapsed:6.1f}s {headline(peers, rounds)}"
+    return f"{elapsed:6.1f}s {headline(peers, rounds, figure)}"
 
 
-def _rounds_reached(peers: list[PeerState], rounds: int) -> str:
+def _rounds_reached(peers: list[PeerState], rounds: int, figure: str) -> str:
     reached = [p.round or 0 for p in peers]
-    accuracies = [p.accuracy for p in peers if p.accuracy is not None]
+    figures = [p.figure for p in peers if p.figure is not None]
     text = f"rounds {min(reached, default=0)}-{max(reached, default=0)}/{rounds}"
-    if accuracies:
-        text += f" accuracy {min(accuracies):.3f}-{max(accuracies):.3f}"
+    if figures:
+        text += f" {figure_label(figure)} {min(figures):.3f}-{max(figures):.3f}"
     return text
 
 
@@ -100,12 +105,13 @@ def _fmt(value: float | None) -> str:
 class PeerReader:
     """Follows one peer's files: whether it has begun, and the metrics lines it added since the last look."""
 
-    def __init__(self, files: PeerDir):
+    def __init__(self, files: PeerDir, figure: str = "test_accuracy"):
         self.files = files
+        self.figure_name = figure
         self.begun = False
         self.round: int | None = None
         self.loss: float | None = None
-        self.accuracy: float | None = None
+        self.figure: float | None = None
         self._offset = 0
         self._inode = -1
 
@@ -127,20 +133,21 @@ class PeerReader:
             record = json.loads(line)
             self.round = record["round"] + 1
             self.loss = record["loss"]
-            if "test_accuracy" in record:
-                self.accuracy = record["test_accuracy"]
+            if self.figure_name in record:
+                self.figure = record[self.figure_name]
 
     def state(self, exit_code: int | None, launched: bool) -> PeerState:
-        return PeerState(self.files.id, launched, self.begun, self.round, self.loss, self.accuracy, exit_code)
+        return PeerState(self.files.id, launched, self.begun, self.round, self.loss, self.figure, exit_code)
 
 
 class Progress:
     """The live display of one run; ``show`` reads what the peers wrote since the last call and draws it."""
 
-    def __init__(self, run_dir: RunDir, peer_ids: tuple[str, ...], rounds: int):
+    def __init__(self, run_dir: RunDir, peer_ids: tuple[str, ...], rounds: int, figure: str = "test_accuracy"):
         self.rounds = rounds
+        self.figure = figure  # the task's headline figure, shown per peer
         self.started = time.monotonic()
-        self.readers = {peer_id: PeerReader(run_dir.peer(peer_id)) for peer_id in peer_ids}
+        self.readers = {peer_id: PeerReader(run_dir.peer(peer_id), figure) for peer_id in peer_ids}
         self.tty = sys.stdout.isatty()
         self._drawn = 0  # lines of the table on the screen, to move back over
         self._last_line = -math.inf
@@ -161,10 +168,10 @@ class Progress:
         self._finished_shown = finished
         elapsed = time.monotonic() - self.started
         if self.tty:
-            self._redraw(progress_table(peers, self.rounds, elapsed))
+            self._redraw(progress_table(peers, self.rounds, elapsed, self.figure))
         elif finished or elapsed - self._last_line >= LINE_EVERY_SECONDS:
             self._last_line = elapsed
-            print(progress_line(peers, self.rounds, elapsed), flush=True)
+            print(progress_line(peers, self.rounds, elapsed, self.figure), flush=True)
 
     def _redraw(self, table: list[str]) -> None:
         sys.stdout.write(f"\x1b[{self._drawn}F" if self._drawn else "")  # back to the table's first line

@@ -61,7 +61,7 @@ def read_trace(peer_dir: Path | PeerDir) -> tuple[list[int], np.ndarray]:
     return [r["round"] for r in traced], flat.reshape(len(traced), size)
 
 
-def peer_outcome(peer_dir: Path | PeerDir) -> dict:
+def peer_outcome(peer_dir: Path | PeerDir, figure: str = "test_accuracy") -> dict:
     """Rounds completed, final accuracy and loss of one peer, from result.json or, failing that, its metrics.
     The status is the peer's own word (completed, interrupted, diverged, failed, isolated) when it wrote one."""
     files = _files(peer_dir)
@@ -70,6 +70,7 @@ def peer_outcome(peer_dir: Path | PeerDir) -> dict:
         return {
             "rounds_completed": result["rounds_completed"],
             "test_accuracy": result["test_accuracy"],
+            figure: result.get(figure),
             "train_loss": result["train_loss"],
             "status": result["status"],
             "start_round": result.get("start_round", 0),
@@ -77,9 +78,11 @@ def peer_outcome(peer_dir: Path | PeerDir) -> dict:
     # Killed before it could write a result: its metrics say how far it got.
     records = read_json_lines(files.metrics)
     accuracies = [r["test_accuracy"] for r in records if "test_accuracy" in r]
+    figures = [r[figure] for r in records if figure in r]
     return {
         "rounds_completed": records[-1]["round"] + 1 if records else 0,
         "test_accuracy": accuracies[-1] if accuracies else None,
+        figure: figures[-1] if figures else None,
         "train_loss": records[-1]["loss"] if records else None,
         # Killed, or never started (a --join that did not come due).
         "status": "killed" if files.metrics.exists() else "not started",

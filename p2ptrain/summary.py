@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from .progress import figure_label
 from .results import consensus_distance, load_model, peer_outcome, relative_error
 from .rundir import RunDir
 from .topology import Topology
@@ -20,15 +21,17 @@ ISOLATED = "isolated"
 
 
 def summarise(topology: Topology, algo: str, run_dir: RunDir, exit_codes: dict[str, int | None],
-              wall_seconds: float, reference: torch.Tensor | None = None) -> dict:
-    """What RUN/summary.json holds: each peer's outcome and exit code, and the swarm-wide figures."""
+              wall_seconds: float, reference: torch.Tensor | None = None, figure: str = "test_accuracy") -> dict:
+    """What RUN/summary.json holds: each peer's outcome (with the task's headline ``figure``) and exit
+    code, and the swarm-wide figures."""
     models = [m for m in (load_model(run_dir.peer(peer_id)) for peer_id in topology.ids) if m is not None]
     peers = {}
     for peer_id in topology.ids:
-        outcome = peer_outcome(run_dir.peer(peer_id))
+        outcome = peer_outcome(run_dir.peer(peer_id), figure)
         peers[peer_id] = {
             "rounds_completed": outcome["rounds_completed"],
             "test_accuracy": outcome["test_accuracy"],
+            figure: outcome[figure],
             "train_loss": outcome["train_loss"],
             "exit_code": exit_codes.get(peer_id),
             "status": outcome["status"],
@@ -41,6 +44,7 @@ def summarise(topology: Topology, algo: str, run_dir: RunDir, exit_codes: dict[s
         "wall_seconds": wall_seconds,
         # From the final models of the peers that wrote one; None if none did.
         "consensus_distance": consensus_distance(models) if models else None,
+        "figure": figure,
         "peers": peers,
     }
     if reference is not None and models:
@@ -49,14 +53,15 @@ def summarise(topology: Topology, algo: str, run_dir: RunDir, exit_codes: dict[s
 
 
 def summary_table(summary: dict) -> str:
-    lines = [f"{'peer':<10} {'rounds':>6} {'accuracy':>9} {'loss':>8} {'exit':>5}  status"]
+    figure = summary.get("figure", "test_accuracy")
+    label = figure_label(figure)
+    lines = [f"{'peer':<10} {'rounds':>6} {label:>9} {'loss':>8} {'exit':>5}  status"]
     for peer_id, p in summary["peers"].items():
-        lines.append(f"{peer_id:<10} {p['rounds_completed']:>6} {_fmt(p['test_accuracy']):>9} "
+        lines.append(f"{peer_id:<10} {p['rounds_completed']:>6} {_fmt(p[figure]):>9} "
                      f"{_fmt(p['train_loss']):>8} {p['exit_code']!s:>5}  {p['status']}")
-    accuracies = [p["test_accuracy"] for p in summary["peers"].values() if p["test_accuracy"] is not None]
-    if accuracies:
-        lines.append(f"accuracy min {min(accuracies):.4f} mean {sum(accuracies) / len(accuracies):.4f} "
-                     f"max {max(accuracies):.4f}")
+    values = [p[figure] for p in summary["peers"].values() if p[figure] is not None]
+    if values:
+        lines.append(f"{label} min {min(values):.4f} mean {sum(values) / len(values):.4f} max {max(values):.4f}")
     if "max_rel_error_to_optimum" in summary:
         lines.append(f"max relative error to the centralized optimum {summary['max_rel_error_to_optimum']:.3e}")
     lines.append(f"consensus distance {_fmt(summary['consensus_distance'], '.3e')}; "

@@ -30,6 +30,7 @@ from .keys import generate as generate_keys
 from .inprocess import local_endpoints
 from .progress import Progress
 from .replica import check_run, resolve_config, resolve_task
+from .task import headline_figure
 from .rundir import RunDir
 from .storage import atomic_torch_save, atomic_write_json
 from .summary import failed_peers, print_summary, summarise
@@ -328,7 +329,7 @@ def run_peers(run: PreparedRun) -> Ended:
     mode = f"in this process over {options.in_process}" if options.in_process else "as processes"
     print(f"starting {run.topology.size} peers of {run.topology.name} ({config.algo}, {task_name(run.task)}, "
           f"{config.partition}) {mode}, in {run.dir.path}", flush=True)
-    progress = Progress(run.dir, run.topology.ids, config.rounds)
+    progress = Progress(run.dir, run.topology.ids, config.rounds, headline_figure(run.task))
     started_unix_time = time.time()
     record = {"argv": sys.argv, "run_id": config.run_id, "config": str(run.dir.peer_config),
               "mode": options.in_process or "processes"}
@@ -347,7 +348,8 @@ def run_peers(run: PreparedRun) -> Ended:
 def conclude(run: PreparedRun, ended: Ended) -> int:
     """Write and print the summary; the launcher's exit code: 128 + a signal that interrupted the run,
     1 if a peer did not finish, else 0."""
-    summary = summarise(run.topology, run.config.algo, run.dir, ended.exit_codes, ended.wall_seconds, run.reference)
+    summary = summarise(run.topology, run.config.algo, run.dir, ended.exit_codes, ended.wall_seconds, run.reference,
+                        headline_figure(run.task))
     summary["run_id"] = run.config.run_id
     if run.faults.events:
         summary["faults"] = run.faults.events

@@ -36,6 +36,8 @@ class Task:
     # Options this task runs best with (lr, batch_size, rounds, local_steps, ...), used wherever
     # the command line does not set them.
     defaults: Mapping[str, Any] = {}
+    # The figure of evaluate() that the launcher shows and the experiment runner compares runs by.
+    headline: str = "test_accuracy"
 
     def build_model(self) -> nn.Module:
         """A fresh model. torch is seeded before the call, so every peer builds the same one."""
@@ -136,6 +138,11 @@ def check_task(task: Any, spec: str) -> None:
 
 def task_name(task: Any) -> str:
     return getattr(task, "name", type(task).__name__)
+
+
+def headline_figure(task: Any) -> str:
+    """The figure of ``evaluate`` that runs are shown and compared by: the task's ``headline``, else test_accuracy."""
+    return getattr(task, "headline", "test_accuracy")
 
 
 def task_defaults(task: Any) -> dict[str, Any]:

@@ -25,8 +25,8 @@ def test_while_peers_start_the_display_says_how_many_listen_instead_of_round_zer
 
 
 def test_once_peers_have_rounds_the_display_gives_the_range_and_who_is_still_starting():
-    peers = [PeerState("p0", begun=True, round=12, loss=0.25, accuracy=0.5),
-             PeerState("p1", begun=True, round=14, loss=0.2, accuracy=0.625),
+    peers = [PeerState("p0", begun=True, round=12, loss=0.25, figure=0.5),
+             PeerState("p1", begun=True, round=14, loss=0.2, figure=0.625),
              PeerState("p2", begun=True),
              PeerState("p3", launched=False)]
     assert headline(peers, 200) == ("rounds 0-14/200 accuracy 0.500-0.625; 1 still starting (1 listening); "
