@@ -1,4 +1,7 @@
-"""A peer's whole configuration: one dataclass, one parser, logged with the run as config.json."""
+"""A peer's whole configuration: one dataclass, one parser, logged with the run as config.json.
+
+It imports no torch (choices.py holds the names options may use), so a command
+line is checked, or refused, before the seconds that loading torch takes."""
 
 from __future__ import annotations
 
@@ -9,10 +12,8 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .algorithms import AGGREGATORS, ALGORITHMS, AggregatorError, check_aggregator
-from .attacks import AttackSpecError, parse_attacks
-from .data import DATASETS, DataError, parse_partition
-from .models import MODELS
+from .choices import (AGGREGATORS, ALGORITHMS, DATASETS, MODELS, AggregatorError, AttackSpecError, DataError,
+                      check_aggregator, parse_partition, read_attack)
 
 LR_SCHEDULES = ("constant", "cosine")
 INITS = ("same", "per-peer")
@@ -115,7 +116,8 @@ class PeerConfig:
              f"--aggregator {self.aggregator} works with --algo gossip only; ADMM combines through its duals")
         try:
             check_aggregator(self.aggregator, self.robust_b)
-            parse_attacks([self.attack] if self.attack else [], self.seed)
+            if self.attack:
+                read_attack(self.attack)
         except (AggregatorError, AttackSpecError) as error:
             raise ConfigError(str(error)) from None
         need(self.threads >= 1, f"--threads {self.threads}: must be >= 1")
@@ -310,7 +312,9 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
     add("--recv-timeout", type=float, default=d.recv_timeout,
         help="seconds a round waits for its neighbours before mixing without the missing ones (default: %(default)s)")
     add("--startup-timeout", type=float, default=d.startup_timeout,
-        help="seconds the first round waits for neighbours to come up (default: %(default)s)")
+        help="deadline of the first rounds, as many as the graph's diameter (from round 0, or from a resumed "
+             "checkpoint), while neighbours may still be starting; also how long --join waits for a neighbour's "
+             "state (default: %(default)s)")
     add("--eval-every", type=int, default=d.eval_every,
         help="evaluate test accuracy every N rounds, and after the last (default: %(default)s)")
     add("--trace-every", type=int, default=d.trace_every,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MODELS = ("auto", "logreg", "mlp", "linear")
+from .choices import MODELS
 
 
 class VectorModel(nn.Module):

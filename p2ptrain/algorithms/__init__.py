@@ -4,8 +4,7 @@ from .admm import ADMM
 from .base import Algorithm, Diverged
 from .gossip import Gossip, effective_weights, mix
 from .robust import AGGREGATORS, AggregatorError, check_aggregator, clipped_mix, trimmed_mean
-
-ALGORITHMS = ("gossip", "admm")
+from ..choices import ALGORITHMS
 
 __all__ = ["ADMM", "AGGREGATORS", "ALGORITHMS", "AggregatorError", "Algorithm", "Diverged", "Gossip",
            "check_aggregator", "clipped_mix", "effective_weights", "mix",
