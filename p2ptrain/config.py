@@ -150,8 +150,21 @@ class PeerConfig:
             raise ConfigError(f"--partition: {error}") from None
         return self
 
-    def absent_peers(self) -> frozenset[str]:
-        return frozenset(peer for peer in self.absent.split(",") if peer)
+    def absent_peers(self, ids: tuple[str, ...] | None = None) -> frozenset[str]:
+        """--absent as a set; given the topology's peer ``ids``, each must be one of them."""
+        absent = frozenset(peer for peer in self.absent.split(",") if peer)
+        if ids is not None and absent - set(ids):
+            raise ConfigError(f"--absent {self.absent}: {', '.join(sorted(absent - set(ids)))} not in the topology "
+                              f"(peers: {', '.join(ids)})")
+        return absent
+
+    def for_peer(self, topology_name: str, peer_id: str) -> "PeerConfig":
+        """This configuration with the peer's id and the run id settled (by default TOPOLOGY-ALGO-sSEED)."""
+        return self.replace(peer=peer_id, run_id=self.run_id or f"{topology_name}-{self.algo}-s{self.seed}")
+
+    def run_directory(self, peer_id: str) -> Path:
+        """Where the peer writes: --out, or by default runs/RUN_ID/PEER."""
+        return Path(self.out) if self.out else Path("runs") / self.run_id / peer_id
 
     def lr_at(self, round_: int, base: float | None = None) -> float:
         """The learning rate of ``round_`` for a rate of ``base`` (--lr if None) at the start."""
@@ -331,7 +344,7 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
              "or a slower machine (fault and straggler experiments need rounds that last) (default: %(default)s)")
     add("--log-every", type=int, default=d.log_every, help="print a progress line every N rounds (default: %(default)s)")
     add("--threads", type=int, default=d.threads,
-        help="torch threads per peer; keep 1 when several peers share a machine (default: %(default)s)")
+        help="PyTorch threads per peer; keep 1 when several peers share a machine (default: %(default)s)")
     add("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging verbosity (default: %(default)s)")
 
@@ -356,7 +369,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
         help="name shared by all peers of one run; messages of other runs are rejected "
                              "(default: TOPOLOGY-ALGO-sSEED)")
     add("--reference", default="",
-        help="file with the centralized optimum x* (torch.save of a tensor); adds rel_error to the "
+        help="file with the centralized optimum x* (a tensor saved with PyTorch's save); adds rel_error to the "
                              "metrics (the launcher writes one for the convex datasets)")
     add("--overwrite", action="store_true",
         help="replace the outputs of an earlier run in --out instead of refusing")
