@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .rundir import PeerDir
 from .storage import read_json_lines
 
 
@@ -37,7 +38,7 @@ def relative_error(state_dict: dict[str, torch.Tensor], reference: torch.Tensor)
 
 
 def load_model(peer_dir: Path) -> dict[str, torch.Tensor] | None:
-    path = peer_dir / "model.pt"
+    path = PeerDir(peer_dir).model
     if not path.exists():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -45,20 +46,21 @@ def load_model(peer_dir: Path) -> dict[str, torch.Tensor] | None:
 
 def read_trace(peer_dir: Path) -> tuple[list[int], np.ndarray]:
     """(rounds, one row of float32 parameters per traced round) of a peer run with --trace-every."""
-    traced = [r for r in read_json_lines(peer_dir / "metrics.jsonl") if r.get("traced")]
+    files = PeerDir(peer_dir)
+    traced = [r for r in read_json_lines(files.metrics) if r.get("traced")]
     if not traced:
         return [], np.zeros((0, 0), dtype=np.float32)
     size = traced[0]["traced"]
     # A row written just before the peer died has no metrics line yet: leave it out.
-    flat = np.fromfile(peer_dir / "trace.f32", dtype=np.float32)[: len(traced) * size]
+    flat = np.fromfile(files.trace, dtype=np.float32)[: len(traced) * size]
     return [r["round"] for r in traced], flat.reshape(len(traced), size)
 
 
 def peer_outcome(peer_dir: Path) -> dict:
     """Rounds completed, final accuracy and loss of one peer, from result.json or, failing that, its metrics."""
-    result_path = peer_dir / "result.json"
-    if result_path.exists():
-        result = json.loads(result_path.read_text())
+    files = PeerDir(peer_dir)
+    if files.result.exists():
+        result = json.loads(files.result.read_text())
         return {
             "rounds_completed": result["rounds_completed"],
             "test_accuracy": result["test_accuracy"],
@@ -67,13 +69,13 @@ def peer_outcome(peer_dir: Path) -> dict:
             "start_round": result.get("start_round", 0),
         }
     # Killed before it could write a result: its metrics say how far it got.
-    records = read_json_lines(peer_dir / "metrics.jsonl")
+    records = read_json_lines(files.metrics)
     accuracies = [r["test_accuracy"] for r in records if "test_accuracy" in r]
     return {
         "rounds_completed": records[-1]["round"] + 1 if records else 0,
         "test_accuracy": accuracies[-1] if accuracies else None,
         "train_loss": records[-1]["loss"] if records else None,
         # Killed, or never started (a --join that did not come due).
-        "status": "killed" if (peer_dir / "metrics.jsonl").exists() else "not started",
+        "status": "killed" if files.metrics.exists() else "not started",
         "start_round": records[0]["round"] if records else 0,
     }
