@@ -21,6 +21,7 @@ from pathlib import Path
 from .config import ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder
 from .experiment import DEFAULT_METRIC, PEER_FIELDS, Run, lower_is_better, resolve_topology, run_rows
 from .replica import resolve_config, resolve_task
+from .rundir import PeerDir, RunDir
 from .swarm import LaunchOptions, launch
 from .topology import TopologyError
 
@@ -94,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def study_run(variant: Variant, run_dir: Path, metric: str, rounds: int) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    finals = [json.loads((p / "result.json").read_text()).get(metric) for p in sorted((run_dir / "peers").iterdir())]
+    run = RunDir(run_dir)
+    summary = json.loads(run.summary.read_text())
+    finals = [json.loads(PeerDir(p).result.read_text()).get(metric) for p in sorted(run.peers.iterdir())]
     rows = run_rows(Run(variant.name, summary["algo"], "iid", 0), run_dir, metric=metric)
     return {"finals": [f for f in finals if f is not None], "rows": rows, "wall": summary["wall_seconds"],
             "consensus": summary["consensus_distance"],
