@@ -14,6 +14,7 @@ rejections, state requests); only parameters come back to be filed.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -59,7 +60,7 @@ class Gathered:
     metrics: dict = field(default_factory=dict)  # the mode's own columns of the metrics line
 
 
-class Gatherer:
+class Gatherer(ABC):
     """The receive loop both modes share; a mode decides what it keeps and how long a round waits."""
 
     def __init__(self, config: PeerConfig, diameter: int, transport: Transport, clock: Callable[[], float],
@@ -80,13 +81,13 @@ class Gatherer:
         self.deadlines = replace(self.deadlines, start_round=round_, joined=joined)
         self.round = round_
 
+    @abstractmethod
     def file(self, message: wire.Message) -> None:
         """Keep a neighbour's parameters until their round is gathered."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def gather(self, round_: int, expected: frozenset[str]) -> Gathered:
         """Read until round ``round_`` has what it waits for from the in-neighbours ``expected`` sending in it."""
-        raise NotImplementedError
 
     def next_round(self, round_: int) -> int:
         """The round to run after ``round_``."""

@@ -30,9 +30,6 @@ class ManualClock:
     def __call__(self) -> float:
         return self.now
 
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
     def advance_to(self, moment: float) -> None:
         self.now = max(self.now, moment)
 

@@ -250,8 +250,7 @@ class Node:
         expected = frozenset(self.topology.in_neighbours(self.id, round_))
         gathered = await self.gatherer.gather(round_, expected)
         distance = self._mix(round_, outgoing, gathered)
-        record = {"lr": lr, "loss": loss, "neighbour_distance": distance, "bytes_sent": bytes_sent}
-        self._keep_books(round_, record, gathered, expected)
+        self._keep_books(round_, self._metrics_line(round_, loss, lr, distance, bytes_sent, gathered), len(expected))
 
     def _send(self, round_: int, outgoing: dict[str, torch.Tensor]) -> int:
         """Queue this round's message for every out-neighbour; returns the bytes queued."""
@@ -275,19 +274,30 @@ class Node:
         self.algorithm.update(round_, received)
         return distance
 
-    def _keep_books(self, round_: int, record: dict, gathered: Gathered, expected: frozenset[str]) -> None:
-        """The round's metrics line, trace row, evaluation, checkpoint and progress line."""
-        config = self.config
-        last_round = round_ == config.rounds - 1
-        record = {"round": round_, "time": round(self.clock() - self.started, 4),
-                  "unix_time": round(self.wall_clock(), 4)} | record | {
+    def _metrics_line(self, round_: int, loss: float | None, lr: float | None, distance: float | None,
+                      bytes_sent: int, gathered: Gathered) -> dict:
+        line = {
+            "round": round_,
+            "time": round(self.clock() - self.started, 4),
+            "unix_time": round(self.wall_clock(), 4),
+            "lr": lr,
+            "loss": loss,
+            "neighbour_distance": distance,
+            "bytes_sent": bytes_sent,
             "bytes_received": gathered.bytes_received,
             "wait_seconds": round(gathered.waited, 6),
             "heard": sorted(gathered.outcome.heard),
             "missing": sorted(gathered.outcome.missing),
         } | self.stats.state_dict() | self.algorithm.metrics() | gathered.metrics
         if self.reference is not None:
-            record["rel_error"] = relative_error(self.model.state_dict(), self.reference)
+            line["rel_error"] = relative_error(self.model.state_dict(), self.reference)
+        return line
+
+    def _keep_books(self, round_: int, record: dict, expected: int) -> None:
+        """After the round: its trace row and evaluation when due, its metrics line, a checkpoint when
+        due, a progress line (``expected``: the in-neighbours sending this round)."""
+        config = self.config
+        last_round = round_ == config.rounds - 1
         if config.trace_every and ((round_ + 1) % config.trace_every == 0 or last_round):
             record["traced"] = self._write_trace_row()
         if (round_ + 1) % config.eval_every == 0 or last_round:
@@ -301,7 +311,7 @@ class Node:
             self.log.info("round %d%s loss %s %s heard %d/%d waited %.3fs", round_ + 1,
                           "" if config.rounds == UNBOUNDED_ROUNDS else f"/{config.rounds}",
                           "-" if record["loss"] is None else f"{record['loss']:.4f}",
-                          _figures(self.evaluation), len(gathered.outcome.heard), len(expected), gathered.waited)
+                          _figures(self.evaluation), len(record["heard"]), expected, record["wait_seconds"])
 
     def _write_trace_row(self) -> int:
         """Append the parameters as float32 to the trace; returns the values per row."""
