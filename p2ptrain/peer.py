@@ -24,20 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config_file = explicit.pop("config", "")
         base = PeerConfig.from_file(config_file) if config_file else None
-        check_command_line(explicit, base)
+        topology = check_command_line(explicit, base)
     except ConfigError as error:
         return _refuse(error)
     from . import node, replica  # torch and ZeroMQ: only for a peer that is going to run
 
     try:
-        return asyncio.run(node.run_peer(replica.resolve_config(explicit, base)))
+        return asyncio.run(node.run_peer(replica.resolve_config(explicit, base), topology=topology))
     except node.USER_ERRORS as error:
         return _refuse(error)
 
 
-def check_command_line(explicit: dict, base: PeerConfig | None) -> None:
-    """Refuse, with the fix, what the options alone show cannot run: bad values, a topology that does
-    not load or lacks this peer, --absent peers it lacks, an --out that cannot be written."""
+def check_command_line(explicit: dict, base: PeerConfig | None):
+    """The topology, once what the options alone show cannot run is refused, with the fix: bad values, a
+    topology that does not load or lacks this peer, --absent peers it lacks, an --out that cannot be written."""
     config = (base.replace(**explicit) if base is not None else PeerConfig.from_dict(explicit)).validate()
     if not config.topology:
         raise ConfigError("no topology: pass --topology FILE (e.g. topologies/ring8.toml), or --config FILE")
@@ -50,6 +50,7 @@ def check_command_line(explicit: dict, base: PeerConfig | None) -> None:
         raise ConfigError(str(error)) from None
     config.absent_peers(topology.ids)
     check_writable(config.for_peer(topology.name, peer_id).run_directory(peer_id))
+    return topology
 
 
 def check_writable(out: Path) -> None:
