@@ -26,8 +26,6 @@ from typing import Mapping
 
 import torch
 
-from ..choices import AGGREGATORS, AggregatorError, check_aggregator
-
 Tensors = dict[str, torch.Tensor]
 
 # Weights such as 1/3 or 1/6 are not exact in binary, so two sets of
