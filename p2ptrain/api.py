@@ -13,7 +13,7 @@ any ``torch.optim`` optimizer, learning-rate schedulers and all. Every
 ``local_steps`` steps the peer sends its tensors (parameters and
 floating-point buffers), gathers the neighbours' of the same round and mixes,
 exactly as a command-line peer does after its local steps: both run
-``peer.Node.exchange``. With ADMM the pre-hook adds the gradient of the
+``node.Node.exchange``. With ADMM the pre-hook adds the gradient of the
 augmented term to the user's gradients (the inexact local solve on the
 user's loss). The exchange runs on an event loop of the Peer's own, so a
 training script needs no asyncio.
@@ -28,7 +28,8 @@ import torch
 import zmq.asyncio
 
 from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, resolve_peer_id
-from .peer import Node, configure_logging, open_node
+from .node import Node, open_node
+from .peer import configure_logging
 from .replica import Replica, agreement, build_algorithm, check_run
 from .topology import Topology, load_topology
 
@@ -70,7 +71,7 @@ class Peer:
         try:
             self.node: Node = self._loop.run_until_complete(self._open(config, topology, model, device))
             if config.join:
-                self.node.start_round = self.node.rounds_completed = self._loop.run_until_complete(self.node._join())
+                self._loop.run_until_complete(self.node.join())
         except BaseException:
             self._release()
             raise

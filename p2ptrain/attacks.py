@@ -27,15 +27,9 @@ from typing import Iterable, Mapping
 
 import torch
 
+from .choices import ATTACK_EXAMPLES, ATTACK_KINDS, AttackSpecError, check_attackers, read_attack
+
 Tensors = dict[str, torch.Tensor]
-
-KINDS = ("scale", "noise", "random")
-EXAMPLES = "p3:scale:-10, p3:noise:5 or p3:random"
-DEFAULT_RANDOM_MAGNITUDE = 10.0
-
-
-class AttackSpecError(ValueError):
-    """An --attack that cannot be parsed; the message says how to write it."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +40,9 @@ class Attack:
     seed: int = 0
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise AttackSpecError(f"attack kind {self.kind!r} is unknown; use one of {', '.join(KINDS)}, "
-                                  f"or build the attack from text with parse_attack (e.g. {EXAMPLES})")
+        if self.kind not in ATTACK_KINDS:
+            raise AttackSpecError(f"attack kind {self.kind!r} is unknown; use one of {', '.join(ATTACK_KINDS)}, "
+                                  f"or build the attack from text with parse_attack (e.g. {ATTACK_EXAMPLES})")
 
     def applies_to(self, peer_id: str) -> bool:
         return peer_id == self.peer_id
@@ -97,56 +91,14 @@ def random_like(tensor: torch.Tensor, magnitude: float, generator: torch.Generat
 
 def parse_attack(spec: str, seed: int = 0, peers: Iterable[str] | None = None) -> Attack:
     """``PEER:KIND[:VALUE]`` as an Attack; with ``peers``, the attacker must be one of them."""
-    peer_id, kind, text = _split(spec)
-    if not peer_id or not kind:
-        raise AttackSpecError(f"attack {spec!r}: write PEER:KIND[:VALUE], e.g. {EXAMPLES}")
-    if kind not in KINDS:
-        raise AttackSpecError(f"attack {spec!r}: unknown kind {kind!r}; write PEER:KIND[:VALUE] with KIND one "
-                              f"of {', '.join(KINDS)}, e.g. {EXAMPLES}")
-    value = _value(spec, kind, text)
-    if peers is not None and peer_id not in set(peers):
-        raise AttackSpecError(f"attack {spec!r}: no peer {peer_id!r} in the topology; "
-                              f"name one of {', '.join(sorted(peers))}")
-    return Attack(peer_id, kind, value, seed)
-
-
-def _split(spec: str) -> tuple[str, str, str | None]:
-    """PEER, KIND and VALUE (None when absent), read from the right: peer ids may contain colons."""
-    head, _, last = spec.strip().rpartition(":")
-    if last in KINDS:
-        return head, last, None
-    peer_id, _, kind = head.rpartition(":")
-    return peer_id, kind, last
-
-
-def _value(spec: str, kind: str, text: str | None) -> float:
-    if text is None:
-        if kind == "random":
-            return DEFAULT_RANDOM_MAGNITUDE
-        needs = "a factor, e.g. p3:scale:-10" if kind == "scale" else "a standard deviation, e.g. p3:noise:5"
-        raise AttackSpecError(f"attack {spec!r}: {kind} needs {needs}")
-    try:
-        value = float(text)
-    except ValueError:
-        raise AttackSpecError(f"attack {spec!r}: {text!r} is not a number; e.g. {EXAMPLES}") from None
-    if not math.isfinite(value):
-        raise AttackSpecError(f"attack {spec!r}: the value must be a finite number; e.g. {EXAMPLES}")
-    if kind == "noise" and value < 0:
-        raise AttackSpecError(f"attack {spec!r}: a standard deviation cannot be negative; e.g. p3:noise:5")
-    if kind == "random" and value <= 0:
-        raise AttackSpecError(f"attack {spec!r}: the magnitude must be > 0; e.g. p3:random:10")
-    return value
+    return Attack(*read_attack(spec, peers), seed)
 
 
 def parse_attacks(specs: Iterable[str], seed: int = 0, peers: Iterable[str] | None = None) -> tuple[Attack, ...]:
     """Several attacks (one per attacker), e.g. from a repeated --attack option."""
     known = None if peers is None else tuple(peers)
     attacks = tuple(parse_attack(spec, seed, known) for spec in specs)
-    attackers = [attack.peer_id for attack in attacks]
-    repeated = sorted({peer_id for peer_id in attackers if attackers.count(peer_id) > 1})
-    if repeated:
-        raise AttackSpecError(f"peer(s) {', '.join(repeated)} named by more than one attack; give each "
-                              "attacker one --attack")
+    check_attackers([attack.peer_id for attack in attacks])
     return attacks
 
 

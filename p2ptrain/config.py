@@ -1,4 +1,7 @@
-"""A peer's whole configuration: one dataclass, one parser, logged with the run as config.json."""
+"""A peer's whole configuration: one dataclass, one parser, logged with the run as config.json.
+
+It imports no torch (choices.py holds the names options may use), so a command
+line is checked, or refused, before the seconds that loading torch takes."""
 
 from __future__ import annotations
 
@@ -9,10 +12,8 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .algorithms import AGGREGATORS, ALGORITHMS, AggregatorError, check_aggregator
-from .attacks import AttackSpecError, parse_attacks
-from .data import DATASETS, DataError, parse_partition
-from .models import MODELS
+from .choices import (AGGREGATORS, ALGORITHMS, DATASETS, MODELS, AggregatorError, AttackSpecError, DataError,
+                      check_aggregator, parse_partition, read_attack)
 
 LR_SCHEDULES = ("constant", "cosine")
 INITS = ("same", "per-peer")
@@ -115,7 +116,8 @@ class PeerConfig:
              f"--aggregator {self.aggregator} works with --algo gossip only; ADMM combines through its duals")
         try:
             check_aggregator(self.aggregator, self.robust_b)
-            parse_attacks([self.attack] if self.attack else [], self.seed)
+            if self.attack:
+                read_attack(self.attack)
         except (AggregatorError, AttackSpecError) as error:
             raise ConfigError(str(error)) from None
         need(self.threads >= 1, f"--threads {self.threads}: must be >= 1")
@@ -148,8 +150,21 @@ class PeerConfig:
             raise ConfigError(f"--partition: {error}") from None
         return self
 
-    def absent_peers(self) -> frozenset[str]:
-        return frozenset(peer for peer in self.absent.split(",") if peer)
+    def absent_peers(self, ids: tuple[str, ...] | None = None) -> frozenset[str]:
+        """--absent as a set; given the topology's peer ``ids``, each must be one of them."""
+        absent = frozenset(peer for peer in self.absent.split(",") if peer)
+        if ids is not None and absent - set(ids):
+            raise ConfigError(f"--absent {self.absent}: {', '.join(sorted(absent - set(ids)))} not in the topology "
+                              f"(peers: {', '.join(ids)})")
+        return absent
+
+    def for_peer(self, topology_name: str, peer_id: str) -> "PeerConfig":
+        """This configuration with the peer's id and the run id settled (by default TOPOLOGY-ALGO-sSEED)."""
+        return self.replace(peer=peer_id, run_id=self.run_id or f"{topology_name}-{self.algo}-s{self.seed}")
+
+    def run_directory(self, peer_id: str) -> Path:
+        """Where the peer writes: --out, or by default runs/RUN_ID/PEER."""
+        return Path(self.out) if self.out else Path("runs") / self.run_id / peer_id
 
     def lr_at(self, round_: int, base: float | None = None) -> float:
         """The learning rate of ``round_`` for a rate of ``base`` (--lr if None) at the start."""
@@ -310,7 +325,9 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
     add("--recv-timeout", type=float, default=d.recv_timeout,
         help="seconds a round waits for its neighbours before mixing without the missing ones (default: %(default)s)")
     add("--startup-timeout", type=float, default=d.startup_timeout,
-        help="seconds the first round waits for neighbours to come up (default: %(default)s)")
+        help="deadline of the first rounds, as many as the graph's diameter (from round 0, or from a resumed "
+             "checkpoint), while neighbours may still be starting; also how long --join waits for a neighbour's "
+             "state (default: %(default)s)")
     add("--eval-every", type=int, default=d.eval_every,
         help="evaluate test accuracy every N rounds, and after the last (default: %(default)s)")
     add("--trace-every", type=int, default=d.trace_every,
@@ -327,7 +344,7 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
              "or a slower machine (fault and straggler experiments need rounds that last) (default: %(default)s)")
     add("--log-every", type=int, default=d.log_every, help="print a progress line every N rounds (default: %(default)s)")
     add("--threads", type=int, default=d.threads,
-        help="torch threads per peer; keep 1 when several peers share a machine (default: %(default)s)")
+        help="PyTorch threads per peer; keep 1 when several peers share a machine (default: %(default)s)")
     add("--log-level", default=d.log_level, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging verbosity (default: %(default)s)")
 
@@ -352,7 +369,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
         help="name shared by all peers of one run; messages of other runs are rejected "
                              "(default: TOPOLOGY-ALGO-sSEED)")
     add("--reference", default="",
-        help="file with the centralized optimum x* (torch.save of a tensor); adds rel_error to the "
+        help="file with the centralized optimum x* (a tensor saved with PyTorch's save); adds rel_error to the "
                              "metrics (the launcher writes one for the convex datasets)")
     add("--overwrite", action="store_true",
         help="replace the outputs of an earlier run in --out instead of refusing")

@@ -12,17 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-DATASETS = ("digits", "synthetic", "synthetic-lstsq", "breast-cancer")
+from .choices import DATASETS, DataError, parse_partition
+
 # What the model predicts, which decides its loss and how it is evaluated.
 TASKS = {"digits": "classification", "synthetic": "classification",
          "synthetic-lstsq": "regression", "breast-cancer": "binary"}
 # The held-out split and the synthetic problem are the same for every run.
 TEST_SPLIT_SEED = 0
 SYNTHETIC_SEED = 1234
-
-
-class DataError(ValueError):
-    pass
 
 
 @dataclass
@@ -152,20 +149,6 @@ def synthetic_classification(
         n_classes,
         truth={"weights": weights, "bias": bias},
     )
-
-
-def parse_partition(text: str) -> tuple[str, float | None]:
-    """'iid' or 'dirichlet:ALPHA' (ALPHA > 0; smaller means more label skew)."""
-    if text == "iid":
-        return "iid", None
-    if text.startswith("dirichlet:"):
-        try:
-            alpha = float(text.split(":", 1)[1])
-        except ValueError:
-            alpha = -1.0
-        if alpha > 0 and np.isfinite(alpha):
-            return "dirichlet", alpha
-    raise DataError(f"partition {text!r} not understood; use 'iid' or 'dirichlet:ALPHA' with ALPHA > 0, e.g. dirichlet:0.3")
 
 
 def partition(labels: np.ndarray, n_peers: int, scheme: str, seed: int) -> list[np.ndarray]:

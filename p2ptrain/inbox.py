@@ -1,6 +1,7 @@
 """Messages sorted by round: kept for a round not yet reached, dropped once their round is past.
 
 Pure bookkeeping, no sockets and no clock, so every rule here is tested directly.
+What is dropped is counted in the peer's ``PeerStats``.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from .stats import PeerStats
 from .wire import Message
 
 
@@ -20,9 +22,7 @@ class Inbox:
     max_rounds_ahead: int = 64
     # Rounds in the run, if known: no honest message has a round beyond them.
     rounds: int | None = None
-    stale: int = 0
-    duplicates: int = 0
-    too_far_ahead: int = 0
+    stats: PeerStats = field(default_factory=PeerStats)
     _by_round: dict[int, dict[str, Message]] = field(default_factory=lambda: defaultdict(dict))
     # The highest round each sender has sent us so far.
     _latest: dict[str, int] = field(default_factory=dict)
@@ -32,20 +32,20 @@ class Inbox:
         if self.rounds is not None and message.round >= self.rounds:
             # Not believed at all: a claim to be past the run's end would otherwise stop this
             # peer waiting for that sender (moved_on), and its real messages would arrive stale.
-            self.too_far_ahead += 1
+            self.stats.too_far_ahead += 1
             return "too_far_ahead"
         # A neighbour far ahead is not waited for (a peer catching up after a restart needs that),
         # even when its message is too far ahead to keep.
         self._latest[message.sender] = max(message.round, self._latest.get(message.sender, -1))
         if message.round > self.current_round + self.max_rounds_ahead:
-            self.too_far_ahead += 1
+            self.stats.too_far_ahead += 1
             return "too_far_ahead"
         if message.round < self.current_round:
-            self.stale += 1
+            self.stats.stale_dropped += 1
             return "stale"
         round_messages = self._by_round[message.round]
         if message.sender in round_messages:
-            self.duplicates += 1
+            self.stats.duplicates += 1
             return "duplicate"
         round_messages[message.sender] = message
         return "kept"
@@ -62,7 +62,7 @@ class Inbox:
     def skip_to(self, round_: int) -> None:
         """Continue from ``round_`` (a peer that joined a running swarm): earlier rounds' messages are stale."""
         for old in [r for r in self._by_round if r < round_]:
-            self.stale += len(self._by_round.pop(old))
+            self.stats.stale_dropped += len(self._by_round.pop(old))
         self.current_round = max(self.current_round, round_)
 
     def take(self, round_: int) -> dict[str, Message]:
@@ -70,7 +70,7 @@ class Inbox:
         taken = self._by_round.pop(round_, {})
         self.current_round = round_ + 1
         for old in [r for r in self._by_round if r < self.current_round]:
-            self.stale += len(self._by_round.pop(old))
+            self.stats.stale_dropped += len(self._by_round.pop(old))
         return taken
 
 
@@ -80,14 +80,15 @@ class Newest:
     its neighbours sent last, as long as it is at most ``max_staleness`` rounds old."""
 
     max_staleness: int
-    older: int = 0  # arrived after a newer one from the same sender (dropped)
+    stats: PeerStats = field(default_factory=PeerStats)
     _newest: dict[str, Message] = field(default_factory=dict)
 
     def put(self, message: Message) -> bool:
         """Keep ``message`` if it is newer than what its sender sent before."""
         previous = self._newest.get(message.sender)
         if previous is not None and previous.round >= message.round:
-            self.older += 1
+            # Arrived after a newer one from the same sender: dropped.
+            self.stats.older_dropped += 1
             return False
         self._newest[message.sender] = message
         return True

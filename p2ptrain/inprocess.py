@@ -18,7 +18,7 @@ from pathlib import Path
 import zmq.asyncio
 
 from .config import PeerConfig
-from .peer import run_peer
+from .node import run_peer
 from .topology import Topology, relocate
 
 log = logging.getLogger("p2ptrain.inprocess")

@@ -22,9 +22,9 @@ from .config import ConfigError, PeerConfig, add_training_options, given_options
 from .experiment import PEER_FIELDS, Run, lower_is_better, resolve_topology, run_rows
 from .plots import save, study_figures
 from .replica import resolve_config, resolve_task
-from .task import headline_figure
 from .rundir import RunDir, StudyDir
 from .swarm import LaunchOptions, launch
+from .task import headline_figure
 from .topology import TopologyError
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MODELS = ("auto", "logreg", "mlp", "linear")
-
 
 class VectorModel(nn.Module):
     """A linear predictor a^T x with one float64 parameter vector ``x``: the variable of the convex problems."""

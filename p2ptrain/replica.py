@@ -43,7 +43,10 @@ class Replica:
 
     def sent(self, round_: int) -> dict[str, torch.Tensor]:
         """What this peer sends in ``round_``: its outgoing tensors, or the attack's corruption of them."""
-        outgoing = self.algorithm.outgoing(round_)
+        return self.as_sent(self.algorithm.outgoing(round_), round_)
+
+    def as_sent(self, outgoing: dict[str, torch.Tensor], round_: int) -> dict[str, torch.Tensor]:
+        """``outgoing``, this round's tensors, as this peer sends them: corrupted if it attacks."""
         return self.attack.corrupt(outgoing, round_) if self.attack else outgoing
 
     def train(self, round_: int) -> float | None:

@@ -1,8 +1,11 @@
-"""ZeroMQ sockets of one peer: one PULL socket it listens on, one PUSH socket per out-neighbour.
+"""How a peer moves messages: the ``Transport`` interface, and its ZeroMQ implementation (one PULL socket
+it listens on, one PUSH socket per out-neighbour).
 
-The transport moves multipart messages and nothing else: it does not parse
+A transport moves multipart messages and nothing else: it does not parse
 them and knows nothing of rounds or models. Sends never block (a neighbour
-that is gone must not stall the sender); receives always carry a deadline.
+that is gone must not stall the sender); receives always carry a deadline
+and hand over, with the frames, who sent them as far as the connection
+proves it. memory.py implements the same interface without sockets.
 
 Why PUSH/PULL: every message is one-way (a peer's parameters for one round),
 PULL fair-queues between neighbours so a chatty one cannot starve the rest,
@@ -13,7 +16,7 @@ Security: without a ``CurveSecurity`` the sockets use ZeroMQ's NULL mechanism
 (anyone who can reach the port can send). With one, the PULL socket is a
 CurveZMQ server that admits only the listed peers' public keys, every PUSH
 socket a CurveZMQ client, and each received message carries the id of the
-peer whose key its connection proved (``authenticated_sender``).
+peer whose key its connection proved (``Received.sender``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import zmq
 import zmq.asyncio
@@ -45,6 +48,33 @@ _Z85_ALPHABET = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ
 
 class TransportError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as it arrived: its frames, and the peer whose key its connection proved.
+
+    ``sender`` is None without security: then nothing but the header says who sent it."""
+
+    frames: Sequence
+    sender: str | None = None
+
+
+class Transport(Protocol):
+    """What a peer needs from the network; the peer never sees sockets."""
+
+    secure: bool  # senders are proven (CurveZMQ): Received.sender is set
+    public_key: str | None  # this peer's, when secure
+    closed: bool
+
+    def send(self, peer_id: str, frames: Sequence, copy: bool = False) -> bool:
+        """Queue one message for an out-neighbour without blocking; False if it could not be queued."""
+
+    async def receive(self, timeout: float) -> Received | None:
+        """The next message, or None if none arrives within ``timeout`` seconds (0: only one already here)."""
+
+    def close(self, abandon: Iterable[str] = ()) -> None:
+        """Release the connections; queued messages to the ``abandon``ed neighbours are dropped at once."""
 
 
 def curve_key_problem(text: str) -> str | None:
@@ -108,15 +138,13 @@ def _require_key(text: str, what: str) -> None:
         raise TransportError(f"{what} is not a CurveZMQ key: {problem}")
 
 
-def authenticated_sender(frames: Sequence) -> str | None:
+def _proven_sender(frames: Sequence) -> str | None:
     """The id of the peer whose key the CurveZMQ handshake of this message's connection proved.
 
-    None when the message came over a connection without CurveZMQ (a transport
-    without security, or inproc, which has no handshake) or when the frames
-    were copied to bytes and lost their metadata. A peer compares this with the
-    sender named in the message header: a listed key that claims another
-    peer's id is caught there, since the authenticator only checks that the key
-    is listed."""
+    None when the message came over a connection without CurveZMQ or when the
+    frames lost their metadata. A peer compares this with the sender named in
+    the message header: a listed key that claims another peer's id is caught
+    there, since the authenticator only checks that the key is listed."""
     if not frames or not isinstance(frames[0], zmq.Frame):
         return None
     try:
@@ -126,7 +154,9 @@ def authenticated_sender(frames: Sequence) -> str | None:
     return user_id or None
 
 
-class Transport:
+class ZmqTransport:
+    """The ``Transport`` of a peer over ZeroMQ sockets."""
+
     def __init__(
         self,
         context: zmq.asyncio.Context,
@@ -175,9 +205,15 @@ class Transport:
         except zmq.Again:
             return False
 
-    async def receive(self, timeout_seconds: float) -> list[zmq.Frame] | None:
+    async def receive(self, timeout: float) -> Received | None:
         """The next message, or None if none arrives within the timeout."""
-        timeout = max(timeout_seconds, 0)
+        frames = await self._receive_frames(max(timeout, 0))
+        if frames is None:
+            return None
+        # Without security there is no handshake to prove anything (inproc has none at all).
+        return Received(frames, _proven_sender(frames) if self.secure else None)
+
+    async def _receive_frames(self, timeout: float) -> list[zmq.Frame] | None:
         deadline = time.monotonic() + timeout
         while True:
             events = await self._pull.poll(timeout=int(timeout * 1000), flags=zmq.POLLIN)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import msgpack
@@ -196,7 +196,6 @@ class Message:
     fingerprint: str
     tensors: dict[str, torch.Tensor]
     nbytes: int = 0  # every frame, header included
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def encode(

@@ -31,7 +31,7 @@ import zmq
 import zmq.asyncio
 
 from p2ptrain import keys, topology, wire
-from p2ptrain.transport import Transport, authenticated_sender
+from p2ptrain.transport import ZmqTransport
 
 WARMUP_ROUNDS = 3
 
@@ -88,7 +88,7 @@ def p2ptrain_side(me: str, other: str, elements: int, rounds: int, first: bool, 
         context = zmq.asyncio.Context()
         my_id, other_id = ("p0", "p1") if first else ("p1", "p0")
         security = keys.load_security(pair(), my_id, keys_dir) if keys_dir else None
-        transport = Transport(context, me, {other_id: other}, linger_seconds=1.0, security=security)
+        transport = ZmqTransport(context, me, {other_id: other}, linger_seconds=1.0, security=security)
         tensors = {"w": torch.from_numpy(np.random.default_rng(0).random(elements, dtype=np.float32))}
         specs = wire.specs_of(tensors)
         contract = wire.Contract("bench", "fp", frozenset({other_id}), specs)
@@ -104,11 +104,11 @@ def p2ptrain_side(me: str, other: str, elements: int, rounds: int, first: bool, 
             else:
                 got = await transport.receive(60)
                 transport.send(other_id, frames)
-            message = wire.decode(got, contract)
+            message = wire.decode(got.frames, contract)
             if round_ == 0:
                 # A secure number is worth something only if the path was secure: the handshake
                 # must have proved the sender's key (and the plain mode must prove nothing).
-                proved = authenticated_sender(got)
+                proved = got.sender
                 if proved != (other_id if security else None) or message.sender != other_id:
                     raise RuntimeError(f"secure={security is not None}: message from {message.sender!r} "
                                        f"arrived with authenticated sender {proved!r}")

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -52,6 +54,63 @@ def test_peer_refuses_bad_options_with_exit_code_2(args, message, capsys, tmp_pa
     code = peer.main(["--topology", RING8, "--peer", "p0", "--out", str(tmp_path), *args])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def peer_process(*args: str, importtime: bool = False) -> subprocess.CompletedProcess:
+    """python -m p2ptrain.peer ARGS, to its end; with ``importtime`` standard error lists every module imported."""
+    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "p2ptrain.peer", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--topology", RING8, "--peer", "p9"],
+                                  ["--topology", RING8, "--peer", "p0", "--rounds", "0"],
+                                  ["--topology", RING8, "--peer", "p0", "--absent", "q9"]])
+def test_help_and_refused_options_never_load_torch(args):
+    result = peer_process(*args, importtime=True)
+    assert result.returncode == (0 if args == ["--help"] else 2), result.stderr[-2000:]
+    imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert "p2ptrain.config" in imported
+    assert not [module for module in imported if module.split(".")[0] == "torch"]
+
+
+@pytest.fixture
+def read_only_directory(tmp_path):
+    path = tmp_path / "read-only"
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+        return
+    # Modes do not stop root; an immutable directory does.
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr +i: no directory is read-only")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.mark.parametrize("where", ["under a regular file", "in a read-only directory"])
+def test_an_out_that_cannot_be_written_is_refused_in_one_line(where, tmp_path, request):
+    if where == "under a regular file":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "run"
+    else:
+        out = request.getfixturevalue("read_only_directory") / "run"
+    result = peer_process("--topology", RING8, "--peer", "p0", "--out", str(out))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()  # no traceback
+    assert line.startswith(f"p2ptrain.peer: error: --out {out}: ")
+
+
+def test_a_peer_that_hears_from_no_neighbour_says_so_and_reports_itself_isolated(topology_file, tmp_path, capsys):
+    out = tmp_path / "p0"
+    code = peer.main(["--topology", str(topology_file("ring", 3)), "--peer", "p0", "--out", str(out),
+                      "--rounds", "2", "--startup-timeout", "0.2", "--recv-timeout", "0.1"])
+    assert code == 0  # it ran every round: not a failure, but worth a look
+    assert json.loads((out / "result.json").read_text())["status"] == "isolated"
+    assert "heard from no neighbour in the whole run" in capsys.readouterr().err
 
 
 def test_peer_id_comes_from_rank_then_slurm_procid():

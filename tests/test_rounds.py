@@ -23,7 +23,7 @@ def test_inbox_keeps_future_rounds_and_drops_stale_ones():
     assert inbox.senders(1) == set()
     assert set(inbox.take(1)) == set()
     assert set(inbox.take(2)) == {"a"}
-    assert (inbox.stale, inbox.duplicates) == (1, 1)
+    assert (inbox.stats.stale_dropped, inbox.stats.duplicates) == (1, 1)
 
 
 def test_messages_left_behind_when_rounds_are_skipped_count_as_stale():
@@ -31,7 +31,7 @@ def test_messages_left_behind_when_rounds_are_skipped_count_as_stale():
     inbox.put(msg("a", 1))
     inbox.put(msg("b", 2))
     inbox.take(2)  # round 1 never gathered
-    assert inbox.stale == 1
+    assert inbox.stats.stale_dropped == 1
 
 
 def test_inbox_refuses_rounds_far_in_the_future():
@@ -93,7 +93,7 @@ def test_a_joining_peer_skips_to_its_round_and_counts_what_it_leaves_behind_as_s
     for round_ in (0, 1, 5):
         inbox.put(msg("p1", round_))
     inbox.skip_to(5)
-    assert inbox.current_round == 5 and inbox.stale == 2
+    assert inbox.current_round == 5 and inbox.stats.stale_dropped == 2
     assert set(inbox.take(5)) == {"p1"}
 
 
@@ -102,7 +102,7 @@ def test_async_keeps_each_senders_newest_message_only():
     assert newest.put(msg("p1", 4))
     assert not newest.put(msg("p1", 2))  # overtaken: arrived after round 4
     assert newest.put(msg("p1", 6))
-    assert newest.older == 1 and newest.rounds() == {"p1": 6}
+    assert newest.stats.older_dropped == 1 and newest.rounds() == {"p1": 6}
 
 
 def test_async_mixes_only_messages_within_the_staleness_bound():
@@ -132,4 +132,4 @@ def test_a_round_beyond_the_run_is_not_believed_but_one_far_ahead_within_it_is()
     # message, but it has certainly moved on: not waiting for it lets this peer catch up.
     assert inbox.put(msg("p1", 110)) == "too_far_ahead"
     assert inbox.moved_on(10) == {"p1"}
-    assert inbox.too_far_ahead == 2
+    assert inbox.stats.too_far_ahead == 2

@@ -25,7 +25,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from p2ptrain import keys, wire
 from p2ptrain.topology import TopologyError, dump_topology, generate, parse_topology
-from p2ptrain.transport import CurveSecurity, Transport, TransportError, authenticated_sender
+from p2ptrain.transport import CurveSecurity, Received, TransportError, ZmqTransport, _proven_sender
 
 from .conftest import free_port_block
 
@@ -104,21 +104,21 @@ class RawClient:
         self.socket.close(linger=0)
 
 
-async def receive_one(transport: Transport) -> list[zmq.Frame]:
-    frames = await transport.receive(timeout_seconds=HANDSHAKE_SECONDS)
-    assert frames is not None, f"nothing arrived within {HANDSHAKE_SECONDS}s"
-    return frames
+async def receive_one(transport: ZmqTransport) -> Received:
+    received = await transport.receive(timeout=HANDSHAKE_SECONDS)
+    assert received is not None, f"nothing arrived within {HANDSHAKE_SECONDS}s"
+    return received
 
 
-async def assert_listed_peer_still_gets_in(context, transport: Transport, endpoint: str, pairs, peer_id: str):
+async def assert_listed_peer_still_gets_in(context, transport: ZmqTransport, endpoint: str, pairs, peer_id: str):
     """The positive control: the transport that shut a client out still admits a listed key."""
     listed = RawClient(context, endpoint, pair=pairs[peer_id], server_key=pairs["p0"][0])
     try:
         listed.send(b"from a listed peer")
-        frames = await receive_one(transport)
-        assert [f.bytes for f in frames] == [b"from a listed peer"]
-        assert authenticated_sender(frames) == peer_id
-        assert await transport.receive(timeout_seconds=QUIET_SECONDS) is None
+        received = await receive_one(transport)
+        assert [f.bytes for f in received.frames] == [b"from a listed peer"]
+        assert received.sender == peer_id
+        assert await transport.receive(timeout=QUIET_SECONDS) is None
     finally:
         listed.close()
 
@@ -130,8 +130,8 @@ async def assert_listed_peer_still_gets_in(context, transport: Transport, endpoi
 @pytest.mark.parametrize("kind", ["tcp", "ipc"])
 async def test_two_secure_transports_exchange_messages_and_know_who_sent_them(kind, context, pairs, tmp_path):
     a_end, b_end = endpoints(kind, 2, tmp_path)
-    a = Transport(context, a_end, {"p1": b_end}, security=security("p0", pairs))
-    b = Transport(context, b_end, {"p0": a_end}, security=security("p1", pairs))
+    a = ZmqTransport(context, a_end, {"p1": b_end}, security=security("p0", pairs))
+    b = ZmqTransport(context, b_end, {"p0": a_end}, security=security("p1", pairs))
     try:
         assert a.secure and b.secure
         tensors = {"w": torch.randn(64, 32), "b": torch.arange(5, dtype=torch.int64)}
@@ -139,11 +139,11 @@ async def test_two_secure_transports_exchange_messages_and_know_who_sent_them(ki
         assert a.send("p1", frames)
         assert b.send("p0", [b"back"])
         got = await receive_one(b)
-        message = wire.decode(got, wire.Contract("r", "x", frozenset({"p0"}), wire.specs_of(tensors)))
+        message = wire.decode(got.frames, wire.Contract("r", "x", frozenset({"p0"}), wire.specs_of(tensors)))
         assert all(torch.equal(message.tensors[k], tensors[k]) for k in tensors)
-        assert authenticated_sender(got) == message.sender == "p0"
+        assert got.sender == message.sender == "p0"
         back = await receive_one(a)
-        assert back[0].bytes == b"back" and authenticated_sender(back) == "p1"
+        assert back.frames[0].bytes == b"back" and back.sender == "p1"
     finally:
         a.close()
         b.close()
@@ -152,7 +152,7 @@ async def test_two_secure_transports_exchange_messages_and_know_who_sent_them(ki
 @pytest.mark.asyncio
 async def test_a_client_without_curve_gets_nothing_in(context, pairs):
     (end,) = endpoints("tcp", 1, Path())
-    server = Transport(context, end, {}, security=security("p0", pairs))
+    server = ZmqTransport(context, end, {}, security=security("p0", pairs))
     intruder = RawClient(context, end)
     try:
         intruder.send(b"NULL mechanism")
@@ -166,7 +166,7 @@ async def test_a_client_without_curve_gets_nothing_in(context, pairs):
 @pytest.mark.asyncio
 async def test_a_client_whose_key_is_not_listed_gets_nothing_in(context, pairs):
     (end,) = endpoints("tcp", 1, Path())
-    server = Transport(context, end, {}, security=security("p0", pairs))
+    server = ZmqTransport(context, end, {}, security=security("p0", pairs))
     intruder = RawClient(context, end, pair=key_pair(), server_key=pairs["p0"][0])
     try:
         intruder.send(b"unlisted key")
@@ -180,7 +180,7 @@ async def test_a_client_whose_key_is_not_listed_gets_nothing_in(context, pairs):
 @pytest.mark.asyncio
 async def test_a_listed_client_with_the_wrong_server_key_gets_nothing_through(context, pairs):
     (end,) = endpoints("tcp", 1, Path())
-    server = Transport(context, end, {}, security=security("p0", pairs))
+    server = ZmqTransport(context, end, {}, security=security("p0", pairs))
     confused = RawClient(context, end, pair=pairs["p2"], server_key=pairs["p3"][0])
     try:
         confused.send(b"sealed for someone else")
@@ -194,17 +194,17 @@ async def test_a_listed_client_with_the_wrong_server_key_gets_nothing_through(co
 @pytest.mark.asyncio
 async def test_a_listed_key_claiming_another_peers_id_is_detectable(context, pairs):
     (end,) = endpoints("tcp", 1, Path())
-    server = Transport(context, end, {}, security=security("p0", pairs))
+    server = ZmqTransport(context, end, {}, security=security("p0", pairs))
     impostor = RawClient(context, end, pair=pairs["p2"], server_key=pairs["p0"][0])
     try:
         tensors = {"w": torch.zeros(3)}
         impostor.send(*[bytes(f) for f in wire.encode(kind="params", sender="p1", run_id="r", round=0,
                                                       fingerprint="x", tensors=tensors)])
-        frames = await receive_one(server)
-        message = wire.decode(frames, wire.Contract("r", "x", frozenset({"p1", "p2"}), wire.specs_of(tensors)))
+        received = await receive_one(server)
+        message = wire.decode(received.frames, wire.Contract("r", "x", frozenset({"p1", "p2"}), wire.specs_of(tensors)))
         # The header is well formed and names a neighbour; only the handshake tells the truth.
         assert message.sender == "p1"
-        assert authenticated_sender(frames) == "p2"
+        assert received.sender == "p2"
     finally:
         impostor.close()
         server.close()
@@ -215,7 +215,7 @@ async def test_many_secure_transports_share_one_context_and_its_authenticator(co
     ids = list(pairs)
     ends = dict(zip(ids, endpoints("tcp", len(ids), Path())))
     ring = {peer_id: (ids[i - 1], ids[(i + 1) % len(ids)]) for i, peer_id in enumerate(ids)}
-    transports = {peer_id: Transport(context, ends[peer_id], {j: ends[j] for j in ring[peer_id]},
+    transports = {peer_id: ZmqTransport(context, ends[peer_id], {j: ends[j] for j in ring[peer_id]},
                                      security=security(peer_id, pairs)) for peer_id in ids}
     try:
         assert len(authenticator_threads()) == 1
@@ -225,9 +225,9 @@ async def test_many_secure_transports_share_one_context_and_its_authenticator(co
         for peer_id, transport in transports.items():
             heard = set()
             for _ in ring[peer_id]:
-                frames = await receive_one(transport)
-                assert authenticated_sender(frames) == frames[0].bytes.decode()
-                heard.add(authenticated_sender(frames))
+                received = await receive_one(transport)
+                assert received.sender == received.frames[0].bytes.decode()
+                heard.add(received.sender)
             assert heard == set(ring[peer_id])
         with pytest.raises(zmq.ZMQError):
             bind_zap_endpoint(context).close()  # the shared handler holds it
@@ -243,11 +243,11 @@ async def test_the_authenticator_starts_again_after_the_last_transport_closed(co
     for _ in range(2):
         # Fresh ports each time: libzmq releases a closed socket's port a little later.
         a_end, b_end = endpoints("tcp", 2, Path())
-        a = Transport(context, a_end, {"p1": b_end}, security=security("p0", pairs))
-        b = Transport(context, b_end, {}, security=security("p1", pairs))
+        a = ZmqTransport(context, a_end, {"p1": b_end}, security=security("p0", pairs))
+        b = ZmqTransport(context, b_end, {}, security=security("p1", pairs))
         try:
             assert a.send("p1", [b"hello"])
-            assert authenticated_sender(await receive_one(b)) == "p0"
+            assert (await receive_one(b)).sender == "p0"
         finally:
             a.close()
             b.close()
@@ -257,16 +257,15 @@ async def test_the_authenticator_starts_again_after_the_last_transport_closed(co
 @pytest.mark.asyncio
 async def test_each_transport_admits_only_its_own_list_even_in_a_shared_context(context, pairs):
     only_p1_end, only_p2_end = endpoints("tcp", 2, Path())
-    only_p1 = Transport(context, only_p1_end, {}, security=security("p0", pairs, listed=["p1"]))
-    only_p2 = Transport(context, only_p2_end, {}, security=security("p3", pairs, listed=["p2"]))
+    only_p1 = ZmqTransport(context, only_p1_end, {}, security=security("p0", pairs, listed=["p1"]))
+    only_p2 = ZmqTransport(context, only_p2_end, {}, security=security("p3", pairs, listed=["p2"]))
     to_wrong = RawClient(context, only_p1_end, pair=pairs["p2"], server_key=pairs["p0"][0])
     to_right = RawClient(context, only_p2_end, pair=pairs["p2"], server_key=pairs["p3"][0])
     try:
         to_wrong.send(b"listed by the other transport only")
         assert to_wrong.handshake_outcome() == "failed: not admitted"
         to_right.send(b"listed here")
-        frames = await receive_one(only_p2)
-        assert authenticated_sender(frames) == "p2"
+        assert (await receive_one(only_p2)).sender == "p2"
         await assert_listed_peer_still_gets_in(context, only_p1, only_p1_end, pairs, "p1")
     finally:
         for closable in (to_wrong, to_right, only_p1, only_p2):
@@ -276,48 +275,48 @@ async def test_each_transport_admits_only_its_own_list_even_in_a_shared_context(
 @pytest.mark.asyncio
 async def test_transports_without_security_work_beside_secure_ones(context, pairs):
     secure_end, a_end, b_end = endpoints("tcp", 3, Path())
-    secure = Transport(context, secure_end, {}, security=security("p0", pairs))
-    a = Transport(context, a_end, {"b": b_end})
-    b = Transport(context, b_end, {})
+    secure = ZmqTransport(context, secure_end, {}, security=security("p0", pairs))
+    a = ZmqTransport(context, a_end, {"b": b_end})
+    b = ZmqTransport(context, b_end, {})
     try:
         assert not a.secure
         assert a.send("b", [b"plain"])
-        frames = await receive_one(b)
-        assert frames[0].bytes == b"plain"
-        assert authenticated_sender(frames) is None
+        received = await receive_one(b)
+        assert received.frames[0].bytes == b"plain"
+        assert received.sender is None
     finally:
         for transport in (secure, a, b):
             transport.close()
 
 
-def test_authenticated_sender_is_none_without_frame_metadata():
-    assert authenticated_sender([]) is None
-    assert authenticated_sender([b"copied to bytes"]) is None
-    assert authenticated_sender([zmq.Frame(b"never received")]) is None
+def test_no_sender_is_proven_without_frame_metadata():
+    assert _proven_sender([]) is None
+    assert _proven_sender([b"copied to bytes"]) is None
+    assert _proven_sender([zmq.Frame(b"never received")]) is None
 
 
 def test_inproc_endpoints_are_refused_because_curve_never_runs_on_them(context, pairs):
     with pytest.raises(TransportError, match="inproc"):
-        Transport(context, "inproc://secure-listener", {}, security=security("p0", pairs))
+        ZmqTransport(context, "inproc://secure-listener", {}, security=security("p0", pairs))
     (end,) = endpoints("tcp", 1, Path())
     with pytest.raises(TransportError, match="inproc"):
-        Transport(context, end, {"p1": "inproc://p1"}, security=security("p0", pairs))
+        ZmqTransport(context, end, {"p1": "inproc://p1"}, security=security("p0", pairs))
     assert authenticator_threads() == []
 
 
 def test_a_neighbour_without_a_public_key_is_an_error(context, pairs):
     a_end, b_end = endpoints("tcp", 2, Path())
     with pytest.raises(TransportError, match="no public key for out-neighbour"):
-        Transport(context, a_end, {"p1": b_end}, security=security("p0", pairs, listed=["p0"]))
+        ZmqTransport(context, a_end, {"p1": b_end}, security=security("p0", pairs, listed=["p0"]))
     assert authenticator_threads() == []
 
 
 def test_a_taken_port_leaves_no_authenticator_behind(context, pairs):
     (end,) = endpoints("tcp", 1, Path())
-    first = Transport(context, end, {}, security=security("p0", pairs))
+    first = ZmqTransport(context, end, {}, security=security("p0", pairs))
     try:
         with pytest.raises(TransportError, match="Another process may hold the port"):
-            Transport(context, end, {}, security=security("p1", pairs))
+            ZmqTransport(context, end, {}, security=security("p1", pairs))
         assert len(authenticator_threads()) == 1
     finally:
         first.close()
@@ -329,18 +328,18 @@ def test_a_context_with_another_zap_handler_is_refused(context, pairs):
     foreign = bind_zap_endpoint(context)
     try:
         with pytest.raises(TransportError, match="ZAP handler"):
-            Transport(context, end, {}, security=security("p0", pairs))
+            ZmqTransport(context, end, {}, security=security("p0", pairs))
     finally:
         foreign.close()
 
 
 def test_transports_of_one_context_must_agree_on_who_owns_a_key(context, pairs):
     a_end, b_end = endpoints("tcp", 2, Path())
-    a = Transport(context, a_end, {}, security=security("p0", pairs))
+    a = ZmqTransport(context, a_end, {}, security=security("p0", pairs))
     swapped = dict(pairs, p1=pairs["p2"], p2=pairs["p1"])
     try:
         with pytest.raises(TransportError, match="disagree"):
-            Transport(context, b_end, {}, security=security("p0", swapped))
+            ZmqTransport(context, b_end, {}, security=security("p0", swapped))
     finally:
         a.close()
 
@@ -495,12 +494,12 @@ async def test_generated_keys_secure_a_pair_of_peers_end_to_end(context, tmp_pat
         hosts[peer_id] = tmp_path / f"host-{peer_id}"
         hosts[peer_id].mkdir(mode=0o700)
         os.replace(keys.secret_key_path(directory, peer_id), keys.secret_key_path(hosts[peer_id], peer_id))
-    p0 = Transport(context, pinned.peer("p0").bind, {"p1": pinned.peer("p1").endpoint},
+    p0 = ZmqTransport(context, pinned.peer("p0").bind, {"p1": pinned.peer("p1").endpoint},
                    security=keys.load_security(pinned, "p0", hosts["p0"]))
-    p1 = Transport(context, pinned.peer("p1").bind, {}, security=keys.load_security(pinned, "p1", hosts["p1"]))
+    p1 = ZmqTransport(context, pinned.peer("p1").bind, {}, security=keys.load_security(pinned, "p1", hosts["p1"]))
     try:
         assert p0.send("p1", [b"hello"])
-        assert authenticated_sender(await receive_one(p1)) == "p0"
+        assert (await receive_one(p1)).sender == "p0"
     finally:
         p0.close()
         p1.close()
@@ -579,14 +578,14 @@ async def test_a_large_first_message_arrives_whole_after_the_credential(context,
     # message. When that message spans several reads, the credential alone is flushed first: poll
     # says readable, recv finds nothing yet. receive must wait on instead of failing.
     (end,) = endpoints("tcp", 1, Path())
-    server = Transport(context, end, {}, security=security("p0", pairs))
+    server = ZmqTransport(context, end, {}, security=security("p0", pairs))
     client = RawClient(context, end, pair=pairs["p1"], server_key=pairs["p0"][0])
     try:
         large = [b"h", bytes(4 << 20), bytes(range(256)) * 4096]
         client.send(*large)  # queued until the handshake ends, while receive already waits
-        frames = await receive_one(server)
-        assert [f.bytes for f in frames] == large
-        assert authenticated_sender(frames) == "p1"
+        received = await receive_one(server)
+        assert [f.bytes for f in received.frames] == large
+        assert received.sender == "p1"
     finally:
         client.close()
         server.close()

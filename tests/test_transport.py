@@ -12,7 +12,7 @@ import zmq
 import zmq.asyncio
 
 from p2ptrain import wire
-from p2ptrain.transport import SEND_QUEUE, Transport, TransportError
+from p2ptrain.transport import SEND_QUEUE, TransportError, ZmqTransport
 
 from .conftest import free_port_block
 
@@ -42,13 +42,14 @@ KINDS = ["tcp", "ipc", "inproc"]
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_message_arrives_whole_and_decodes(kind, context, tmp_path):
     a_end, b_end = endpoints(kind, 2, tmp_path)
-    a = Transport(context, a_end, {"b": b_end})
-    b = Transport(context, b_end, {"a": a_end})
+    a = ZmqTransport(context, a_end, {"b": b_end})
+    b = ZmqTransport(context, b_end, {"a": a_end})
     tensors = {"w": torch.randn(256, 64), "b": torch.arange(10, dtype=torch.int64)}
     frames = wire.encode(kind="params", sender="a", run_id="r", round=0, fingerprint="x", tensors=tensors)
     assert a.send("b", frames)
-    got = await b.receive(timeout_seconds=10)
-    message = wire.decode(got, wire.Contract("r", "x", frozenset({"a"}), wire.specs_of(tensors)))
+    got = await b.receive(timeout=10)
+    assert got.sender is None  # no security: nothing but the header names the sender
+    message = wire.decode(got.frames, wire.Contract("r", "x", frozenset({"a"}), wire.specs_of(tensors)))
     assert all(torch.equal(message.tensors[k], tensors[k]) for k in tensors)
     a.close()
     b.close()
@@ -58,9 +59,9 @@ async def test_a_message_arrives_whole_and_decodes(kind, context, tmp_path):
 @pytest.mark.parametrize("kind", KINDS)
 async def test_receive_returns_none_at_its_deadline(kind, context, tmp_path):
     (end,) = endpoints(kind, 1, tmp_path)
-    t = Transport(context, end, {})
+    t = ZmqTransport(context, end, {})
     started = time.monotonic()
-    assert await t.receive(timeout_seconds=0.3) is None
+    assert await t.receive(timeout=0.3) is None
     elapsed = time.monotonic() - started
     assert 0.25 <= elapsed < 5  # it waited, and it came back
     t.close()
@@ -70,11 +71,11 @@ async def test_receive_returns_none_at_its_deadline(kind, context, tmp_path):
 @pytest.mark.parametrize("kind", KINDS)
 async def test_peers_may_start_in_any_order(kind, context, tmp_path):
     a_end, b_end = endpoints(kind, 2, tmp_path)
-    a = Transport(context, a_end, {"b": b_end})
+    a = ZmqTransport(context, a_end, {"b": b_end})
     assert a.send("b", [b"early"])  # b is not listening yet
-    b = Transport(context, b_end, {})
-    got = await b.receive(timeout_seconds=10)
-    assert got is not None and got[0].bytes == b"early"
+    b = ZmqTransport(context, b_end, {})
+    got = await b.receive(timeout=10)
+    assert got is not None and got.frames[0].bytes == b"early"
     a.close()
     b.close()
 
@@ -83,7 +84,7 @@ async def test_peers_may_start_in_any_order(kind, context, tmp_path):
 @pytest.mark.parametrize("kind", ["tcp", "ipc"])
 async def test_sending_to_a_peer_that_is_gone_never_blocks(kind, context, tmp_path):
     a_end, gone = endpoints(kind, 2, tmp_path)
-    a = Transport(context, a_end, {"gone": gone}, linger_seconds=0)
+    a = ZmqTransport(context, a_end, {"gone": gone}, linger_seconds=0)
     results = [a.send("gone", [b"x" * 1000]) for _ in range(SEND_QUEUE * 4)]
     assert results[0] is True
     assert results[-1] is False  # the queue filled, and the send said so instead of waiting
@@ -92,15 +93,15 @@ async def test_sending_to_a_peer_that_is_gone_never_blocks(kind, context, tmp_pa
 
 def test_a_taken_port_gives_an_error_that_says_what_to_do(context):
     base = free_port_block(1)
-    first = Transport(context, f"tcp://127.0.0.1:{base}", {})
+    first = ZmqTransport(context, f"tcp://127.0.0.1:{base}", {})
     with pytest.raises(TransportError, match="Another process may hold the port"):
-        Transport(context, f"tcp://127.0.0.1:{base}", {})
+        ZmqTransport(context, f"tcp://127.0.0.1:{base}", {})
     first.close()
 
 
 @pytest.mark.asyncio
 async def test_ipc_socket_file_is_created(context, tmp_path):
     (end,) = endpoints("ipc", 1, tmp_path)
-    t = Transport(context, end, {})
+    t = ZmqTransport(context, end, {})
     assert os.path.exists(end[len("ipc://"):])
     t.close()

@@ -1,11 +1,10 @@
 """Algorithms: pure tensor math, one round at a time."""
 
+from ..choices import AGGREGATORS, ALGORITHMS, AggregatorError, check_aggregator
 from .admm import ADMM
 from .base import Algorithm, Diverged
 from .gossip import Gossip, effective_weights, mix
-from .robust import AGGREGATORS, AggregatorError, check_aggregator, clipped_mix, trimmed_mean
-
-ALGORITHMS = ("gossip", "admm")
+from .robust import clipped_mix, trimmed_mean
 
 __all__ = ["ADMM", "AGGREGATORS", "ALGORITHMS", "AggregatorError", "Algorithm", "Diverged", "Gossip",
            "check_aggregator", "clipped_mix", "effective_weights", "mix",

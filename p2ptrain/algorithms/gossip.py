@@ -14,9 +14,10 @@ from typing import Callable, Mapping
 
 import torch
 
+from ..choices import check_aggregator
 from ..fragments import cut, fragment_at, paste, plan
 from .base import Algorithm, Tensors, check_finite
-from .robust import check_aggregator, clipped_gossip, trimmed_mean
+from .robust import clipped_gossip, trimmed_mean
 
 
 def effective_weights(self_id: str, row: Mapping[str, float], heard: set[str] | frozenset[str]) -> dict[str, float]:

@@ -28,24 +28,10 @@ import torch
 
 Tensors = dict[str, torch.Tensor]
 
-AGGREGATORS = ("mean", "clipped", "trimmed-mean")
-
 # Weights such as 1/3 or 1/6 are not exact in binary, so two sets of
 # neighbours whose weights are equal as fractions can sum to floats a few
 # ulps apart; without this slack such a tie would be decided by rounding.
 WEIGHT_TOLERANCE = 1e-12
-
-
-class AggregatorError(ValueError):
-    """A robust-mixing option that cannot work; the message says what to use instead."""
-
-
-def check_aggregator(name: str, b: int) -> None:
-    if name not in AGGREGATORS:
-        raise AggregatorError(f"aggregator {name!r} is unknown; choose one of {', '.join(AGGREGATORS)}")
-    if isinstance(b, bool) or not isinstance(b, int) or b < 0:
-        raise AggregatorError(f"b = {b!r}: the number of bad neighbours to tolerate must be an integer >= 0 "
-                              "(1 is the usual choice; 0 clips and trims nothing)")
 
 
 def neighbours_heard(self_id: str, row: Mapping[str, float], received: Mapping[str, object]) -> list[str]:

@@ -1,0 +1,623 @@
+"""``Node``: one peer's exchange with its neighbours, the engine every peer runs; ``open_node`` and
+``run_peer`` start one over ZeroMQ.
+
+A round, ``exchange``: send this round's tensors to the out-neighbours, gather
+the in-neighbours' (gather.py: by round until the deadline, or each one's
+newest), mix with the topology's weights (adapt-then-combine D-PSGD), then
+keep the books: a metrics line, the trace, evaluations, checkpoints, a
+progress line. No peer is special; there is no coordinator.
+
+A Node is handed its replica, its transport and its clock, so it runs the
+same against memory.py's transport and a clock a test moves as over ZeroMQ.
+The command-line peer drives it with a task's local steps (``run``); the
+Python API (api.py) from the hooks on a user's own optimizer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+import zmq
+import zmq.asyncio
+
+from . import __version__, wire
+from .algorithms import Diverged
+from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, resolve_peer_id
+from .gather import Gathered, gatherer_for
+from .keys import KeyFileError, load_security
+from .membership import Membership
+from .replica import Replica, build_replica
+from .results import flat_parameters, relative_error
+from .rundir import PeerDir
+from .staging import Staging
+from .stats import PeerStats
+from .storage import (JsonLines, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json_lines,
+                      remove_partial_writes, rewrite_json_lines)
+from .topology import Topology, TopologyError, load_topology
+from .training import to_device
+from .transport import Received, Transport, TransportError, ZmqTransport
+
+# Seconds between a joining peer's state requests while no answer has come.
+STATE_REQUEST_INTERVAL = 0.5
+# What a peer refuses to start with: the command line reports these in one line, with exit code 2.
+USER_ERRORS = (ConfigError, TopologyError, TransportError, KeyFileError)
+
+
+class Impersonation(wire.WireError):
+    """A listed key sending under another peer's id."""
+
+    reason = "impersonation"
+
+
+def message_contract(run_id: str, fingerprint: str, senders: frozenset[str], algorithm, period: int,
+                     state_specs: tuple[wire.TensorSpec, ...]) -> wire.Contract:
+    """What this peer accepts: its algorithm's params messages (one layout per fragment) and state answers
+    (``state_specs``: the whole model in its own precision)."""
+    layouts = tuple(wire.specs_of(tensors) for tensors in algorithm.message_layouts())
+    if len(layouts) == 1:
+        return wire.Contract(run_id, fingerprint, senders, layouts[0], state_specs=state_specs)
+    return wire.Contract(run_id, fingerprint, senders, state_specs, fragments=layouts, period=period,
+                         state_specs=state_specs)
+
+
+class Node:
+    """One peer's exchange with its neighbours, given its replica, its transport and its clock.
+
+    The constructor does no I/O; ``start`` prepares the run directory (and restores a checkpoint
+    with --resume), ``finish`` writes the final model and result and closes the transport.
+    ``clock`` measures deadlines and waits; ``wall_clock`` only dates the metrics lines."""
+
+    def __init__(self, config: PeerConfig, topology: Topology, replica: Replica, transport: Transport,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+        self.config, self.topology, self.replica, self.transport = config, topology, replica, transport
+        self.clock, self.wall_clock = clock, wall_clock
+        self.id = replica.peer_id
+        self.log = logging.LoggerAdapter(logging.getLogger("p2ptrain.peer"), {"peer": self.id})
+        self.files = PeerDir(config.run_directory(self.id))
+        self.model, self.algorithm = replica.model, replica.algorithm
+        self.staging = Staging(replica.device, always=config.staging == "always")
+        self.reference = _load_reference(config.reference, self.model) if config.reference else None
+        # The fingerprint covers the whole model in its own precision; the agreement says how it travels.
+        state_specs = wire.specs_of(self.algorithm.state_tensors())
+        self.fingerprint = wire.fingerprint(state_specs, replica.agreement)
+        self.in_neighbours = topology.in_neighbours(self.id)
+        self.out_neighbours = topology.out_neighbours(self.id)
+        self.contract = message_contract(config.run_id, self.fingerprint, frozenset(self.in_neighbours),
+                                         self.algorithm, topology.period, state_specs)
+        # Peers known not to be running yet are suspected from the start, so round 0 does not wait for them.
+        absent = config.absent_peers(topology.ids)
+        self.membership = Membership(frozenset(self.in_neighbours), suspected=set(absent & set(self.in_neighbours)))
+        self.stats = PeerStats()
+        self.gatherer = gatherer_for(config, topology.diameter, transport, clock, self.membership, self._accept,
+                                     self.stats, self.log)
+        self._answered: dict[str, int] = {}  # state requests answered: asker -> round
+        self._awaiting_state = False  # joining: the first state answer is this peer's
+        self._state_answer: wire.Message | None = None
+        self.round_now = self.start_round = self.rounds_completed = 0
+        self.last: dict = {}  # the last round's metrics record
+        self.evaluation: dict[str, float] = {}  # the task's latest held-out figures
+        self.metrics: JsonLines | None = None
+        self._trace = None
+        self.started = clock()
+
+    # ---- the run directory ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Prepare the run directory: refuse an earlier run's outputs (unless --overwrite or --resume),
+        restore the checkpoint with --resume, record the configuration, open the metrics."""
+        try:
+            _prepare_output(self.files, self.config.overwrite, self.config.resume)
+            self.start_round = self._restore() if self.config.resume else 0
+            atomic_write_json(self.files.config, self._description())
+            self.metrics = JsonLines(self.files.metrics)
+            self._trace = self._open_trace() if self.config.trace_every else None
+        except OSError as error:
+            raise ConfigError(f"--out {self.files.path}: cannot write this peer's files there ({error}); "
+                              "pass a directory it can write to") from None
+        self.gatherer.start_at(self.start_round)
+        if self.replica.attack:
+            self.log.warning("attacking its neighbours (--attack %s): it sends corrupted parameters",
+                             self.config.attack)
+        if not self.topology.doubly_stochastic:
+            self.log.warning("the mixing weights of %s are not doubly stochastic: gossip will not keep the "
+                             "mean of the peers' parameters", self.topology.name)
+        self.log.info("listening on %s; in-neighbours %s; out-neighbours %s; %s training examples on %s",
+                      self.topology.peer(self.id).bind, ",".join(self.in_neighbours),
+                      ",".join(self.out_neighbours), self.replica.shard_size, self.replica.device)
+
+    def _description(self) -> dict:
+        """config.json: the configuration and everything the run was built from."""
+        topology = self.topology
+        return {
+            "config": self.config.to_dict(),
+            "topology": {"name": topology.name, "size": topology.size,
+                         "in_neighbours": list(self.in_neighbours), "out_neighbours": list(self.out_neighbours),
+                         "period": topology.period,
+                         "mixing_rows": [topology.mixing_row(self.id, r) for r in range(topology.period)]},
+            "fingerprint": self.fingerprint,
+            "agreement": self.replica.agreement,
+            "task": _task_name(self.replica.task),
+            "device": str(self.replica.device),
+            # Public only: a secret key never leaves its file.
+            "curve_public_key": self.transport.public_key,
+            "shard_size": self.replica.shard_size,
+            "versions": {"p2ptrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                         "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()},
+        }
+
+    def _restore(self) -> int:
+        """Load the checkpoint if there is one; returns the round to continue from."""
+        path = self.files.checkpoint
+        for leftover in remove_partial_writes(path):
+            self.log.warning("removed %s, a checkpoint whose writing was interrupted", leftover.name)
+        if not path.exists():
+            self.log.info("--resume: no checkpoint in %s; starting from round 0", self.files.path)
+            rewrite_json_lines(self.files.metrics, lambda record: False)
+            return 0
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["fingerprint"] != self.fingerprint or state["run_id"] != self.config.run_id:
+            raise ConfigError(f"{path} belongs to another run (run id {state['run_id']}, model fingerprint "
+                              f"{state['fingerprint']}); resume with that run's options, or use another --out")
+        self.model.load_state_dict(state["model"])
+        if self.replica.trainer is not None:
+            self.replica.trainer.load_state_dict(state["trainer"])
+        try:
+            self.algorithm.load_state_dict(to_device(state["algorithm"], self.replica.device))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        torch.set_rng_state(state["torch_rng"])
+        # Checkpoints written before the counters had a key of their own kept three of them at the top.
+        self.stats.load_state_dict(state.get("stats", state))
+        self.membership.suspected = set(state["suspected"])
+        self.rounds_completed = state["round"]
+        self.last, self.evaluation = state["last"], state["evaluation"]
+        # Rounds after the checkpoint will run again; their old lines would be duplicates.
+        rewrite_json_lines(self.files.metrics, lambda record: record["round"] < state["round"])
+        self.log.info("resumed from the checkpoint of round %d", state["round"])
+        return state["round"]
+
+    def _open_trace(self):
+        path = self.files.trace
+        if not self.config.resume or not path.exists():
+            return open(path, "wb")
+        # Keep the rows of the rounds before the checkpoint, as the metrics do.
+        traced = [r["traced"] for r in read_json_lines(self.files.metrics) if r.get("traced")]
+        trace = open(path, "r+b")
+        trace.truncate(sum(traced) * 4)  # float32 values
+        trace.seek(0, 2)
+        return trace
+
+    def checkpoint(self, rounds_done: int) -> None:
+        self.log.info("writing checkpoint at round %d", rounds_done)
+        atomic_torch_save({
+            "round": rounds_done,
+            "run_id": self.config.run_id,
+            "fingerprint": self.fingerprint,
+            "model": self.model.state_dict(),
+            "trainer": self.replica.trainer.state_dict() if self.replica.trainer is not None else {},
+            "algorithm": self.algorithm.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "stats": self.stats.state_dict(),
+            "suspected": sorted(self.membership.suspected),
+            "last": self.last,
+            "evaluation": self.evaluation,
+        }, self.files.checkpoint, self._pause_before_rename if self.config.checkpoint_write_delay else None)
+
+    def _pause_before_rename(self) -> None:
+        self.log.warning("checkpoint written to a temporary file; pausing %.1fs before putting it in place "
+                         "(--checkpoint-write-delay)", self.config.checkpoint_write_delay)
+        time.sleep(self.config.checkpoint_write_delay)
+
+    # ---- rounds -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The command-line peer: every round from the first (or the joined one) to the last."""
+        if self.config.join:
+            await self.join()
+        round_ = self.start_round
+        while round_ < self.config.rounds:
+            # Let other tasks run: peers sharing one event loop (--in-process) would otherwise run
+            # their asynchronous rounds one peer at a time, never mixing with each other.
+            await asyncio.sleep(0)
+            await self.run_round(round_)
+            self.rounds_completed = round_ + 1
+            round_ = self.gatherer.next_round(round_)
+
+    async def run_round(self, round_: int) -> None:
+        """One round of the command-line peer: the task's local steps, then the exchange."""
+        computing = self.clock()
+        self.round_now = round_
+        loss = self.replica.train(round_)
+        if self.config.min_compute_seconds:
+            await asyncio.sleep(max(0.0, computing + self.config.min_compute_seconds - self.clock()))
+        lr = self.replica.trainer.optimizer.param_groups[0]["lr"]
+        await self.exchange(round_, loss, lr)
+
+    async def exchange(self, round_: int, loss: float | None = None, lr: float | None = None) -> None:
+        """Send this round's tensors, gather the neighbours', mix, keep the books (``loss`` and ``lr``
+        are the local steps', for the record)."""
+        self.round_now = round_
+        outgoing = self.algorithm.outgoing(round_)
+        bytes_sent = self._send(round_, outgoing)
+        expected = frozenset(self.topology.in_neighbours(self.id, round_))
+        gathered = await self.gatherer.gather(round_, expected)
+        distance = self._mix(round_, outgoing, gathered)
+        self._keep_books(round_, self._metrics_line(round_, loss, lr, distance, bytes_sent, gathered), len(expected))
+
+    def _send(self, round_: int, outgoing: dict[str, torch.Tensor]) -> int:
+        """Queue this round's message for every out-neighbour; returns the bytes queued."""
+        frames = wire.encode(kind="params", sender=self.id, run_id=self.config.run_id, round=round_,
+                             fingerprint=self.fingerprint,
+                             tensors=self.staging.to_host(self.replica.as_sent(outgoing, round_)),
+                             fragment=self.algorithm.fragment_at(round_))
+        bytes_sent = 0
+        for neighbour in self.topology.out_neighbours(self.id, round_):
+            if self.transport.send(neighbour, frames, copy=self.staging.copy_on_send):
+                bytes_sent += wire.frame_bytes(frames)
+            else:
+                self.stats.send_dropped += 1
+        return bytes_sent
+
+    def _mix(self, round_: int, outgoing: dict[str, torch.Tensor], gathered: Gathered) -> float | None:
+        """Fold in what arrived; returns this peer's distance to the mean of what arrived, before."""
+        received = {sender: self.staging.to_device(m.tensors) for sender, m in gathered.messages.items()}
+        distance = _relative_distance_to_mean(self.algorithm.parameters_in(outgoing),
+                                              [self.algorithm.parameters_in(t) for t in received.values()])
+        self.algorithm.update(round_, received)
+        return distance
+
+    def _metrics_line(self, round_: int, loss: float | None, lr: float | None, distance: float | None,
+                      bytes_sent: int, gathered: Gathered) -> dict:
+        line = {
+            "round": round_,
+            "time": round(self.clock() - self.started, 4),
+            "unix_time": round(self.wall_clock(), 4),
+            "lr": lr,
+            "loss": loss,
+            "neighbour_distance": distance,
+            "bytes_sent": bytes_sent,
+            "bytes_received": gathered.bytes_received,
+            "wait_seconds": round(gathered.waited, 6),
+            "heard": sorted(gathered.outcome.heard),
+            "missing": sorted(gathered.outcome.missing),
+        } | self.stats.state_dict() | self.algorithm.metrics() | gathered.metrics
+        if self.reference is not None:
+            line["rel_error"] = relative_error(self.model.state_dict(), self.reference)
+        return line
+
+    def _keep_books(self, round_: int, record: dict, expected: int) -> None:
+        """After the round: its trace row and evaluation when due, its metrics line, a checkpoint when
+        due, a progress line (``expected``: the in-neighbours sending this round)."""
+        config = self.config
+        last_round = round_ == config.rounds - 1
+        if config.trace_every and ((round_ + 1) % config.trace_every == 0 or last_round):
+            record["traced"] = self._write_trace_row()
+        if (round_ + 1) % config.eval_every == 0 or last_round:
+            self.evaluation = self.replica.evaluate()
+            record |= self.evaluation
+        self.metrics.write(record)
+        self.last = record
+        if config.checkpoint_every and (round_ + 1) % config.checkpoint_every == 0 and not last_round:
+            self.checkpoint(round_ + 1)
+        if (round_ + 1) % config.log_every == 0 or last_round:
+            self.log.info("round %d%s loss %s %s heard %d/%d waited %.3fs", round_ + 1,
+                          "" if config.rounds == UNBOUNDED_ROUNDS else f"/{config.rounds}",
+                          "-" if record["loss"] is None else f"{record['loss']:.4f}",
+                          _figures(self.evaluation), len(record["heard"]), expected, record["wait_seconds"])
+
+    def _write_trace_row(self) -> int:
+        """Append the parameters as float32 to the trace; returns the values per row."""
+        row = flat_parameters(self.model.state_dict()).float().cpu().numpy()
+        self._trace.write(row.tobytes())
+        self._trace.flush()
+        return row.size
+
+    # ---- what arrives -----------------------------------------------------------------------
+
+    def _accept(self, received: Received) -> wire.Message | None:
+        """Check a message and act on it; parameters are handed back for the gatherer to file."""
+        message = self._check(received)
+        if message is None or message.kind == "params":
+            return message
+        if message.kind == "state" and self._awaiting_state:
+            self._awaiting_state, self._state_answer = False, message
+            return None
+        # A state request, or a state answer to a peer no longer joining: its sender is alive.
+        self.membership.saw(message.sender)
+        if message.kind == "state_request":
+            self._answer_state_request(message.sender)
+        else:
+            # Only a joining peer asks (and reads the answer itself); a second answer comes too late.
+            self.log.debug("ignored a state message from %s: not joining", message.sender)
+        return None
+
+    def _check(self, received: Received) -> wire.Message | None:
+        """The checked message, or None (counted by reason and source, and logged) if it must not be used."""
+        try:
+            message = wire.decode(received.frames, self.contract)
+            if self.transport.secure and message.sender != received.sender:
+                raise Impersonation(f"the header names {message.sender!r}, the connection's key is "
+                                    f"{received.sender!r}'s")
+        except wire.WireError as error:
+            self._count_rejection(error, received.sender or "unauthenticated")
+            return None
+        self.stats.accepted_from[message.sender] += 1
+        return message
+
+    def _count_rejection(self, error: wire.WireError, source: str) -> None:
+        self.stats.reject(error.reason, source)
+        log_this, log_source = self.stats.worth_logging(source)
+        if log_this:
+            self.log.warning("rejected message #%d from %s (%s): %s", sum(self.stats.rejected.values()), source,
+                             error.reason, error)
+        if log_source:
+            self.log.warning("%s has sent %d messages that were rejected", source, self.stats.rejected_from[source])
+
+    def _answer_state_request(self, asker: str) -> None:
+        """Send ``asker`` this peer's parameters and the round to continue from (the next one)."""
+        round_ = self.round_now + 1
+        if self._answered.get(asker) == round_:
+            return  # one answer per asker per round: repeated requests cost nothing more
+        if asker not in self.out_neighbours:
+            self.log.warning("state request from %s, which this peer does not send to; not answered", asker)
+            return
+        frames = wire.encode(kind="state", sender=self.id, run_id=self.config.run_id, round=round_,
+                             fingerprint=self.fingerprint, tensors=self.staging.to_host(self.algorithm.state_tensors()))
+        if self.transport.send(asker, frames):
+            self._answered[asker] = round_
+            self.log.info("answered a state request from %s: continue from round %d", asker, round_)
+        else:
+            self.log.debug("could not answer %s's state request: its queue is full; it will ask again", asker)
+
+    # ---- joining a running swarm ------------------------------------------------------------
+
+    async def join(self) -> int:
+        """Ask the neighbours for their state and load the first answer (PROTOCOL.md section 6).
+        Returns the round to continue from."""
+        answerers = [j for j in self.out_neighbours if j in self.in_neighbours]
+        if not answerers:
+            raise ConfigError(f"--join: {self.id} has no neighbour linked both ways in {self.topology.name}, so "
+                              "nobody could answer a state request; start it without --join")
+        request = wire.encode(kind="state_request", sender=self.id, run_id=self.config.run_id, round=0,
+                              fingerprint=self.fingerprint, tensors={})
+        self.log.info("joining: asking %s for their state", ",".join(answerers))
+        self._awaiting_state = True
+        deadline = self.clock() + self.config.startup_timeout
+        while self._awaiting_state and (remaining := deadline - self.clock()) > 0:
+            # Ask again now and then: a neighbour's queue towards this peer may have been full of the
+            # parameters it sent while this peer was not running, and then its answer was dropped.
+            for neighbour in answerers:
+                self.transport.send(neighbour, request)
+            await self.gatherer.receive(min(remaining, STATE_REQUEST_INTERVAL))
+        if self._state_answer is None:
+            self._awaiting_state = False
+            raise ConfigError(f"--join: no answer from {', '.join(answerers)} within {self.config.startup_timeout}s "
+                              f"(--startup-timeout). Is the swarm running, with run id {self.config.run_id} and "
+                              "this peer in its topology? Start without --join to train from round 0")
+        return self._take_state(self._state_answer)
+
+    def _take_state(self, answer: wire.Message) -> int:
+        state = self.staging.to_device(answer.tensors)
+        for name, tensor in self.algorithm.parameters.items():
+            # A copy: on the CPU the received tensor lives in the message's frame buffer.
+            tensor.data = state[name].clone()
+        self.start_round = self.rounds_completed = self.round_now = answer.round
+        self.gatherer.start_at(answer.round, joined=True)
+        self.log.info("joined: took the state of %s, continuing from round %d", answer.sender, answer.round)
+        return answer.round
+
+    # ---- the end ----------------------------------------------------------------------------
+
+    @property
+    def isolated(self) -> bool:
+        """It has in-neighbours and never heard a valid message from any of them."""
+        return bool(self.in_neighbours) and not self.stats.accepted_from
+
+    def finish(self, status: str) -> None:
+        """Write the final model and result, then release the sockets. Safe to call once per peer."""
+        if status == "completed" and self.isolated:
+            self.log.warning("heard from no neighbour in the whole run: it trained alone. Are %s running, with "
+                             "run id %s, and can they reach %s?", ",".join(self.in_neighbours), self.config.run_id,
+                             self.topology.peer(self.id).endpoint)
+            status = "isolated"
+        atomic_torch_save(self.model.state_dict(), self.files.model)
+        sample = self.replica.sample()
+        if sample is not None:
+            atomic_write_bytes(self.files.sample, sample.encode("utf-8"))
+        if self.algorithm.state_dict():
+            atomic_torch_save(self.algorithm.state_dict(), self.files.algorithm)
+        atomic_write_json(self.files.result, self._result(status))
+        if self.metrics is not None:
+            self.metrics.close()
+        if self._trace is not None:
+            self._trace.close()
+        self.transport.close(abandon=self.membership.suspected)
+
+    def _result(self, status: str) -> dict:
+        return {
+            "peer": self.id,
+            "status": status,
+            "rounds": self.config.rounds,
+            "rounds_completed": self.rounds_completed,
+            "start_round": self.start_round,
+            # Readers look these up by name; a task that measures neither leaves them null.
+            "test_accuracy": None,
+            "test_loss": None,
+        } | self.replica.evaluate() | {
+            "train_loss": self.last.get("loss"),
+            "wall_seconds": self.clock() - self.started,
+            "secure": self.transport.secure,
+        } | self.stats.state_dict()
+
+
+def _figures(evaluation: dict[str, float]) -> str:
+    """The latest held-out figures for a progress line: accuracy as before, or whatever the task measures."""
+    if not evaluation:
+        return "acc -"
+    if "test_accuracy" in evaluation:
+        return f"acc {evaluation['test_accuracy']:.4f}"
+    return " ".join(f"{name} {value:.4f}" for name, value in evaluation.items())
+
+
+def _task_name(task) -> str | None:
+    return None if task is None else getattr(task, "name", type(task).__name__)
+
+
+def _relative_distance_to_mean(own: dict[str, torch.Tensor], neighbours: list[dict[str, torch.Tensor]]) -> float | None:
+    """||x_i - mean_j x_j|| / ||x_i|| over the neighbours heard this round, before mixing."""
+    if not neighbours:
+        return None
+    mine = flat_parameters(own)
+    mean = sum(flat_parameters(n) for n in neighbours) / len(neighbours)
+    return float(torch.linalg.vector_norm(mine - mean) / max(float(torch.linalg.vector_norm(mine)), 1e-30))
+
+
+def _load_reference(path: str, model: torch.nn.Module) -> torch.Tensor:
+    try:
+        reference = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as error:
+        raise ConfigError(f"--reference {path}: cannot read it ({error}); pass a file written by torch.save") from None
+    size = sum(p.numel() for p in model.parameters())
+    if not isinstance(reference, torch.Tensor) or reference.numel() != size:
+        raise ConfigError(f"--reference {path} is not a tensor of {size} values, the size of this model")
+    return reference.double().reshape(-1)
+
+
+def _prepare_output(files: PeerDir, overwrite: bool, resume: bool) -> None:
+    files.path.mkdir(parents=True, exist_ok=True)
+    if resume:
+        return
+    existing = [path for path in files.outputs() if path.exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{files.path} already holds the outputs of a run ({', '.join(path.name for path in existing)}); "
+            "pass another --out, --resume to continue it, or --overwrite to replace it (in the Python API: "
+            "out=..., resume=True or overwrite=True)"
+        )
+    for path in existing:
+        path.unlink()
+
+
+# ---- a Node over ZeroMQ ---------------------------------------------------------------------
+
+
+def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topology | None = None,
+              replica: Replica | None = None) -> Node:
+    """A started Node: the peer id resolved, its replica built (unless given), its port bound, its run
+    directory prepared. Files are touched only once the port is ours: a peer that cannot start
+    leaves a run as it was."""
+    topology = topology or load_topology(config.topology)
+    config = config.for_peer(topology.name, resolve_peer_id(config.peer, topology.ids))
+    torch.set_num_threads(config.threads)
+    replica = replica or build_replica(config, topology, config.peer)
+    largest = max(spec.nbytes for tensors in (*replica.algorithm.message_layouts(), replica.algorithm.state_tensors())
+                  for spec in wire.specs_of(tensors))
+    transport = ZmqTransport(
+        context,
+        topology.peer(config.peer).bind,
+        {j: topology.peer(j).endpoint for j in topology.out_neighbours(config.peer)},
+        linger_seconds=min(config.recv_timeout, 5.0),
+        # ZeroMQ drops (and disconnects) any frame over twice the largest one a peer sends,
+        # before it is read into memory; the decoder checks exact sizes below that.
+        max_message_bytes=2 * max(wire.MAX_HEADER_BYTES, largest),
+        security=_security(config, topology, config.peer),
+    )
+    try:
+        node = Node(config, topology, replica, transport)
+        node.start()
+    except BaseException:
+        transport.close()  # an open socket would keep the context from terminating
+        raise
+    return node
+
+
+def _security(config: PeerConfig, topology: Topology, peer_id: str):
+    """CurveZMQ keys from --keys, or None. A topology that pins public keys is never run without them."""
+    if config.keys:
+        return load_security(topology, peer_id, config.keys)
+    if any(spec.public_key for spec in topology.peers):
+        raise ConfigError(f"{topology.name} pins the peers' public keys, so its swarm is secured: "
+                          "pass --keys DIR with this peer's secret key")
+    logging.LoggerAdapter(logging.getLogger("p2ptrain.peer"), {"peer": peer_id}).warning(
+        "no --keys: connections are neither encrypted nor authenticated; anyone who can reach %s can send this "
+        "peer messages (docs/security.md)", topology.peer(peer_id).bind)
+    return None
+
+
+async def run_peer(config: PeerConfig, context: zmq.asyncio.Context | None = None,
+                   topology: Topology | None = None, signals: list[int] | None = None) -> int:
+    """Run one peer to the end; returns the process exit code (0 only when every round ran).
+
+    Alone, it stops cleanly on SIGINT and SIGTERM. Run beside other peers in one
+    process, the caller owns the signals: it passes a list it appends the signal
+    to before cancelling the peers' tasks, and the shared ZeroMQ context.
+    """
+    own_context = context is None
+    context = context or zmq.asyncio.Context()
+    peer = None
+    try:
+        with _stopped_by_signals(signals) as caught:
+            try:
+                peer = open_node(config, context, topology)
+                return await _run_to_the_end(peer)
+            except asyncio.CancelledError:
+                if not caught:
+                    raise
+                asyncio.current_task().uncancel()
+                if peer is not None:
+                    peer.log.warning("stopped by %s after %d rounds", signal.Signals(caught[0]).name,
+                                     peer.rounds_completed)
+                    peer.finish("interrupted")
+                return 128 + caught[0]
+            except Exception:
+                if peer is not None:
+                    peer.finish("failed")
+                raise
+    finally:
+        if peer is not None and not peer.transport.closed:
+            peer.transport.close()
+        if own_context:
+            context.term()  # returns once queued messages are delivered or the linger ends
+
+
+async def _run_to_the_end(peer: Node) -> int:
+    try:
+        await peer.run()
+    except Diverged as error:
+        peer.log.error("stopping: %s", error)
+        peer.finish("diverged")
+        return 3
+    peer.finish("completed")
+    peer.log.info("finished %d rounds in %.1fs", peer.rounds_completed, peer.clock() - peer.started)
+    return 0
+
+
+@contextmanager
+def _stopped_by_signals(signals: list[int] | None) -> Iterator[list[int]]:
+    """The list of signals that stopped the peer. Without one given, SIGINT and SIGTERM are this
+    peer's own: each is recorded and cancels the running task."""
+    if signals is not None:
+        yield signals
+        return
+    caught: list[int] = []
+    task, loop = asyncio.current_task(), asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        caught.append(signum)
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        yield caught
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

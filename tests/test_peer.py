@@ -1,0 +1,364 @@
+"""A Node driven without sockets or processes: an in-memory transport and a clock the test moves.
+
+The neighbours are scripted: the test delivers their messages (at a time of
+its choosing, from the sender their connection proves) and reads what the
+Node sent. Deadlines pass in no time, so every wait is checked exactly on the
+Node's clock; the rules are those of PROTOCOL.md sections 4, 6 and 7.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from p2ptrain import wire
+from p2ptrain.config import ConfigError, PeerConfig
+from p2ptrain.gather import DRAIN_LIMIT, Deadlines
+from p2ptrain.memory import MemoryNetwork
+from p2ptrain.node import Node
+from p2ptrain.replica import Replica, agreement, build_algorithm
+from p2ptrain.topology import PeerSpec, Topology, build_topology, generate
+
+RUN = "unit"
+RECV_TIMEOUT = 1.5  # binary fractions: waits add up exactly on the clock
+STARTUP_TIMEOUT = 4.0
+
+
+class Vector(torch.nn.Module):
+    """A model of one parameter vector, so mixed values are easy to predict."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.x = torch.nn.Parameter(torch.full((2,), value, dtype=torch.float64))
+
+
+def make_node(tmp_path: Path, topology: Topology, network: MemoryNetwork, peer_id: str = "p0", value: float = 0.0,
+              **options) -> Node:
+    """A started Node of ``topology`` on ``network``, its model holding ``value`` everywhere."""
+    options = {"run_id": RUN, "out": str(tmp_path / peer_id), "recv_timeout": RECV_TIMEOUT,
+               "startup_timeout": STARTUP_TIMEOUT, "rounds": 10, "eval_every": 1000, "log_every": 1} | options
+    config = PeerConfig(topology=topology.name, peer=peer_id, **options).validate()
+    model = Vector(value)
+    replica = Replica(peer_id, None, model, None, build_algorithm(config, topology, peer_id, model),
+                      torch.device("cpu"), config.lr_at, config.local_steps, agreement(config, None))
+    node = Node(config, topology, replica, network.transport(peer_id, topology.out_neighbours(peer_id)),
+                clock=network.clock, wall_clock=lambda: 1_700_000_000 + network.clock())
+    node.start()
+    return node
+
+
+def params(node: Node, sender: str, round_: int, value: float) -> list:
+    """A neighbour's parameters for ``round_``, as it would send them to ``node``."""
+    return wire.encode(kind="params", sender=sender, run_id=RUN, round=round_, fingerprint=node.fingerprint,
+                       tensors={"x": torch.full((2,), value, dtype=torch.float64)})
+
+
+def send(network: MemoryNetwork, node: Node, sender: str, round_: int, value: float = 1.0, at: float | None = None):
+    network.deliver(node.id, params(node, sender, round_, value), sender=sender, at=at)
+
+
+def x_of(node: Node) -> torch.Tensor:
+    return node.model.x.detach()
+
+
+@pytest.fixture
+def network() -> MemoryNetwork:
+    return MemoryNetwork()
+
+
+@pytest.fixture
+def complete3() -> Topology:
+    return generate("complete", 3)
+
+
+# ---- synchronous rounds ------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_round_whose_neighbours_all_arrived_waits_nothing_and_mixes_them(tmp_path, network, complete3):
+    node = make_node(tmp_path, complete3, network)
+    send(network, node, "p1", 0, 3.0)
+    send(network, node, "p2", 0, 6.0)
+    await node.exchange(0)
+    assert node.last["wait_seconds"] == 0 and network.clock() == 0
+    assert (node.last["heard"], node.last["missing"]) == (["p1", "p2"], [])
+    assert torch.allclose(x_of(node), torch.full((2,), 3.0, dtype=torch.float64), rtol=1e-12, atol=0)  # W = 1/3
+    as_a_neighbour_reads_it = wire.Contract(RUN, node.fingerprint, frozenset({"p0"}), node.contract.specs)
+    for neighbour in ("p1", "p2"):
+        (sent,) = network.collect(neighbour)
+        message = wire.decode(sent.frames, as_a_neighbour_reads_it)
+        assert (message.kind, message.round, message.tensors["x"].tolist()) == ("params", 0, [0.0, 0.0])
+    assert node.last["bytes_sent"] == node.last["bytes_received"] > 0  # two messages of one layout each way
+
+
+@pytest.mark.asyncio
+async def test_a_round_ends_when_the_last_awaited_neighbour_arrives(tmp_path, network, complete3):
+    node = make_node(tmp_path, complete3, network)
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 0, at=0.75)
+    await node.exchange(0)
+    assert node.last["wait_seconds"] == 0.75 and node.last["missing"] == []
+
+
+@pytest.mark.asyncio
+async def test_a_missing_neighbour_costs_exactly_one_deadline_and_is_not_waited_for_again(
+        tmp_path, network, complete3, caplog):
+    node = make_node(tmp_path, complete3, network)
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 0)
+    await node.exchange(0)
+    with caplog.at_level(logging.INFO, logger="p2ptrain.peer"):
+        send(network, node, "p1", 1)  # p2 stops sending
+        await node.exchange(1)
+        assert node.last["wait_seconds"] == RECV_TIMEOUT and network.clock() == RECV_TIMEOUT
+        assert node.last["missing"] == ["p2"] and node.membership.suspected == {"p2"}
+        send(network, node, "p1", 2)
+        await node.exchange(2)
+        assert node.last["wait_seconds"] == 0 and node.last["missing"] == ["p2"]
+        send(network, node, "p1", 3)
+        send(network, node, "p2", 3)  # back
+        await node.exchange(3)
+    assert node.last["heard"] == ["p1", "p2"] and node.membership.suspected == set()
+    assert "round 1: no parameters from p2 within 1.5s; going on without it" in caplog.text
+    assert "round 3: heard from p2 again" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_the_first_rounds_as_many_as_the_diameter_wait_the_startup_deadline(tmp_path, network):
+    ring5 = generate("ring", 5)  # diameter 2; p0 hears p1 and p4
+    assert ring5.diameter == 2
+    node = make_node(tmp_path, ring5, network)
+    send(network, node, "p1", 0)
+    await node.exchange(0)  # p4 not up yet
+    assert node.last["wait_seconds"] == STARTUP_TIMEOUT and node.last["missing"] == ["p4"]
+    send(network, node, "p4", 1, at=network.clock())
+    await node.exchange(1)  # now p1 is late, in a round still within the diameter
+    assert node.last["wait_seconds"] == STARTUP_TIMEOUT and node.last["missing"] == ["p1"]
+    send(network, node, "p1", 2)
+    await node.exchange(2)  # p4 missing again: the ordinary deadline
+    assert node.last["wait_seconds"] == RECV_TIMEOUT and node.last["missing"] == ["p4"]
+
+
+def test_deadlines_follow_the_start_round_and_joining():
+    deadlines = Deadlines(RECV_TIMEOUT, STARTUP_TIMEOUT, startup_rounds=2)
+    assert [deadlines.of(r) for r in range(3)] == [STARTUP_TIMEOUT, STARTUP_TIMEOUT, RECV_TIMEOUT]
+    resumed = Deadlines(RECV_TIMEOUT, STARTUP_TIMEOUT, 2, start_round=20)
+    assert [resumed.of(r) for r in (20, 21, 22)] == [STARTUP_TIMEOUT, STARTUP_TIMEOUT, RECV_TIMEOUT]
+    assert Deadlines(RECV_TIMEOUT, STARTUP_TIMEOUT, 2, start_round=20, joined=True).of(20) == RECV_TIMEOUT
+
+
+@pytest.mark.asyncio
+async def test_a_neighbour_that_moved_on_is_not_waited_for(tmp_path, network, complete3):
+    node = make_node(tmp_path, complete3, network)
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 1)  # its round-0 message will never come: it was sent before p0 was up
+    await node.exchange(0)
+    assert node.last["wait_seconds"] == 0 and node.last["missing"] == ["p2"]
+    send(network, node, "p1", 1)
+    await node.exchange(1)
+    assert node.last["heard"] == ["p1", "p2"]
+
+
+@pytest.mark.asyncio
+async def test_a_round_reads_at_most_drain_limit_messages_beyond_those_it_waits_for(tmp_path, network, complete3):
+    node = make_node(tmp_path, complete3, network)
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 0)
+    for _ in range(DRAIN_LIMIT + 44):
+        network.deliver("p0", [b"garbage"])
+    await node.exchange(0)
+    assert node.stats.rejected == {"malformed_header": DRAIN_LIMIT}  # the rest waits for the next round
+    send(network, node, "p1", 1)
+    send(network, node, "p2", 1)
+    await node.exchange(1)
+    assert node.stats.rejected == {"malformed_header": DRAIN_LIMIT + 44} and node.last["missing"] == []
+
+
+# ---- asynchronous rounds -----------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_async_rounds_mix_each_neighbours_newest_within_the_staleness_bound(tmp_path, network, complete3,
+                                                                                  caplog):
+    node = make_node(tmp_path, complete3, network, mode="async", max_staleness=2)
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 0, at=0.5)
+    await node.exchange(0)  # the first round waits until every neighbour was heard once
+    assert node.last["wait_seconds"] == 0.5 and node.last["staleness"] == {"p1": 0, "p2": 0}
+    await node.exchange(1)  # nothing new: no wait, the round-0 messages are one round old
+    assert node.last["wait_seconds"] == 0 and node.last["staleness"] == {"p1": 1, "p2": 1}
+    send(network, node, "p1", 2)
+    send(network, node, "p1", 1)  # overtaken: older than what p1 already sent
+    await node.exchange(2)
+    assert node.last["staleness"] == {"p1": 0, "p2": 2} and node.stats.older_dropped == 1
+    with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
+        await node.exchange(3)  # p2's round 0 is now 3 rounds old
+    assert node.last["staleness"] == {"p1": 1} and node.last["missing"] == ["p2"]
+    assert node.last["wait_seconds"] == 0 and network.clock() == 0.5
+    assert "round 3: nothing from p2 newer than 2 rounds; mixing without it" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_an_async_peer_too_far_behind_jumps_to_its_neighbours_round(tmp_path, network, complete3, caplog):
+    node = make_node(tmp_path, complete3, network, mode="async", max_staleness=2, rounds=100)
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 0)
+    await node.exchange(0)
+    assert node.gatherer.next_round(0) == 1
+    send(network, node, "p1", 3)  # 2 rounds ahead of round 1: within the bound
+    await node.exchange(1)
+    assert node.gatherer.next_round(1) == 2
+    send(network, node, "p2", 9)
+    await node.exchange(2)
+    with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
+        assert node.gatherer.next_round(2) == 9
+    assert "round 3 is more than 2 rounds behind the neighbours (newest: p1@3,p2@9); jumping to round 9" in caplog.text
+
+
+# ---- joining a running swarm -------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_state_request_is_answered_and_the_joiner_continues_from_the_given_round(tmp_path, network, caplog):
+    pair = generate("complete", 2)
+    running = make_node(tmp_path, pair, network, "p0", value=5.0, absent="p1")
+    request = wire.encode(kind="state_request", sender="p1", run_id=RUN, round=0, fingerprint=running.fingerprint,
+                          tensors={})
+    network.deliver("p0", request, sender="p1")
+    with caplog.at_level(logging.INFO, logger="p2ptrain.peer"):
+        await running.exchange(3)
+    assert "answered a state request from p1: continue from round 4" in caplog.text
+
+    joiner = make_node(tmp_path, pair, network, "p1", value=0.0, join=True)
+    assert await joiner.join() == 4
+    assert (joiner.start_round, joiner.rounds_completed) == (4, 4)
+    assert torch.equal(x_of(joiner), torch.full((2,), 5.0, dtype=torch.float64))
+    assert joiner.stats.stale_dropped == 1  # p0's round-3 parameters, read before the answer
+    asked = network.collect("p0")
+    assert asked and all(wire.decode(a.frames, running.contract).kind == "state_request" for a in asked)
+    await joiner.exchange(4)  # p0's round 4 is not there: a joiner waits the ordinary deadline
+    assert joiner.last["wait_seconds"] == RECV_TIMEOUT and joiner.last["round"] == 4
+
+
+@pytest.mark.asyncio
+async def test_a_join_nobody_answers_ends_at_the_startup_deadline(tmp_path, network):
+    joiner = make_node(tmp_path, generate("complete", 2), network, "p1", join=True)
+    with pytest.raises(ConfigError, match="no answer from p0 within 4.0s"):
+        await joiner.join()
+    assert network.clock() == STARTUP_TIMEOUT
+    assert len(network.collect("p0")) == STARTUP_TIMEOUT / 0.5  # asked again every half second
+
+
+# ---- who sent it -------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_message_naming_another_sender_than_its_connection_proves_is_rejected(tmp_path, complete3):
+    network = MemoryNetwork(secure=True)
+    node = make_node(tmp_path, complete3, network)
+    network.deliver("p0", params(node, "p1", 0, 1000.0), sender="p2")  # p2's key, p1's name
+    send(network, node, "p1", 0, 3.0)
+    send(network, node, "p2", 0, 6.0)
+    await node.exchange(0)
+    assert node.stats.rejected == {"impersonation": 1} and node.stats.rejected_from == {"p2": 1}
+    assert node.stats.accepted_from == {"p1": 1, "p2": 1}
+    assert torch.allclose(x_of(node), torch.full((2,), 3.0, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+@pytest.mark.asyncio
+async def test_without_security_the_header_names_the_sender_and_rejections_are_unauthenticated(
+        tmp_path, network, complete3):
+    node = make_node(tmp_path, complete3, network)
+    network.deliver("p0", [b"not msgpack"], sender="p2")
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 0)
+    await node.exchange(0)
+    assert node.stats.rejected == {"malformed_header": 1} and node.stats.rejected_from == {"unauthenticated": 1}
+
+
+# ---- counters across a checkpoint --------------------------------------------------------------
+
+
+async def faulty_round(node: Node, network: MemoryNetwork, round_: int) -> None:
+    """Round ``round_`` with the same faults every time it runs: garbage, a duplicate, a stale message,
+    one too far ahead, and (in odd rounds) a full queue towards p1."""
+    network.full = {"p1"} if round_ % 2 else set()
+    network.deliver("p0", [b"garbage"], sender="p1")
+    send(network, node, "p1", round_, float(round_))
+    send(network, node, "p1", round_, float(round_))
+    if round_ > 0:
+        send(network, node, "p1", round_ - 1)
+    send(network, node, "p1", round_ + 100)
+    await node.exchange(round_)
+
+
+COUNTERS = ("rejected", "rejected_from", "accepted_from", "send_dropped", "stale_dropped", "too_far_ahead",
+            "duplicates", "older_dropped")
+
+
+@pytest.mark.asyncio
+async def test_a_resumed_peer_reports_the_counters_of_an_uninterrupted_one(tmp_path):
+    pair = generate("complete", 2)
+    options = {"rounds": 10, "checkpoint_every": 5}
+    network = MemoryNetwork(secure=True)
+    uninterrupted = make_node(tmp_path / "whole", pair, network, **options)
+    for round_ in range(10):
+        await faulty_round(uninterrupted, network, round_)
+    uninterrupted.finish("completed")
+
+    network = MemoryNetwork(secure=True)
+    crashed = make_node(tmp_path / "resumed", pair, network, **options)
+    for round_ in range(8):  # dies after round 7; its last checkpoint is round 5's
+        await faulty_round(crashed, network, round_)
+    network = MemoryNetwork(secure=True)  # a new process: nothing left in the old mailboxes
+    resumed = make_node(tmp_path / "resumed", pair, network, resume=True, **options)
+    assert resumed.start_round == 5
+    for round_ in range(5, 10):
+        await faulty_round(resumed, network, round_)
+    resumed.finish("completed")
+
+    whole = json.loads((tmp_path / "whole" / "p0" / "result.json").read_text())
+    again = json.loads((tmp_path / "resumed" / "p0" / "result.json").read_text())
+    assert {key: again[key] for key in COUNTERS} == {key: whole[key] for key in COUNTERS}
+    assert whole["rejected_from"] == {"p1": 10} and whole["duplicates"] == 10 and whole["too_far_ahead"] == 10
+    assert whole["stale_dropped"] == 9 and whole["send_dropped"] == 5
+    assert torch.equal(x_of(uninterrupted), x_of(resumed))
+    metrics = (tmp_path / "resumed" / "p0" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(metrics[-1])["duplicates"] == 10  # every counter in every metrics line too
+
+
+# ---- the end of a run --------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("heard, status", [(False, "isolated"), (True, "completed")])
+async def test_a_peer_that_heard_from_no_neighbour_says_so(tmp_path, network, heard, status, caplog):
+    node = make_node(tmp_path, generate("complete", 2), network, rounds=3)
+    if heard:
+        send(network, node, "p1", 0)
+    with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
+        for round_ in range(3):
+            await node.exchange(round_)
+        node.finish("completed")
+    result = json.loads((tmp_path / "p0" / "result.json").read_text())
+    assert result["status"] == status
+    assert ("heard from no neighbour in the whole run" in caplog.text) == (not heard)
+
+
+@pytest.mark.asyncio
+async def test_a_peer_without_neighbours_is_not_isolated(tmp_path, network):
+    solo = build_topology("solo", [PeerSpec("p0", "tcp://127.0.0.1:1", "tcp://127.0.0.1:1")], [])
+    node = make_node(tmp_path, solo, network, rounds=1)
+    await node.exchange(0)
+    node.finish("completed")
+    assert json.loads((tmp_path / "p0" / "result.json").read_text())["status"] == "completed"
+
+
+def test_a_run_directory_that_cannot_be_written_is_a_configuration_error(tmp_path, network, complete3):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="--out .*file/p0: cannot write this peer's files there"):
+        make_node(tmp_path / "file", complete3, network)
