@@ -10,6 +10,8 @@ from p2ptrain.topology import generate
 
 from .conftest import free_port_block
 
+pytestmark = pytest.mark.swarm  # every test here runs peers
+
 
 def on_free_ports(kind: str, n: int, **kwargs):
     return generate(kind, n, base_port=free_port_block(n), **kwargs)

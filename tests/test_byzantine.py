@@ -51,6 +51,7 @@ def test_mean_gossip_is_dragged_away_by_one_peer_sending_minus_ten_times_its_par
     assert worst <= 0.5
 
 
+@pytest.mark.swarm
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind, aggregator", [("ring", "clipped"), ("exponential", "clipped"),
                                              ("exponential", "trimmed-mean")])

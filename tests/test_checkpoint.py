@@ -15,6 +15,8 @@ from p2ptrain.topology import PeerSpec, build_topology, dump_topology
 from .conftest import free_port_block
 from .processes import ROOT, LoggedProcess
 
+pytestmark = pytest.mark.swarm  # every test here runs peers
+
 
 @pytest.fixture
 def solo_topology(tmp_path):

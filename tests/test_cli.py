@@ -104,6 +104,7 @@ def test_an_out_that_cannot_be_written_is_refused_in_one_line(where, tmp_path, r
     assert line.startswith(f"p2ptrain.peer: error: --out {out}: ")
 
 
+@pytest.mark.swarm
 def test_a_peer_that_hears_from_no_neighbour_says_so_and_reports_itself_isolated(topology_file, tmp_path, capsys):
     out = tmp_path / "p0"
     code = peer.main(["--topology", str(topology_file("ring", 3)), "--peer", "p0", "--out", str(out),

@@ -13,6 +13,7 @@ from p2ptrain.topology import dump_topology, generate
 from p2ptrain.topology.__main__ import main as topology_cli
 
 
+@pytest.mark.swarm
 def test_a_sweep_writes_results_summary_and_plots_and_resumes(tmp_path, capsys):
     out = tmp_path / "sweep"
     argv = ["--topologies", "ring4,exponential4", "--algos", "gossip,admm", "--partition", "iid,dirichlet:0.5",

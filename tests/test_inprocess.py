@@ -15,6 +15,8 @@ from p2ptrain.topology import generate, load_topology
 
 from .processes import run_launcher
 
+pytestmark = pytest.mark.swarm  # every test here runs peers
+
 
 def assert_same_models(out, expected):
     for peer_id, state in expected.items():

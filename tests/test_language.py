@@ -187,6 +187,7 @@ def test_a_short_swarm_run_learns_below_the_unigram_entropy():
     assert all(loss < bound - 0.3 for loss in final.values()), (final, bound)
 
 
+@pytest.mark.swarm
 def test_the_launcher_prints_the_text_the_swarm_learned_to_write(tmp_path, capsys):
     from p2ptrain import swarm
 

@@ -115,6 +115,7 @@ def test_the_simulation_of_a_batchnorm_task_brings_buffers_to_consensus_and_keep
     assert replica.evaluate()["test_accuracy"] > 0.85
 
 
+@pytest.mark.swarm
 @pytest.mark.asyncio
 async def test_an_in_process_swarm_of_a_plugin_task_through_the_staging_path_equals_the_simulation(tmp_path):
     # --staging always sends every tensor through the host buffers and copies what arrives, as on a GPU.
@@ -149,6 +150,7 @@ async def _pair(tmp_path, first: dict, second: dict) -> dict[str, dict]:
                   "metrics": read_json_lines(tmp_path / pid / "metrics.jsonl")} for pid in configs}
 
 
+@pytest.mark.swarm
 @pytest.mark.asyncio
 @pytest.mark.parametrize("second, named", [
     ({"hidden": 32}, "shape [32, 64] from 'p1', [64, 64] here"),
@@ -168,6 +170,7 @@ async def test_a_neighbour_with_another_model_or_algorithm_is_rejected_with_the_
     assert any(expected in line for line in rejections), rejections
 
 
+@pytest.mark.swarm
 @pytest.mark.asyncio
 async def test_neighbours_whose_options_differ_only_in_what_may_differ_mix_every_round(tmp_path):
     outcome = await _pair(tmp_path, {"lr": 0.1, "local_steps": 1, "log_level": "INFO", "model": "mlp"},
