@@ -28,8 +28,8 @@ from typing import Iterable, Mapping
 import torch
 
 from .choices import ATTACK_EXAMPLES, ATTACK_KINDS, AttackSpecError, check_attackers, read_attack
+from .tensors import Tensors
 
-Tensors = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)

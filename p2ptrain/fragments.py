@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
+from .tensors import Tensors
 
-Tensors = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)

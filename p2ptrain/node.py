@@ -36,7 +36,7 @@ from .keys import KeyFileError, load_security
 from .membership import Membership
 from .replica import Replica, build_replica
 from .results import flat_parameters, relative_error
-from .rundir import PeerDir
+from .rundir import MetricsLine, PeerDir
 from .staging import Staging
 from .stats import PeerStats
 from .storage import (JsonLines, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json_lines,
@@ -275,8 +275,8 @@ class Node:
         return distance
 
     def _metrics_line(self, round_: int, loss: float | None, lr: float | None, distance: float | None,
-                      bytes_sent: int, gathered: Gathered) -> dict:
-        line = {
+                      bytes_sent: int, gathered: Gathered) -> MetricsLine:
+        line: MetricsLine = {
             "round": round_,
             "time": round(self.clock() - self.started, 4),
             "unix_time": round(self.wall_clock(), 4),

@@ -13,6 +13,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
+
+
+class MetricsLine(TypedDict, total=False):
+    """One line of a peer's metrics.jsonl: one round. Readers (the launcher's display, the experiment
+    runner, results.py) rely on these keys; a peer adds its counters (stats.PeerStats, running
+    totals), its algorithm's figures (ADMM: primal_residual, local_objective; ClippedGossip:
+    clipping_radius, clipped) and, in the rounds it evaluates, the task's held-out figures
+    (test_loss and test_accuracy, or val_loss and val_perplexity for gpt-char)."""
+
+    round: int
+    time: float  # seconds since the peer started, on its monotonic clock
+    unix_time: float
+    lr: float | None  # the first parameter group's learning rate this round
+    loss: float | None  # mean training loss of the round's local steps
+    neighbour_distance: float | None  # ||x_i - mean of the neighbours heard|| / ||x_i||, before mixing
+    bytes_sent: int
+    bytes_received: int
+    wait_seconds: float
+    heard: list[str]
+    missing: list[str]
+    staleness: dict[str, int]  # async mode: rounds behind, per neighbour mixed
+    traced: int  # values in this round's trace row, when one was written
+    rel_error: float  # with --reference: ||x - x*|| / ||x*||
 
 
 @dataclass(frozen=True)

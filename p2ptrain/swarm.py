@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import re
 import shutil
 import socket
 import sys
@@ -36,12 +35,11 @@ from .storage import atomic_torch_save, atomic_write_json
 from .summary import failed_peers, print_summary, summarise
 from .supervisor import run_here, start_peers, supervise
 from .task import task_name
-from .topology import (PeerSpec, Topology, TopologyError, build_topology, dump_topology, generate, load_topology,
-                       relocate)
+from .topology import (ENDPOINT, PeerSpec, Topology, TopologyError, build_topology, dump_topology, generate,
+                       load_topology, relocate)
 
 DEFAULT_TOPOLOGY = "ring8 (built in: ring of 8 peers on 127.0.0.1:25000-25007)"
 PEER_FIELDS = {f.name for f in dataclasses.fields(PeerConfig)}
-_TCP = re.compile(r"^tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d+)$")
 
 
 class LaunchError(RuntimeError):
@@ -156,8 +154,8 @@ def parse(argv: list[str] | None) -> tuple[PeerConfig, Topology, LaunchOptions]:
 def with_ports(topology: Topology, base_port: int) -> Topology:
     endpoints = []
     for i, spec in enumerate(topology.peers):
-        match = _TCP.match(spec.endpoint)
-        if not match:
+        match = ENDPOINT.match(spec.endpoint)
+        if not match or match["host"] is None:  # ipc:// or inproc://: no port to move
             raise LaunchError(f"--base-port needs tcp:// endpoints; {spec.id} has {spec.endpoint}")
         endpoints.append(f"tcp://{match['host']}:{base_port + i}")
     return relocate(topology, endpoints)
@@ -240,8 +238,8 @@ def check_launch_options(options: LaunchOptions, topology: Topology) -> None:
 def check_endpoints_free(topology: Topology) -> None:
     """Every peer must be able to listen here; say which port is taken before any peer starts."""
     for spec in topology.peers:
-        match = _TCP.match(spec.bind)
-        if not match:
+        match = ENDPOINT.match(spec.bind)
+        if not match or match["host"] is None:  # ipc:// and inproc:// take no port
             continue
         host = match["host"].strip("[]")
         host = "0.0.0.0" if host == "*" else host

@@ -43,7 +43,7 @@ HEARTBEAT_TIMEOUT_SECONDS = 5
 
 # A CurveZMQ key (public or secret) is 32 bytes, written as 40 Z85 characters.
 KEY_LENGTH = 40
-_Z85_ALPHABET = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+_Z85_ALPHABET = frozenset(z85.Z85CHARS.decode("ascii"))
 
 
 class TransportError(RuntimeError):

@@ -54,3 +54,13 @@ def topology_file(tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture
+def context():
+    """A ZeroMQ context of the test's own, destroyed after it (tests that build transports by hand)."""
+    import zmq.asyncio
+
+    ctx = zmq.asyncio.Context()
+    yield ctx
+    ctx.destroy(linger=0)

@@ -185,13 +185,6 @@ def test_a_missing_neighbour_weight_stays_with_the_peer_after_staging():
     assert mixed["w"].tolist() == [3.0] * 4  # 0.75 * 2 + 0.25 * 6
 
 
-@pytest.fixture
-def context():
-    ctx = zmq.asyncio.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
 def transport_pair(context) -> tuple[ZmqTransport, ZmqTransport]:
     a_end, b_end = (f"inproc://staging{next(_names)}" for _ in range(2))
     return ZmqTransport(context, a_end, {"b": b_end}), ZmqTransport(context, b_end, {})

@@ -28,13 +28,6 @@ def endpoints(kind: str, count: int, tmp_path) -> list[str]:
     return [f"inproc://peer{next(_names)}" for _ in range(count)]
 
 
-@pytest.fixture
-def context():
-    ctx = zmq.asyncio.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
 KINDS = ["tcp", "ipc", "inproc"]
 
 

@@ -12,8 +12,8 @@ from abc import ABC, abstractmethod
 from typing import Mapping
 
 import torch
+from ..tensors import Tensors
 
-Tensors = dict[str, torch.Tensor]
 
 
 class Diverged(ArithmeticError):

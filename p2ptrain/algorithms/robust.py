@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
+from ..tensors import Tensors
 
-Tensors = dict[str, torch.Tensor]
 
 # Weights such as 1/3 or 1/6 are not exact in binary, so two sets of
 # neighbours whose weights are equal as fractions can sum to floats a few

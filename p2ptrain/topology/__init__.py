@@ -2,9 +2,10 @@
 
 from .files import dump_topology, load_topology, parse_topology
 from .generators import GENERATORS, generate, generate_named
-from .graph import PeerSpec, Topology, TopologyError, build_topology, relocate
+from .graph import ENDPOINT, PeerSpec, Topology, TopologyError, build_topology, relocate
 
 __all__ = [
+    "ENDPOINT",
     "GENERATORS",
     "PeerSpec",
     "Topology",

@@ -17,7 +17,7 @@ import numpy as np
 from . import weights as mixing_weights
 
 MIXING_KINDS = ("metropolis", "uniform", "lazy", "explicit")
-_ENDPOINT = re.compile(r"^(tcp://(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d+)|ipc://\S+|inproc://\S+)$")
+ENDPOINT = re.compile(r"^(tcp://(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d+)|ipc://\S+|inproc://\S+)$")
 _PEER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # A CurveZMQ public key as Z85 text: 40 characters of this alphabet (python -m p2ptrain.keys).
 _Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
@@ -302,7 +302,7 @@ def _round_graph(edges, index: dict[str, int], directed: bool, mixing: str, expl
 
 
 def check_endpoint(address: str, peer_id: str, fail) -> None:
-    match = _ENDPOINT.match(address or "")
+    match = ENDPOINT.match(address or "")
     if not match:
         raise fail(
             f"peer {peer_id!r} has endpoint {address!r}; write it as tcp://HOST:PORT "
