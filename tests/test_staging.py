@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zmq
-import zmq.asyncio
 
 from p2ptrain import wire
 from p2ptrain.algorithms.gossip import mix

@@ -8,8 +8,6 @@ import time
 
 import pytest
 import torch
-import zmq
-import zmq.asyncio
 
 from p2ptrain import wire
 from p2ptrain.transport import SEND_QUEUE, TransportError, ZmqTransport
