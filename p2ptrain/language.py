@@ -104,12 +104,13 @@ class CharTask:
     headline = "val_loss"  # the figure runs are compared by (the experiment runner's default --metric)
     # For 8 peers in one process on a 2-core CPU (scripts/launch_swarm.py --task gpt-char --in-process),
     # where every peer's steps run one after another on one thread: the default model (1,012,992
-    # parameters) takes about 80 ms a step at batch 16, so 8 peers x 720 steps (180 rounds of 4) are
-    # about 8 minutes of one core, and the 9 evaluations per peer about half a minute more. In those
-    # steps AdamW at 2e-3 takes a ring of 8 to a validation loss of about 1.54 nats per character
-    # (the unigram bound is 3.25), and one model trained alone on batches 8 times as large to about
-    # 1.50. The cosine decay to zero also lets the ring's replicas settle onto each other at the end.
-    defaults = {"lr": 2e-3, "batch_size": 16, "local_steps": 4, "rounds": 180, "eval_every": 20,
+    # parameters) takes about 80 ms a step at batch 16, so 8 peers x 720 steps are about 8 minutes of
+    # one core, and the 9 evaluations per peer about half a minute more. One step per round: the peers'
+    # slices of the text differ (contiguous stretches of different topics), and every step taken
+    # without mixing pulls the replicas apart; with --fragments K a value is mixed only every K
+    # rounds, so fragments cost little only when rounds are short (docs/language-model.md).
+    # The cosine decay to zero lets the replicas settle onto each other at the end.
+    defaults = {"lr": 2e-3, "batch_size": 16, "local_steps": 1, "rounds": 720, "eval_every": 80,
                 "lr_schedule": "cosine", "weight_decay": 0.1}
 
     def __init__(self, layers: int = 5, heads: int = 4, width: int = 128, context: int = 64, text: str = "",
