@@ -245,6 +245,25 @@ async def test_a_state_request_is_answered_and_the_joiner_continues_from_the_giv
 
 
 @pytest.mark.asyncio
+async def test_a_joiner_of_a_swarm_sending_half_precision_fragments_takes_the_whole_model_unrounded(
+        tmp_path, network):
+    pair, layout = generate("complete", 2), {"fragments": 2, "wire_dtype": "bfloat16"}
+    value = 5.0 + 2**-20  # not a bfloat16 value: a rounded state would show
+    running = make_node(tmp_path, pair, network, "p0", value=value, absent="p1", **layout)
+    joiner = make_node(tmp_path, pair, network, "p1", value=0.0, join=True, **layout)
+    network.deliver("p0", wire.encode(kind="state_request", sender="p1", run_id=RUN, round=0,
+                                      fingerprint=running.fingerprint, tensors={}), sender="p1")
+    await running.exchange(3)
+    answers = network.collect("p1")  # p0's round-3 fragment and its state answer, taken to look at
+    state = next(m for m in (wire.decode(a.frames, joiner.contract) for a in answers) if m.kind == "state")
+    assert set(state.tensors) == {"x"} and state.tensors["x"].dtype == torch.float64  # whole, in its own precision
+    for answer in answers:  # back into p1's mailbox, for the joiner to read
+        network.deliver("p1", answer.frames, sender="p0")
+    assert await joiner.join() == 4
+    assert torch.equal(x_of(joiner), torch.full((2,), value, dtype=torch.float64))
+
+
+@pytest.mark.asyncio
 async def test_a_join_nobody_answers_ends_at_the_startup_deadline(tmp_path, network):
     joiner = make_node(tmp_path, generate("complete", 2), network, "p1", join=True)
     with pytest.raises(ConfigError, match="no answer from p0 within 4.0s"):
