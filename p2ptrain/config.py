@@ -76,7 +76,8 @@ class PeerConfig:
     min_compute_seconds: float = 0.0
     resume: bool = False
     join: bool = False
-    keys: str = ""  # directory of CurveZMQ keys; empty: no security (NULL)
+    keys: str = ""  # directory of CurveZMQ keys; empty: no security (NULL), which needs insecure
+    insecure: bool = False  # run without keys on purpose: plain, unauthenticated connections
     absent: str = ""  # comma-separated peer ids not running at the start
     threads: int = 1
     overwrite: bool = False
@@ -110,6 +111,8 @@ class PeerConfig:
         need(not self.join or self.algo == "gossip",
              "--join works with --algo gossip only: a new ADMM peer's duals would not match its neighbours' "
              "running sums; start ADMM peers together, or restart one with --resume from its checkpoint")
+        need(not (self.insecure and self.keys), "--insecure and --keys contradict each other: --keys secures "
+             "the connections, --insecure runs without; pick one")
         need(not (self.join and self.resume), "--join and --resume exclude each other: --resume continues from "
              "this peer's own checkpoint, --join takes a neighbour's state; pick one")
         need(self.aggregator == "mean" or self.algo == "gossip",
@@ -380,6 +383,9 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
         help="CurveZMQ: encrypt and authenticate every connection with the keys in DIR (this "
                              "peer's ID.secret, every peer's ID.public unless the topology pins them); made by "
                              "python -m p2ptrain.keys generate. Without it traffic is plain and unauthenticated")
+    add("--insecure", action="store_true",
+        help="run without --keys on purpose: connections are neither encrypted nor authenticated, so "
+                             "anyone who reaches the port can send this peer parameters")
     add("--join", action="store_true",
         help="join a running swarm: ask the neighbours for their state (a state request) and "
                              "continue from the round and parameters of the first that answers (gossip only)")

@@ -204,6 +204,7 @@ def prepare(config: PeerConfig, topology: Topology, options: LaunchOptions) -> P
         atomic_torch_save(reference, run_dir.reference)
     # One configuration for every peer, in a file: the peers read it as it is, nothing is re-parsed.
     config = config.replace(topology=str(run_dir.topology), run_id=run_id, keys=str(keys_dir or ""),
+                            insecure=keys_dir is None,
                             reference=str(run_dir.reference) if reference is not None else "",
                             task=_portable_task(config.task))
     atomic_write_json(run_dir.peer_config, config.to_dict())
