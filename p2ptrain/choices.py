@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-ALGORITHMS = ("gossip", "admm")
+ALGORITHMS = ("gossip", "admm", "gradient-tracking", "push-sum")
 AGGREGATORS = ("mean", "clipped", "trimmed-mean")
 DATASETS = ("digits", "synthetic", "synthetic-lstsq", "breast-cancer")
 MODELS = ("auto", "logreg", "mlp", "linear")

@@ -107,16 +107,17 @@ class PeerConfig:
         need(self.max_staleness >= 0, f"--max-staleness {self.max_staleness}: must be 0 or more rounds")
         need(self.mode == "sync" or self.algo == "gossip",
              "--mode async works with --algo gossip only: ADMM's edge duals need both ends of an edge in the "
-             "same round; use --mode sync with ADMM")
+             "same round, and gradient tracking and push-sum have been checked in lockstep rounds only; use "
+             "--mode sync with them")
         need(not self.join or self.algo == "gossip",
-             "--join works with --algo gossip only: a new ADMM peer's duals would not match its neighbours' "
-             "running sums; start ADMM peers together, or restart one with --resume from its checkpoint")
+             "--join works with --algo gossip only: a new peer's running sums (ADMM, gradient tracking, push-sum) "
+             "would not match its neighbours'; start such peers together, or restart one with --resume")
         need(not (self.insecure and self.keys), "--insecure and --keys contradict each other: --keys secures "
              "the connections, --insecure runs without; pick one")
         need(not (self.join and self.resume), "--join and --resume exclude each other: --resume continues from "
              "this peer's own checkpoint, --join takes a neighbour's state; pick one")
         need(self.aggregator == "mean" or self.algo == "gossip",
-             f"--aggregator {self.aggregator} works with --algo gossip only; ADMM combines through its duals")
+             f"--aggregator {self.aggregator} works with --algo gossip only; drop it with --algo {self.algo}")
         try:
             check_aggregator(self.aggregator, self.robust_b)
             if self.attack:
@@ -136,8 +137,8 @@ class PeerConfig:
         need(self.wire_dtype in WIRE_DTYPES, f"--wire-dtype {self.wire_dtype}: choose from bfloat16, float16, or "
              "leave it out for the model's own precision")
         need((self.fragments == 1 and not self.wire_dtype) or self.algo == "gossip",
-             "--fragments and --wire-dtype work with --algo gossip: ADMM's duals need the exact x and running "
-             "sums of every neighbour every round; drop them, or use gossip")
+             "--fragments and --wire-dtype work with --algo gossip: ADMM, gradient tracking and push-sum need "
+             "the exact running sums of every neighbour every round; drop them, or use gossip")
         need(self.fragments == 1 or self.mode == "sync",
              "--fragments works with --mode sync: every peer must mix the same fragment in the same round; "
              "use --mode sync, or drop --fragments")

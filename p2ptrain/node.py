@@ -126,9 +126,6 @@ class Node:
         if self.replica.attack:
             self.log.warning("attacking its neighbours (--attack %s): it sends corrupted parameters",
                              self.config.attack)
-        if not self.topology.doubly_stochastic:
-            self.log.warning("the mixing weights of %s are not doubly stochastic: gossip will not keep the "
-                             "mean of the peers' parameters", self.topology.name)
         self.log.info("listening on %s; in-neighbours %s; out-neighbours %s; %s training examples on %s",
                       self.topology.peer(self.id).bind, ",".join(self.in_neighbours),
                       ",".join(self.out_neighbours), self.replica.shard_size, self.replica.device)
@@ -473,7 +470,7 @@ def _task_name(task) -> str | None:
 
 def _relative_distance_to_mean(own: dict[str, torch.Tensor], neighbours: list[dict[str, torch.Tensor]]) -> float | None:
     """||x_i - mean_j x_j|| / ||x_i|| over the neighbours heard this round, before mixing."""
-    if not neighbours:
+    if not neighbours or not own:  # not own: the messages do not carry parameters (push-sum's running sums)
         return None
     mine = flat_parameters(own)
     mean = sum(flat_parameters(n) for n in neighbours) / len(neighbours)

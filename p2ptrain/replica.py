@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from .algorithms import ADMM, Algorithm, Gossip
+from .algorithms import ADMM, Algorithm, Gossip, GradientTracking, PushSum
 from .attacks import Attack, AttackSpecError, attack_for, parse_attacks
 from .builtin_tasks import task_from_options
 from .config import ConfigError, PeerConfig
@@ -98,6 +98,10 @@ def check_run(config: PeerConfig, topology: Topology, task=None) -> None:
             parse_attacks([config.attack], config.seed, topology.ids)
         except AttackSpecError as error:
             raise ConfigError(f"--attack: {error}") from None
+    check_weights(config.algo, topology)
+    if config.algo == "gradient-tracking" and config.local_steps < 1:
+        raise ConfigError("gradient tracking takes its gradient from the round's optimizer steps; use "
+                          "--local-steps 1 (or more)")
     if config.algo != "admm":
         return
     if config.init != "same":
@@ -112,6 +116,39 @@ def check_run(config: PeerConfig, topology: Topology, task=None) -> None:
     if not uses_exact_solver(config, task) and config.local_steps < 1:
         raise ConfigError("the inexact ADMM solver takes --local-steps optimizer steps per round; use at least 1")
     admm_penalty(config, task)
+
+
+def check_weights(algo: str, topology: Topology) -> None:
+    """Refuse mixing weights the algorithm cannot use: gossip and gradient tracking keep the mean only
+    with doubly stochastic W; push-sum needs column-stochastic W, one share per sender, a static graph."""
+    if algo in ("gossip", "gradient-tracking") and not topology.doubly_stochastic:
+        raise ConfigError(
+            f"the mixing weights of {topology.name} are not doubly stochastic, so {algo} would not keep the mean "
+            "of the peers' values and would settle on a biased point; use --algo push-sum, made for such graphs "
+            '(with column-stochastic weights: mixing = "push" in the topology file), or doubly stochastic '
+            'weights (mixing = "metropolis" on an undirected graph, "uniform" on a regular directed one)')
+    if algo in ("gradient-tracking", "push-sum") and topology.period > 1:
+        raise ConfigError(f"{algo} keeps one running sum per peer, right only while each peer's neighbours and "
+                          f"weights stay the same, and {topology.name} changes every round; use a static topology, "
+                          "or gossip on this one")
+    if algo != "push-sum":
+        return
+    if not topology.column_stochastic:
+        raise ConfigError(f"push-sum needs column-stochastic weights (what each peer sends out and keeps sums "
+                          f"to 1), and those of {topology.name} are not; set mixing = \"push\" in the topology file")
+    for peer_id in topology.ids:
+        push_share(topology, peer_id)
+
+
+def push_share(topology: Topology, peer_id: str) -> float:
+    """The one share of its x and p that ``peer_id`` sends to each of its out-neighbours under push-sum."""
+    sending = topology.sending_weights(peer_id)
+    shares = {sending[j] for j in topology.out_neighbours(peer_id)}
+    if len(shares) != 1:
+        raise ConfigError(f"push-sum: {peer_id} gives its out-neighbours different weights "
+                          f"({', '.join(f'{j}: {sending[j]:g}' for j in topology.out_neighbours(peer_id))}); a peer "
+                          'sends one message to all of them, so set mixing = "push" (an even split)')
+    return shares.pop()
 
 
 def uses_exact_solver(config: PeerConfig, task) -> bool:
@@ -146,6 +183,12 @@ def build_algorithm(config: PeerConfig, topology: Topology, peer_id: str, model:
         return Gossip(peer_id, lambda round_: topology.mixing_row(peer_id, round_), exchanged_tensors(model),
                       aggregator=config.aggregator, robust_b=config.robust_b, fragments=config.fragments,
                       period=topology.period, wire_dtype=getattr(torch, config.wire_dtype) if config.wire_dtype else None)
+    if config.algo == "gradient-tracking":
+        # The parameters only: floating buffers (BatchNorm's statistics) have no gradient to track.
+        return GradientTracking(peer_id, topology.mixing_row(peer_id), dict(model.named_parameters()))
+    if config.algo == "push-sum":
+        return PushSum(topology.in_neighbours(peer_id), len(topology.out_neighbours(peer_id)),
+                       push_share(topology, peer_id), exchanged_tensors(model))
     return ADMM(topology.in_neighbours(peer_id), dict(model.named_parameters()), penalty, problem)
 
 

@@ -73,7 +73,7 @@ def parse_topology(text: str, *, where: str = "<topology>", default_name: str = 
         raise fail("directed must be true or false")
     mixing = doc.get("mixing", "metropolis")
     if not isinstance(mixing, str):
-        raise fail('mixing must be "metropolis", "uniform" or "explicit"')
+        raise fail('mixing must be "metropolis", "uniform", "lazy", "explicit" or "push"')
     name = doc.get("name", default_name)
     if not isinstance(name, str):
         raise fail("name must be a string")

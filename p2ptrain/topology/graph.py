@@ -16,7 +16,7 @@ import numpy as np
 
 from . import weights as mixing_weights
 
-MIXING_KINDS = ("metropolis", "uniform", "lazy", "explicit")
+MIXING_KINDS = ("metropolis", "uniform", "lazy", "explicit", "push")
 ENDPOINT = re.compile(r"^(tcp://(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d+)|ipc://\S+|inproc://\S+)$")
 _PEER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # A CurveZMQ public key as Z85 text: 40 characters of this alphabet (python -m p2ptrain.keys).
@@ -161,6 +161,17 @@ class Topology:
     def doubly_stochastic(self) -> bool:
         return all(mixing_weights.is_doubly_stochastic(g.weights) for g in self.rounds)
 
+    @cached_property
+    def column_stochastic(self) -> bool:
+        """Every peer's outgoing weights (a column of W, itself included) sum to 1: what push-sum needs."""
+        return all(mixing_weights.is_column_stochastic(g.weights) for g in self.rounds)
+
+    def sending_weights(self, peer_id: str, round_: int = 0) -> dict[str, float]:
+        """Weights ``peer_id``'s own values get from itself and from each out-neighbour (its column of W)."""
+        i = self.index(peer_id)
+        w = self.weights_at(round_)
+        return {self.ids[j]: float(w[j, i]) for j in np.flatnonzero(w[:, i])} | {peer_id: float(w[i, i])}
+
 
 def relocate(topology: Topology, endpoints: list[str]) -> Topology:
     """The same graph and weights with peer i listening on ``endpoints[i]`` (bind = endpoint)."""
@@ -296,6 +307,8 @@ def _round_graph(edges, index: dict[str, int], directed: bool, mixing: str, expl
         w = mixing_weights.metropolis_hastings(adjacency)
         if mixing == "lazy":
             w = mixing_weights.lazy(w)
+    elif mixing == "push":
+        w = mixing_weights.push(adjacency)
     else:
         w = mixing_weights.uniform(adjacency)
     return RoundGraph(adjacency, w)

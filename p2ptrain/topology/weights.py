@@ -45,6 +45,20 @@ def uniform(adjacency: np.ndarray) -> np.ndarray:
     return w
 
 
+def push(adjacency: np.ndarray) -> np.ndarray:
+    """Push-sum weights: every sender splits what it holds evenly between itself and its out-neighbours,
+    W[i, j] = 1 / (1 + out-degree of j) on edges j -> i and on the diagonal.
+
+    Column stochastic for any graph, and a sender needs to know nothing but its own out-degree; rows
+    sum to 1 only when every in-neighbour of a peer has its out-degree (regular graphs). Only push-sum
+    can use weights that are not doubly stochastic: it divides by the weight that travels with x."""
+    a = np.asarray(adjacency, dtype=bool)
+    out_degree = a.sum(axis=0)
+    w = np.where(a, 1.0 / (1.0 + out_degree)[np.newaxis, :], 0.0)
+    np.fill_diagonal(w, 1.0 / (1.0 + out_degree))
+    return w
+
+
 def lazy(w: np.ndarray) -> np.ndarray:
     """(I + W) / 2: half the weight stays home, and every eigenvalue of W becomes >= 0.
 
@@ -66,6 +80,10 @@ def consensus_rate(w: np.ndarray) -> float:
 
 def is_row_stochastic(w: np.ndarray) -> bool:
     return bool(np.all(w >= 0) and np.allclose(w.sum(axis=1), 1.0, rtol=0, atol=ROW_SUM_TOLERANCE))
+
+
+def is_column_stochastic(w: np.ndarray) -> bool:
+    return bool(np.all(w >= 0) and np.allclose(w.sum(axis=0), 1.0, rtol=0, atol=ROW_SUM_TOLERANCE))
 
 
 def is_doubly_stochastic(w: np.ndarray) -> bool:
