@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder
+from .choices import ALGORITHMS
 from .data import parse_partition
 from .plots import save, sweep_figures
 from .replica import check_run, resolve_config, resolve_task
@@ -168,7 +169,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     add = option_adder(parser, defaults)
     add("--topologies", default="ring16,torus16,exponential16,one-peer-exponential16,complete16",
         help="comma-separated topology files or KIND+PEERS names (default: %(default)s)")
-    add("--algos", default="gossip", help="comma-separated: gossip, admm (default: %(default)s)")
+    add("--algos", default="gossip", help=f"comma-separated: {', '.join(ALGORITHMS)} (default: %(default)s)")
     add("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
     add("--aggregators", default="mean",
         help="comma-separated gossip aggregators to compare: mean, clipped, trimmed-mean; with "

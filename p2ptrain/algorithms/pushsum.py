@@ -66,20 +66,17 @@ class PushSum(Algorithm):
         self.p_sum = torch.zeros(1, **scalar)
         self.taken_x = {j: {n: torch.zeros_like(t) for n, t in z.items()} for j in self.in_neighbours}
         self.taken_p = {j: torch.zeros(1, **scalar) for j in self.in_neighbours}
-        self._start: Tensors = dict(z)
+        # z as the last mix left it, a copy: the round's forward passes change buffers (BatchNorm's
+        # statistics) in place, under the Python API before begin_local is even called.
+        self._start: Tensors = {n: t.clone() for n, t in z.items()}
         self._kept_x: Tensors = dict(self.x)
         self._kept_p = self.p.clone()
 
     def _z(self) -> Tensors:
         return {n: p.detach() for n, p in self.parameters.items()}
 
-    def begin_local(self, round_: int) -> None:
-        self._start = self._z()
-        for p in self.parameters.values():
-            p.data = p.data.clone()  # the optimizer writes in place; keep the start as it was
-
     def end_local(self, round_: int, loss: float | None) -> float | None:
-        """Apply the steps to x, then split x and p: add the shares sent to the running sums, keep the rest."""
+        """Apply the round's change of z (the optimizer's steps, buffers' updates) to x, then split x and p: add the shares sent to the running sums, keep the rest."""
         z = self._z()
         half = {n: self.x[n] + (z[n] - self._start[n]) for n in z}
         check_finite(half, "parameter", round_, DIVERGENCE_ADVICE)
@@ -124,6 +121,7 @@ class PushSum(Algorithm):
         for n, param in self.parameters.items():
             # New storage: the running sums just sent may still be queued in ZeroMQ, zero-copy.
             param.data = x[n] / p.item()
+        self._start = {n: t.clone() for n, t in self._z().items()}
         check_finite(self._z(), "parameter", round_, DIVERGENCE_ADVICE)
 
     def metrics(self) -> dict:
@@ -142,3 +140,4 @@ class PushSum(Algorithm):
         self.taken_x = {j: state["taken_x"][j] for j in self.in_neighbours}
         self.taken_p = {j: state["taken_p"][j] for j in self.in_neighbours}
         self._kept_x, self._kept_p = dict(self.x), self.p.clone()
+        self._start = {n: (t / self.p.item()).clone() for n, t in self.x.items()}
