@@ -180,3 +180,28 @@ def test_push_sum_refuses_weights_it_cannot_use():
         build_replica(sgp_config(), unequal, "p0")
     with pytest.raises(ConfigError, match="use a static topology"):
         build_replica(sgp_config(), generate("one-peer-exponential", 4, mixing="push"), "p0")
+
+
+def test_a_peer_restored_from_an_older_checkpoint_keeps_the_mass_balance():
+    values = np.random.default_rng(3).normal(size=(16, 3))
+    peers = averaging_peers(DIRECTED, values)
+    saved = {}
+
+    def observe(round_, peers, sent):
+        if round_ == 20:  # p3 writes a checkpoint...
+            saved.update(state=saved_and_loaded_state(peers["p3"]), z=peers["p3"].parameters["v"].detach().clone())
+        if round_ == 30:  # ...and, ten rounds later, is killed and comes back from it
+            peers["p3"].parameters["v"].data = saved["z"].clone()
+            peers["p3"].load_state_dict(saved["state"])
+
+    z = average(DIRECTED, peers, 300, observe=observe)
+    assert np.abs(z - values.mean(axis=0)).max() <= 1e-10
+
+
+def saved_and_loaded_state(peer) -> dict:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(peer.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)

@@ -71,6 +71,7 @@ class PushSum(Algorithm):
         self._start: Tensors = {n: t.clone() for n, t in z.items()}
         self._kept_x: Tensors = dict(self.x)
         self._kept_p = self.p.clone()
+        self._held_z = False
 
     def _z(self) -> Tensors:
         return {n: p.detach() for n, p in self.parameters.items()}
@@ -113,11 +114,14 @@ class PushSum(Algorithm):
             p.add_(message[WEIGHT] - self.taken_p[j])
             self.taken_x[j] = {n: message[SUM_PREFIX + n] for n in x}
             self.taken_p[j] = message[WEIGHT]
-        if not bool(p.item() > 0):
-            raise ValueError(f"round {round_}: push-sum weight p = {p.item()} is not positive; a neighbour sent "
-                             "running sums that went backwards (was it restarted from an older checkpoint "
-                             "while this peer kept its own?)")
         self.x, self.p = x, p
+        if p.item() <= 0:
+            # Only after a neighbour came back from an older checkpoint: its running sums went backwards,
+            # and the mass it sent twice is being taken back. The balance is exact, but x / p means
+            # nothing until p is positive again: z keeps its last value meanwhile.
+            self._held_z = True
+            return
+        self._held_z = False
         for n, param in self.parameters.items():
             # New storage: the running sums just sent may still be queued in ZeroMQ, zero-copy.
             param.data = x[n] / p.item()
@@ -125,7 +129,7 @@ class PushSum(Algorithm):
         check_finite(self._z(), "parameter", round_, DIVERGENCE_ADVICE)
 
     def metrics(self) -> dict:
-        return {"push_weight": self.p.item()}
+        return {"push_weight": self.p.item()} | ({"z_held": True} if self._held_z else {})
 
     def state_dict(self) -> dict:
         return {"x": self.x, "p": self.p, "x_sum": self.x_sum, "p_sum": self.p_sum, "taken_x": self.taken_x,
