@@ -37,7 +37,8 @@ def describe(topology) -> str:
         f"edges         {len(topology.edges())}" + (" over one period" if topology.period > 1 else ""),
         f"in-degree     min {degrees.min()}, max {degrees.max()}",
         f"diameter      {topology.diameter}",
-        f"doubly stoch. {'yes' if topology.doubly_stochastic else 'no: gossip will not keep the mean'}",
+        f"doubly stoch. {'yes' if topology.doubly_stochastic else 'no: gossip and gradient tracking refuse it'}"
+        + ("; column stochastic: push-sum's" if not topology.doubly_stochastic and topology.column_stochastic else ""),
     ]
     if topology.period > 1:
         lines.append("rho per round " + ", ".join(f"{r:.6f}" for r in topology.round_rates))
