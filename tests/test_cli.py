@@ -199,6 +199,9 @@ def test_a_tasks_defaults_fill_in_what_the_command_line_does_not_set(tmp_path):
         (["--algo", "admm", "--admm-solver", "exact"], "needs a convex task"),
         (["--algo", "admm", "--local-steps", "0"], "use at least 1"),
         (["--dataset", "synthetic-lstsq", "--partition", "dirichlet:0.5"], "--partition does not apply"),
+        (["topologies/exponential16-push.toml"], "are not doubly stochastic, so gossip would not keep the mean"),
+        (["topologies/exponential16-push.toml", "--algo", "gradient-tracking"], "use --algo push-sum"),
+        (["topologies/ring8.toml", "--algo", "gradient-tracking", "--local-steps", "0"], "use --local-steps 1"),
     ],
 )
 def test_launcher_refuses_combinations_that_cannot_work_before_starting(args, message, tmp_path, capsys):
