@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from p2ptrain.algorithms import Diverged
 from p2ptrain.algorithms.tracking import SUM_PREFIX, X_PREFIX
 from p2ptrain.config import ConfigError, PeerConfig
 from p2ptrain.data import load_dataset
@@ -193,3 +194,8 @@ def test_gradient_tracking_refuses_weights_that_do_not_keep_the_mean_and_schedul
         build_replica(tracking_config(), generate("one-peer-exponential", 4), "p0")
     with pytest.raises(ConfigError, match="--local-steps 1"):
         build_replica(tracking_config(local_steps=0), generate("ring", 4), "p0")
+
+
+def test_divergence_stops_with_a_message_that_names_the_step():
+    with pytest.raises(Diverged, match="step \\(--lr\\) is probably too large for gradient tracking"):
+        simulate(tracking_config(lr=20.0, rounds=2000), generate("ring", 8))

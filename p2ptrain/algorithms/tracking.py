@@ -43,8 +43,8 @@ from .base import Algorithm, Tensors, check_finite
 from .gossip import mix
 
 X_PREFIX, SUM_PREFIX = "x/", "ysum/"
-DIVERGENCE_ADVICE = ("the step (--lr) is probably too large for gradient tracking on this problem (it must be "
-                     "below about (1 - rho) / L); try a smaller one")
+DIVERGENCE_ADVICE = ("the step (--lr) is probably too large for gradient tracking on this problem (it needs a "
+                     "smaller step than gossip, the smaller the slower the graph mixes); try a smaller one")
 
 
 class GradientTracking(Algorithm):
