@@ -66,8 +66,8 @@ class PushSum(Algorithm):
         self.p_sum = torch.zeros(1, **scalar)
         self.taken_x = {j: {n: torch.zeros_like(t) for n, t in z.items()} for j in self.in_neighbours}
         self.taken_p = {j: torch.zeros(1, **scalar) for j in self.in_neighbours}
-        # z as the last mix left it, a copy: the round's forward passes change buffers (BatchNorm's
-        # statistics) in place, under the Python API before begin_local is even called.
+        # z as the last mix left it, a copy: forward passes change buffers (BatchNorm's statistics) in
+        # place, and under the Python API they run before any hook of the round is called.
         self._start: Tensors = {n: t.clone() for n, t in z.items()}
         self._kept_x: Tensors = dict(self.x)
         self._kept_p = self.p.clone()
@@ -77,7 +77,8 @@ class PushSum(Algorithm):
         return {n: p.detach() for n, p in self.parameters.items()}
 
     def end_local(self, round_: int, loss: float | None) -> float | None:
-        """Apply the round's change of z (the optimizer's steps, buffers' updates) to x, then split x and p: add the shares sent to the running sums, keep the rest."""
+        """Apply the round's change of z (the optimizer's steps, buffers' updates) to x, then split x and
+        p: the shares sent go into the running sums, the rest is kept."""
         z = self._z()
         half = {n: self.x[n] + (z[n] - self._start[n]) for n in z}
         check_finite(half, "parameter", round_, DIVERGENCE_ADVICE)
