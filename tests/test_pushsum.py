@@ -205,3 +205,46 @@ def saved_and_loaded_state(peer) -> dict:
     torch.save(peer.state_dict(), buffer)
     buffer.seek(0)
     return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.asyncio
+async def test_a_node_missing_a_message_takes_its_mass_with_the_next_one_and_drops_the_late_one(tmp_path):
+    from p2ptrain import wire
+    from p2ptrain.memory import MemoryNetwork
+
+    from .test_peer import RUN, make_node
+
+    peers = [PeerSpec(f"p{i}", f"inproc://p{i}", f"inproc://p{i}") for i in range(3)]
+    # p0 receives from p1 and p2 and sends to p1 only: it keeps half of its mass and sends half.
+    topology = build_topology("directed3", peers, [("p0", "p1"), ("p1", "p2"), ("p2", "p0"), ("p1", "p0")],
+                              directed=True, mixing="push")
+    network = MemoryNetwork()
+    node = make_node(tmp_path, topology, network, algo="push-sum", local_steps=0, value=2.0)
+
+    def sums(sender: str, round_: int, x: float, p: float) -> list:
+        return wire.encode(kind="params", sender=sender, run_id=RUN, round=round_, fingerprint=node.fingerprint,
+                           tensors={SUM_PREFIX + "x": torch.full((2,), x, dtype=torch.float64),
+                                    WEIGHT: torch.tensor([p], dtype=torch.float64)})
+
+    node.algorithm.end_local(0, None)
+    network.deliver("p0", sums("p1", 0, 1.0, 0.25), sender="p1")  # p2's message of round 0 is lost
+    await node.exchange(0)
+    assert node.last["missing"] == ["p2"] and node.last["wait_seconds"] == 4.0  # the startup deadline
+    assert node.algorithm.p.item() == 0.5 + 0.25  # kept half of 1, plus p1's
+    assert x_value(node) == 2.0 / 2 + 1.0
+
+    node.algorithm.end_local(1, None)
+    network.deliver("p0", sums("p2", 0, 9.0, 9.0), sender="p2")  # round 0's, too late: stale, dropped
+    network.deliver("p0", sums("p2", 1, 3.0, 1.0), sender="p2")  # its sums of rounds 0 and 1
+    network.deliver("p0", sums("p1", 1, 1.5, 0.5), sender="p1")
+    await node.exchange(1)
+    assert node.last["missing"] == [] and node.last["stale_dropped"] == 1 and node.last["wait_seconds"] == 0
+    assert node.algorithm.p.item() == 0.75 / 2 + (0.5 - 0.25) + 1.0
+    assert x_value(node) == 2.0 / 2 + (1.5 - 1.0) + 3.0
+    torch.testing.assert_close(node.model.x.detach(), torch.full((2,), 4.5 / 1.625, dtype=torch.float64),
+                               rtol=0, atol=1e-15)
+
+
+def x_value(node) -> float:
+    (value,) = set(node.algorithm.x["x"].tolist())
+    return value
