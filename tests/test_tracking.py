@@ -199,3 +199,44 @@ def test_gradient_tracking_refuses_weights_that_do_not_keep_the_mean_and_schedul
 def test_divergence_stops_with_a_message_that_names_the_step():
     with pytest.raises(Diverged, match="step \\(--lr\\) is probably too large for gradient tracking"):
         simulate(tracking_config(lr=20.0, rounds=2000), generate("ring", 8))
+
+
+@pytest.mark.asyncio
+async def test_a_node_missing_a_neighbour_mixes_x_as_gossip_and_keeps_its_older_running_sum(tmp_path):
+    from p2ptrain import wire
+    from p2ptrain.memory import MemoryNetwork
+
+    from .test_peer import RUN, make_node
+
+    network = MemoryNetwork()
+    node = make_node(tmp_path, generate("complete", 3), network, algo="gradient-tracking", lr=0.5)  # W = 1/3
+    algorithm, x = node.algorithm, node.model.x
+
+    def message(sender: str, round_: int, x_value: float, y_sum: float) -> list:
+        return wire.encode(kind="params", sender=sender, run_id=RUN, round=round_, fingerprint=node.fingerprint,
+                           tensors={X_PREFIX + "x": torch.full((2,), x_value, dtype=torch.float64),
+                                    SUM_PREFIX + "x": torch.full((2,), y_sum, dtype=torch.float64)})
+
+    def one_sgd_step(gradient: float) -> None:  # what the optimizer does, with the hooks around it
+        algorithm.begin_local(0)
+        x.grad = torch.full((2,), gradient, dtype=torch.float64)
+        algorithm.before_step()
+        x.data = x.data - 0.5 * x.grad
+        algorithm.end_local(0, None)
+
+    def close(tensor, value: float) -> None:
+        torch.testing.assert_close(tensor.detach(), torch.full((2,), value, dtype=torch.float64), rtol=0, atol=1e-15)
+
+    one_sgd_step(1.0)  # c = 0: y(0) = g = 1, x: 0 -> -0.5, S = 1
+    network.deliver("p0", message("p1", 0, 3.0, 2.0), sender="p1")  # p2's message is lost
+    await node.exchange(0)
+    assert node.last["missing"] == ["p2"]
+    close(x, (2 / 3) * 0.0 + 3.0 / 3 - 0.5)  # p2's weight on p0's own x(0), plus the step
+    close(algorithm.correction["x"], (2.0 - 1.0) / 3 + (0.0 - 1.0) / 3)  # p2's sum: still its first, 0
+
+    one_sgd_step(1.0)  # y(1) = g + c = 1, S = 2
+    network.deliver("p0", message("p2", 1, 6.0, 5.0), sender="p2")
+    network.deliver("p0", message("p1", 1, 3.0, 4.0), sender="p1")
+    await node.exchange(1)
+    close(x, (0.5 + 3.0 + 6.0) / 3 - 0.5)
+    close(algorithm.correction["x"], (4.0 - 2.0) / 3 + (5.0 - 2.0) / 3)  # exact again: p2's newest sum
