@@ -3,9 +3,10 @@
 from ..choices import AGGREGATORS, ALGORITHMS, AggregatorError, check_aggregator
 from .admm import ADMM
 from .base import Algorithm, Diverged
+from .choco import Choco
 from .gossip import Gossip, effective_weights, mix
 from .robust import clipped_mix, trimmed_mean
 
-__all__ = ["ADMM", "AGGREGATORS", "ALGORITHMS", "AggregatorError", "Algorithm", "Diverged", "Gossip",
+__all__ = ["ADMM", "AGGREGATORS", "ALGORITHMS", "AggregatorError", "Algorithm", "Choco", "Diverged", "Gossip",
            "check_aggregator", "clipped_mix", "effective_weights", "mix",
            "trimmed_mean"]
