@@ -49,7 +49,7 @@ class PeerConfig:
     wire_dtype: str = ""  # bfloat16 or float16: the precision messages travel in; "": the model's
     aggregator: str = "mean"
     compressor: str = "int8"  # CHOCO: what a peer sends of x - x_hat (compressors.py)
-    choco_gamma: float = 1.0  # CHOCO's consensus step
+    choco_gamma: float = 0.0  # CHOCO's consensus step; 0: 1 for identity and int8 (sparsifiers need one chosen)
     choco_refresh_every: int = 100  # CHOCO: a full copy every N rounds resynchronises the public copies
     robust_b: int = 1
     attack: str = ""  # PEER:KIND[:VALUE], an experiment's misbehaving peer
@@ -111,14 +111,18 @@ class PeerConfig:
         need(self.mode == "sync" or self.algo != "choco",
              "--mode async does not work with --algo choco: a peer's public copy of a neighbour is only right if "
              "it adds that neighbour's every difference; use --mode sync with choco")
-        need(0 < self.choco_gamma <= 1, f"--choco-gamma {self.choco_gamma}: use a step in (0, 1] (1 for int8 and "
-             "the identity; smaller, e.g. 0.1, for top-k and random-k at 1%)")
+        need(0 <= self.choco_gamma <= 1, f"--choco-gamma {self.choco_gamma}: use a step in (0, 1] (1 for int8 and "
+             "the identity; smaller, e.g. 0.1, for top-k and random-k at 1%), or 0 for the compressor's default")
         need(self.choco_refresh_every >= 0, f"--choco-refresh-every {self.choco_refresh_every}: use 0 (never) or a "
              "number of rounds, e.g. 100")
         try:
-            parse_compressor(self.compressor)
+            kind, _ = parse_compressor(self.compressor)
         except CompressorError as error:
             raise ConfigError(f"--compressor: {error}") from None
+        need(self.algo != "choco" or self.choco_gamma or kind in ("identity", "int8"),
+             f"--compressor {self.compressor} needs a CHOCO step chosen for its fraction and the graph: pass "
+             "--choco-gamma, e.g. 0.1 for top-k:0.01 or 0.01 for random-k:0.01 on a ring of 16 (docs/algorithms.md "
+             "has the measured table); too large a step trains nothing")
         need(self.mode == "sync" or self.algo == "gossip",
              "--mode async works with --algo gossip only: ADMM's edge duals need both ends of an edge in the "
              "same round; use --mode sync with ADMM")
@@ -166,6 +170,10 @@ class PeerConfig:
         except DataError as error:
             raise ConfigError(f"--partition: {error}") from None
         return self
+
+    def choco_step(self) -> float:
+        """CHOCO's gamma: --choco-gamma, or 1 (the identity's and int8's) when it is left at 0."""
+        return self.choco_gamma or 1.0
 
     def absent_peers(self, ids: tuple[str, ...] | None = None) -> frozenset[str]:
         """--absent as a set; given the topology's peer ``ids``, each must be one of them."""
@@ -292,8 +300,9 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
              "(the fraction F of largest entries, with their indices) or random-k:F (F of the entries, drawn "
              "from a seed both ends know, without indices) (default: %(default)s)")
     add("--choco-gamma", type=float, default=d.choco_gamma,
-        help="choco: the consensus step gamma in x <- x + gamma sum_j W_ij (x_hat_j - x_hat_i); 1 suits int8, "
-             "smaller steps (about 0.1) top-k and random-k at 1%% (default: %(default)s)")
+        help="choco: the consensus step gamma in x <- x + gamma sum_j W_ij (x_hat_j - x_hat_i), in (0, 1]; top-k "
+             "and random-k need one chosen (about 0.1 for top-k:0.01, 0.01 for random-k:0.01 on ring16) "
+             "(default: 1 for identity and int8)")
     add("--choco-refresh-every", type=int, default=d.choco_refresh_every, metavar="N",
         help="choco: every N-th round (round 0 included) sends the whole model, which resynchronises the "
              "neighbours' public copies after a lost message; 0 = never (default: %(default)s)")

@@ -152,7 +152,7 @@ def agreement(config: PeerConfig, task) -> dict:
     if config.algo == "choco":
         # random-k's indices come from the seed: peers with different seeds would add values at different places.
         seeded = {"compressor_seed": config.seed} if parse_compressor(config.compressor)[0] == "random-k" else {}
-        return {"algorithm": "choco", "compressor": config.compressor, "choco_gamma": config.choco_gamma,
+        return {"algorithm": "choco", "compressor": config.compressor, "choco_gamma": config.choco_step(),
                 "choco_refresh_every": config.choco_refresh_every} | seeded
     # How the model travels, where it is not the plain default (so the default's fingerprint stays put).
     layout = {"fragments": config.fragments} if config.fragments > 1 else {}
@@ -169,7 +169,7 @@ def build_algorithm(config: PeerConfig, topology: Topology, peer_id: str, model:
                       period=topology.period, wire_dtype=getattr(torch, config.wire_dtype) if config.wire_dtype else None)
     if config.algo == "choco":
         return Choco(peer_id, topology.mixing_row(peer_id), exchanged_tensors(model), compressor=config.compressor,
-                     gamma=config.choco_gamma, refresh_every=config.choco_refresh_every, seed=config.seed)
+                     gamma=config.choco_step(), refresh_every=config.choco_refresh_every, seed=config.seed)
     return ADMM(topology.in_neighbours(peer_id), dict(model.named_parameters()), penalty, problem)
 
 

@@ -197,7 +197,8 @@ class Vector(torch.nn.Module):
 def choco_swarm(tmp_path: Path, topology: Topology, network: MemoryNetwork, **options) -> dict[str, Node]:
     """A started Node per peer on ``network``, each holding its own vector."""
     options = {"run_id": "unit", "recv_timeout": 1.5, "startup_timeout": 4.0, "rounds": 12, "eval_every": 1000,
-               "log_every": 1000, "algo": "choco", "choco_refresh_every": 4, "compressor": "int8"} | options
+               "log_every": 1000, "algo": "choco", "choco_refresh_every": 4, "compressor": "int8",
+               "choco_gamma": 0.5} | options
     nodes = {}
     for index, peer_id in enumerate(topology.ids):
         config = PeerConfig(topology=topology.name, peer=peer_id, out=str(tmp_path / peer_id), **options).validate()
@@ -294,7 +295,8 @@ def test_messages_of_each_layout_pass_the_receivers_contract():
     from p2ptrain.node import message_contract
 
     topology = generate("ring", 4)
-    config = PeerConfig(topology="-", algo="choco", compressor="top-k:0.5", choco_refresh_every=3).validate()
+    config = PeerConfig(topology="-", algo="choco", compressor="top-k:0.5", choco_gamma=0.5,
+                        choco_refresh_every=3).validate()
     sender, receiver = (build_algorithm(config, topology, p, Vector([1.0, -2.0, 3.0])) for p in ("p1", "p0"))
     fp = wire.fingerprint(wire.specs_of(receiver.state_tensors()), agreement(config, None))
     contract = message_contract("r", fp, frozenset({"p1"}), receiver, 1, wire.specs_of(receiver.state_tensors()))
@@ -326,7 +328,8 @@ def test_choco_refuses_what_it_cannot_do():
     for changes, message in [({"compressor": "int4"}, "not understood"), ({"compressor": "top-k:0"}, "in \\(0, 1\\]"),
                              ({"compressor": "int8:0"}, "not understood"), ({"choco_gamma": 1.5}, "in \\(0, 1\\]"),
                              ({"mode": "async"}, "--mode sync with choco"), ({"fragments": 2}, "--algo gossip"),
-                             ({"choco_refresh_every": -1}, "0 \\(never\\)")]:
+                             ({"choco_refresh_every": -1}, "0 \\(never\\)"),
+                             ({"compressor": "top-k:0.01"}, "pass --choco-gamma, e.g. 0.1")]:
         with pytest.raises(ConfigError, match=message):
             config.replace(**changes).validate()
     with pytest.raises(ConfigError, match="static graph"):
@@ -335,7 +338,9 @@ def test_choco_refuses_what_it_cannot_do():
         check_run(config.validate(), lopsided())
     with pytest.raises(ConfigError, match="compressed differences"):
         check_run(config.replace(attack="p1:scale:-1").validate(), generate("ring", 4))
-    assert agreement(config.replace(compressor="random-k:0.01", seed=3).validate(), None)["compressor_seed"] == 3
+    seeded = agreement(config.replace(compressor="random-k:0.01", choco_gamma=0.01, seed=3).validate(), None)
+    assert seeded["compressor_seed"] == 3 and seeded["choco_gamma"] == 0.01
+    assert agreement(config.validate(), None)["choco_gamma"] == 1.0  # int8's default step
 
 
 def test_int8_messages_of_ring16_digits_are_at_most_027_of_plain_gossips():
