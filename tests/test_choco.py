@@ -343,6 +343,17 @@ def test_choco_refuses_what_it_cannot_do():
     assert agreement(config.validate(), None)["choco_gamma"] == 1.0  # int8's default step
 
 
+def test_the_experiment_runner_runs_choco_where_it_can_and_says_why_not_elsewhere():
+    from p2ptrain.experiment import Run, unsupported
+
+    options = PeerConfig(topology="-", compressor="top-k:0.01", choco_gamma=0.1).validate()
+    assert unsupported(Run("ring16", "choco", "dirichlet:0.1", 0), generate("ring", 16), options) is None
+    reason = unsupported(Run("one-peer-exponential16", "choco", "iid", 0), generate("one-peer-exponential", 16), options)
+    assert "CHOCO needs a static graph" in reason
+    assert "needs a CHOCO step" in unsupported(Run("ring16", "choco", "iid", 0), generate("ring", 16),
+                                               options.replace(choco_gamma=0.0))
+
+
 def test_int8_messages_of_ring16_digits_are_at_most_027_of_plain_gossips():
     # The frames each peer sends, header included, averaged over a run of 200 rounds (two full ones).
     topology = generate("ring", 16)

@@ -70,6 +70,7 @@ class Choco(Algorithm):
                                            self.dtype, seed)
         self.own_copy: Tensors = self._zeros()
         self.copies: dict[str, Tensors] = {j: self._zeros() for j in self.row if j != self_id}
+        self.layouts = self._layouts()
         self._pending: tuple[int, Tensors] | None = None  # (round, x_hat_i after it): outgoing's, for update
         self._unsynced: list[str] = []
         self._copy_error: float | None = None
@@ -97,10 +98,10 @@ class Choco(Algorithm):
 
     def message_layouts(self) -> list[Tensors]:
         # Several layouts go by round, through the wire's fragment schedule: layout r mod refresh_every.
-        return self._layouts()
+        return self.layouts
 
     def fragment_at(self, round_: int) -> int | None:
-        return round_ % self.refresh_every if len(self._layouts()) > 1 else None
+        return round_ % self.refresh_every if len(self.layouts) > 1 else None
 
     def state_tensors(self) -> Tensors:
         return self._x()
