@@ -111,13 +111,24 @@ class Int8(Compressor):
     def layout(self) -> Tensors:
         return {"q": torch.zeros(self.total, dtype=torch.int8), "scale": torch.zeros(len(self.spans))}
 
+    def _largest(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """max |d| of every span, in span order: a loop over tensors, never over chunks."""
+        largest = []
+        for piece in torch.split(magnitude, list(self.sizes.values())):
+            if self.chunk is None:
+                largest.append(piece.max().reshape(1))
+                continue
+            whole = piece.numel() // self.chunk * self.chunk
+            largest.append(piece[:whole].reshape(-1, self.chunk).amax(dim=1))
+            if whole < piece.numel():
+                largest.append(piece[whole:].max().reshape(1))
+        return torch.cat(largest)
+
     def _expand(self, scale: torch.Tensor) -> torch.Tensor:
         return scale.to(self.dtype).repeat_interleave(self.spans.to(scale.device))
 
     def compress(self, difference: torch.Tensor, sender: str, round_: int) -> tuple[Tensors, torch.Tensor]:
-        pieces = torch.split(difference.abs(), self.spans.tolist())
-        largest = torch.stack([p.max() for p in pieces])
-        scale = (largest / INT8_LEVELS).float()
+        scale = (self._largest(difference.abs()) / INT8_LEVELS).float()
         expanded = self._expand(scale)
         # An all-zero span has scale 0 and sends zeros; dividing by 1 there avoids 0/0.
         divisor = torch.where(expanded > 0, expanded, torch.ones_like(expanded))
