@@ -71,8 +71,8 @@ def main() -> None:
         raise SystemExit(f"choco_gamma_sweep: error: {error}") from None
 
     gossip_bytes = message_bytes(base, topology)
-    print(f"CHOCO on {topology.name}, digits, {args.partition}, {args.rounds} rounds of {args.local_steps} local steps, "
-          f"seed {args.seed}\n")
+    print(f"CHOCO on {topology.name}, digits, {args.partition}, {args.rounds} rounds of {args.local_steps} local "
+          f"steps, seed {args.seed}\n")
     print("| compressor | gamma | worst accuracy | mean accuracy | bytes per message | vs gossip |")
     print("|---|---|---|---|---|---|")
     figures = accuracies(base, topology)

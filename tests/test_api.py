@@ -40,7 +40,7 @@ def test_a_launched_swarm_of_a_plugin_task_with_batchnorm_and_adam_equals_the_si
     assert "batchnorm-adam" in result.stdout
 
 
-@pytest.mark.parametrize("algo, kind, peers", [("gossip", "ring", 4), ("admm", "complete", 3)])
+@pytest.mark.parametrize("algo, kind, peers", [("gossip", "ring", 4), ("admm", "complete", 3), ("choco", "ring", 4)])
 def test_training_scripts_using_the_python_api_end_where_the_simulation_does(topology_file, tmp_path, algo, kind,
                                                                              peers):
     path = topology_file(kind, peers)

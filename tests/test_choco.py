@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from p2ptrain import wire
-from p2ptrain.algorithms import Choco, mix
-from p2ptrain.compressors import (Int8, RandomK, TopK, digest, flatten, index_dtype, random_indices,
-                                  sample_size)
+from p2ptrain.algorithms import Choco
+from p2ptrain.compressors import Int8, RandomK, TopK, index_dtype, random_indices, sample_size
 from p2ptrain.config import ConfigError, PeerConfig
 from p2ptrain.memory import MemoryNetwork
 from p2ptrain.node import Node
@@ -348,7 +347,8 @@ def test_the_experiment_runner_runs_choco_where_it_can_and_says_why_not_elsewher
 
     options = PeerConfig(topology="-", compressor="top-k:0.01", choco_gamma=0.1).validate()
     assert unsupported(Run("ring16", "choco", "dirichlet:0.1", 0), generate("ring", 16), options) is None
-    reason = unsupported(Run("one-peer-exponential16", "choco", "iid", 0), generate("one-peer-exponential", 16), options)
+    reason = unsupported(Run("one-peer-exponential16", "choco", "iid", 0), generate("one-peer-exponential", 16),
+                         options)
     assert "CHOCO needs a static graph" in reason
     assert "needs a CHOCO step" in unsupported(Run("ring16", "choco", "iid", 0), generate("ring", 16),
                                                options.replace(choco_gamma=0.0))
