@@ -280,6 +280,26 @@ async def test_a_swarm_resumed_from_its_checkpoints_ends_exactly_where_an_uninte
         assert any(not torch.equal(fresh[p].model.x.detach(), whole[p].model.x.detach()) for p in whole)
 
 
+@pytest.mark.parametrize("refresh, layouts", [(0, ["base", "q", "scale"]), (1, ["copy"])])
+def test_without_full_rounds_or_with_only_full_rounds_a_run_has_one_layout_and_no_fragment_field(refresh, layouts):
+    topology = generate("ring", 4)
+    params = {pid: {"x": torch.nn.Parameter(torch.tensor([1.0 + i, -2.0, 0.5 * i]))}
+              for i, pid in enumerate(topology.ids)}
+    peers = {pid: Choco(pid, topology.mixing_row(pid), params[pid], "int8", 1.0, refresh) for pid in topology.ids}
+    assert [list(layout) for layout in peers["p0"].message_layouts()] == [layouts]
+    assert all(peers["p0"].fragment_at(r) is None for r in range(5))
+    for round_ in range(5):
+        sent = {pid: peer.outgoing(round_) for pid, peer in peers.items()}
+        assert all(list(message) == layouts for message in sent.values())
+        for pid, peer in peers.items():
+            peer.update(round_, {j: sent[j] for j in topology.in_neighbours(pid)})
+    # Copies that start at zero on both ends agree from the first difference on, with no full round at all.
+    for pid, peer in peers.items():
+        assert peer.metrics()["choco_unsynced"] == []
+        for j in topology.in_neighbours(pid):
+            assert torch.equal(peer.copies[j]["x"], peers[j].own_copy["x"])
+
+
 def test_a_checkpoint_of_other_choco_settings_is_refused():
     topology = generate("ring", 4)
     model = Vector([1.0, 2.0])
@@ -308,6 +328,15 @@ def test_messages_of_each_layout_pass_the_receivers_contract():
     with pytest.raises(wire.FragmentMismatch):  # a compressed message in a full round
         wire.decode(wire.encode(kind="params", sender="p1", run_id="r", round=3, fingerprint=fp,
                                 tensors=sender.outgoing(1), fragment=1), contract)
+
+
+def test_a_gossip_peer_told_a_choco_message_says_the_algorithms_differ():
+    gossip = (wire.TensorSpec("weight", "float32", (1, 2)), wire.TensorSpec("bias", "float32", (1,)))
+    contract = wire.Contract("r", "e" * 16, frozenset({"p1"}), gossip)
+    for tensors in ({"copy": torch.zeros(3)}, {"base": torch.zeros(1, dtype=torch.int64), "value": torch.zeros(1)}):
+        frames = wire.encode(kind="params", sender="p1", run_id="r", round=1, fingerprint="f" * 16, tensors=tensors)
+        with pytest.raises(wire.FingerprintMismatch, match="'p1' sends CHOCO tensors and this peer gossip ones"):
+            wire.decode(frames, contract)
 
 
 # ---- options ---------------------------------------------------------------------------------------
