@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-ALGORITHMS = ("gossip", "admm", "gradient-tracking", "push-sum")
+ALGORITHMS = ("gossip", "admm", "gradient-tracking", "push-sum", "choco")
 AGGREGATORS = ("mean", "clipped", "trimmed-mean")
 DATASETS = ("digits", "synthetic", "synthetic-lstsq", "breast-cancer")
 MODELS = ("auto", "logreg", "mlp", "linear")
@@ -22,6 +22,10 @@ DEFAULT_RANDOM_MAGNITUDE = 10.0
 
 class AggregatorError(ValueError):
     """A robust-mixing option that cannot work; the message says what to use instead."""
+
+
+class CompressorError(ValueError):
+    """A --compressor that cannot be parsed; the message says how to write it."""
 
 
 class DataError(ValueError):
@@ -38,6 +42,29 @@ def check_aggregator(name: str, b: int) -> None:
     if isinstance(b, bool) or not isinstance(b, int) or b < 0:
         raise AggregatorError(f"b = {b!r}: the number of bad neighbours to tolerate must be an integer >= 0 "
                               "(1 is the usual choice; 0 clips and trims nothing)")
+
+
+COMPRESSORS = ("identity", "int8", "top-k", "random-k")
+COMPRESSOR_EXAMPLES = "identity, int8, int8:256, top-k:0.01 or random-k:0.01"
+
+
+def parse_compressor(text: str) -> tuple[str, float | None]:
+    """CHOCO's --compressor: identity, int8, int8:CHUNK (an integer >= 1), top-k:F or random-k:F (0 < F <= 1)."""
+    kind, colon, value = text.partition(":")
+    if kind in ("identity", "int8") and not colon:
+        return kind, None
+    if kind == "int8" and value.isdigit() and int(value) >= 1:
+        return kind, float(int(value))
+    if kind in ("top-k", "random-k") and colon:
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = math.nan
+        if 0 < fraction <= 1:
+            return kind, fraction
+        raise CompressorError(f"compressor {text!r}: the fraction of entries kept must be in (0, 1], e.g. {kind}:0.01")
+    raise CompressorError(f"compressor {text!r} not understood; write one of {COMPRESSOR_EXAMPLES} (int8:CHUNK: one "
+                          "scale per CHUNK values; top-k/random-k:F: keep the fraction F of the entries)")
 
 
 def parse_partition(text: str) -> tuple[str, float | None]:

@@ -12,8 +12,8 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .choices import (AGGREGATORS, ALGORITHMS, DATASETS, MODELS, AggregatorError, AttackSpecError, DataError,
-                      check_aggregator, parse_partition, read_attack)
+from .choices import (AGGREGATORS, ALGORITHMS, DATASETS, MODELS, AggregatorError, AttackSpecError, CompressorError,
+                      DataError, check_aggregator, parse_compressor, parse_partition, read_attack)
 
 LR_SCHEDULES = ("constant", "cosine")
 INITS = ("same", "per-peer")
@@ -48,6 +48,9 @@ class PeerConfig:
     fragments: int = 1  # exchange one of K fragments of the model per round
     wire_dtype: str = ""  # bfloat16 or float16: the precision messages travel in; "": the model's
     aggregator: str = "mean"
+    compressor: str = "int8"  # CHOCO: what a peer sends of x - x_hat (compressors.py)
+    choco_gamma: float = 0.0  # CHOCO's consensus step; 0: 1 for identity and int8 (sparsifiers need one chosen)
+    choco_refresh_every: int = 100  # CHOCO: a full copy every N rounds resynchronises the public copies
     robust_b: int = 1
     attack: str = ""  # PEER:KIND[:VALUE], an experiment's misbehaving peer
     max_staleness: int = 10
@@ -105,6 +108,21 @@ class PeerConfig:
         need(self.min_compute_seconds >= 0, "--min-compute-seconds must be >= 0 seconds")
         need(self.mode in MODES, f"--mode {self.mode}: choose from {', '.join(MODES)}")
         need(self.max_staleness >= 0, f"--max-staleness {self.max_staleness}: must be 0 or more rounds")
+        need(self.mode == "sync" or self.algo != "choco",
+             "--mode async does not work with --algo choco: a peer's public copy of a neighbour is only right if "
+             "it adds that neighbour's every difference; use --mode sync with choco")
+        need(0 <= self.choco_gamma <= 1, f"--choco-gamma {self.choco_gamma}: use a step in (0, 1] (1 for int8 and "
+             "the identity; smaller, e.g. 0.1, for top-k and random-k at 1%), or 0 for the compressor's default")
+        need(self.choco_refresh_every >= 0, f"--choco-refresh-every {self.choco_refresh_every}: use 0 (never) or a "
+             "number of rounds, e.g. 100")
+        try:
+            kind, _ = parse_compressor(self.compressor)
+        except CompressorError as error:
+            raise ConfigError(f"--compressor: {error}") from None
+        need(self.algo != "choco" or self.choco_gamma or kind in ("identity", "int8"),
+             f"--compressor {self.compressor} needs a CHOCO step chosen for its fraction and the graph: pass "
+             "--choco-gamma, e.g. 0.1 for top-k:0.01 or 0.01 for random-k:0.01 on a ring of 16 (docs/algorithms.md "
+             "has the measured table); too large a step trains nothing")
         need(self.mode == "sync" or self.algo == "gossip",
              "--mode async works with --algo gossip only: ADMM's edge duals need both ends of an edge in the "
              "same round, and gradient tracking and push-sum have been checked in lockstep rounds only; use "
@@ -153,6 +171,10 @@ class PeerConfig:
         except DataError as error:
             raise ConfigError(f"--partition: {error}") from None
         return self
+
+    def choco_step(self) -> float:
+        """CHOCO's gamma: --choco-gamma, or 1 (the identity's and int8's) when it is left at 0."""
+        return self.choco_gamma or 1.0
 
     def absent_peers(self, ids: tuple[str, ...] | None = None) -> frozenset[str]:
         """--absent as a set; given the topology's peer ``ids``, each must be one of them."""
@@ -273,6 +295,18 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
     add("--wire-dtype", default=d.wire_dtype, choices=[t for t in WIRE_DTYPES if t],
         help="send the parameters in bfloat16 or float16 (half the bytes of float32); they are mixed in the "
              "model's precision and the local copy is never rounded (default: the model's precision)")
+    add("--compressor", default=d.compressor, metavar="identity|int8[:CHUNK]|top-k:F|random-k:F",
+        help="choco: what a peer sends of the difference between its model and its public copy: identity (all "
+             "of it), int8 (one byte per value, a scale per tensor, or per CHUNK values with int8:CHUNK), top-k:F "
+             "(the fraction F of largest entries, with their indices) or random-k:F (F of the entries, drawn "
+             "from a seed both ends know, without indices) (default: %(default)s)")
+    add("--choco-gamma", type=float, default=d.choco_gamma,
+        help="choco: the consensus step gamma in x <- x + gamma sum_j W_ij (x_hat_j - x_hat_i), in (0, 1]; top-k "
+             "and random-k need one chosen (about 0.1 for top-k:0.01, 0.01 for random-k:0.01 on ring16) "
+             "(default: 1 for identity and int8)")
+    add("--choco-refresh-every", type=int, default=d.choco_refresh_every, metavar="N",
+        help="choco: every N-th round (round 0 included) sends the whole model, which resynchronises the "
+             "neighbours' public copies after a lost message; 0 = never (default: %(default)s)")
     add("--aggregator", choices=AGGREGATORS, default=d.aggregator,
         help="how gossip combines the neighbours' parameters: mean (the weighted average of W), clipped "
              "(ClippedGossip: each neighbour's difference clipped to an adaptive radius) or trimmed-mean "

@@ -1,8 +1,11 @@
-"""How a swarm's messages shape its training: whole-model gossip against model fragments and half-precision
-messages, with the centralized baseline beside them (scripts/compare_messages.py).
+"""How a swarm's messages shape its training: whole-model gossip against model fragments, half-precision
+messages and CHOCO's compressed differences, with the centralized baseline beside them
+(scripts/compare_messages.py).
 
 Each variant is one in-process swarm run by the launcher with the same task,
-topology, seed and options, differing only in --fragments and --wire-dtype;
+topology, seed and options, differing only in --fragments and --wire-dtype,
+or running CHOCO with a compressor (int8; top-k and random-k at 1%, with the
+steps docs/algorithms.md measured for them);
 the baseline is the launcher's --centralized run. The study writes
 summary.md (every peer's final metric, its distance from the baseline,
 consensus, bytes sent per peer per round and their ratio to whole-model
@@ -34,21 +37,30 @@ class Variant:
     fragments: int = 1
     wire_dtype: str = ""
     centralized: bool = False
+    compressor: str = ""  # a CHOCO variant's --compressor; "": the run's own --algo
+    choco_gamma: float = 0.0
 
     def config(self, base: PeerConfig) -> PeerConfig:
-        return base.replace(fragments=self.fragments, wire_dtype=self.wire_dtype)
+        config = base.replace(fragments=self.fragments, wire_dtype=self.wire_dtype)
+        if self.compressor:
+            config = config.replace(algo="choco", compressor=self.compressor, choco_gamma=self.choco_gamma)
+        return config
 
 
 def variants(fragments: int) -> list[Variant]:
     return [Variant("centralized", centralized=True), Variant("gossip"),
             Variant(f"fragments-{fragments}", fragments=fragments), Variant("bfloat16", wire_dtype="bfloat16"),
-            Variant(f"fragments-{fragments}-bfloat16", fragments=fragments, wire_dtype="bfloat16")]
+            Variant(f"fragments-{fragments}-bfloat16", fragments=fragments, wire_dtype="bfloat16"),
+            Variant("choco-int8", compressor="int8"),
+            Variant("choco-top-k-0.01", compressor="top-k:0.01", choco_gamma=0.1),
+            Variant("choco-random-k-0.01", compressor="random-k:0.01", choco_gamma=0.01)]
 
 
 def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     parser = new_parser(defaults, prog="scripts/compare_messages.py",
-                        description="Train the same task with whole-model, fragment and half-precision gossip and "
-                                    "alone (the centralized baseline); compare them in a table and plots.")
+                        description="Train the same task with whole-model, fragment and half-precision gossip, "
+                                    "with CHOCO's compressed gossip (int8, top-k, random-k) and alone (the "
+                                    "centralized baseline); compare them in a table and plots.")
     add = option_adder(parser, defaults)
     add("--out", required=True, help="study directory")
     add("--topology", default="ring8", help="topology file or KIND+PEERS name (default: %(default)s)")

@@ -267,7 +267,8 @@ class Node:
         """Fold in what arrived; returns this peer's distance to the mean of what arrived, before."""
         received = {sender: self.staging.to_device(m.tensors) for sender, m in gathered.messages.items()}
         distance = _relative_distance_to_mean(self.algorithm.parameters_in(outgoing),
-                                              [self.algorithm.parameters_in(t) for t in received.values()])
+                                              [self.algorithm.parameters_in(t) for t in received.values()]
+                                              ) if self.algorithm.messages_hold_parameters else None
         self.algorithm.update(round_, received)
         return distance
 

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import torch
 
-from .algorithms import ADMM, Algorithm, Gossip, GradientTracking, PushSum
+from .algorithms import ADMM, Algorithm, Choco, Gossip, GradientTracking, PushSum
+from .choices import parse_compressor
 from .attacks import Attack, AttackSpecError, attack_for, parse_attacks
 from .builtin_tasks import task_from_options
 from .config import ConfigError, PeerConfig
@@ -102,6 +103,8 @@ def check_run(config: PeerConfig, topology: Topology, task=None) -> None:
     if config.algo == "gradient-tracking" and config.local_steps < 1:
         raise ConfigError("gradient tracking takes its gradient from the round's optimizer steps; use "
                           "--local-steps 1 (or more)")
+    if config.algo == "choco":
+        check_choco(config, topology)
     if config.algo != "admm":
         return
     if config.init != "same":
@@ -151,6 +154,19 @@ def push_share(topology: Topology, peer_id: str) -> float:
     return shares.pop()
 
 
+def check_choco(config: PeerConfig, topology: Topology) -> None:
+    """CHOCO keeps the swarm's mean only with one doubly stochastic W, and its messages are not parameters."""
+    if topology.period > 1:
+        raise ConfigError(f"CHOCO needs a static graph, and {topology.name} is time-varying: a public copy of a "
+                          "neighbour must see its every difference; use gossip on it, or a static topology")
+    if not topology.doubly_stochastic:
+        raise ConfigError(f"CHOCO keeps the peers' mean only with doubly stochastic weights, and {topology.name}'s "
+                          "are not; use a topology with Metropolis or symmetric weights")
+    if config.attack:
+        raise ConfigError("--attack corrupts parameters, and CHOCO messages carry compressed differences; "
+                          "use it with gossip or ADMM")
+
+
 def uses_exact_solver(config: PeerConfig, task) -> bool:
     return config.admm_solver == "exact" or (config.admm_solver == "auto" and hasattr(task, "local_problem"))
 
@@ -170,6 +186,11 @@ def agreement(config: PeerConfig, task) -> dict:
     layout); learning rates, local steps and the like may differ between peers."""
     if config.algo == "admm":
         return {"algorithm": "admm", "admm_penalty": admm_penalty(config, task)}
+    if config.algo == "choco":
+        # random-k's indices come from the seed: peers with different seeds would add values at different places.
+        seeded = {"compressor_seed": config.seed} if parse_compressor(config.compressor)[0] == "random-k" else {}
+        return {"algorithm": "choco", "compressor": config.compressor, "choco_gamma": config.choco_step(),
+                "choco_refresh_every": config.choco_refresh_every} | seeded
     # How the model travels, where it is not the plain default (so the default's fingerprint stays put).
     layout = {"fragments": config.fragments} if config.fragments > 1 else {}
     return {"algorithm": config.algo} | layout | ({"wire_dtype": config.wire_dtype} if config.wire_dtype else {})
@@ -189,6 +210,9 @@ def build_algorithm(config: PeerConfig, topology: Topology, peer_id: str, model:
     if config.algo == "push-sum":
         return PushSum(topology.in_neighbours(peer_id), len(topology.out_neighbours(peer_id)),
                        push_share(topology, peer_id), exchanged_tensors(model))
+    if config.algo == "choco":
+        return Choco(peer_id, topology.mixing_row(peer_id), exchanged_tensors(model), compressor=config.compressor,
+                     gamma=config.choco_step(), refresh_every=config.choco_refresh_every, seed=config.seed)
     return ADMM(topology.in_neighbours(peer_id), dict(model.named_parameters()), penalty, problem)
 
 

@@ -367,10 +367,16 @@ def _described_specs(described: list) -> list[TensorSpec] | None:
     return specs
 
 
+# CHOCO sends its model flat as "copy", or "base" then its compressor's tensors (PROTOCOL.md section 10).
+CHOCO_NAMES = frozenset({"copy", "base", "q", "scale", "index", "value"})
+
+
 def _algorithm_named(specs: Sequence[TensorSpec]) -> str:
     # ADMM sends x/NAME and sum/NAME; parameter names (gossip) never hold a slash.
     if specs and all(s.name.startswith(("x/", "sum/")) for s in specs):
         return "ADMM"
+    if specs and {s.name for s in specs} <= CHOCO_NAMES and specs[0].name in ("copy", "base"):
+        return "CHOCO"
     return "gossip"
 
 
@@ -384,8 +390,8 @@ def _difference(theirs: Sequence[TensorSpec], ours: Sequence[TensorSpec], sender
     their_algorithm, our_algorithm = _algorithm_named(theirs), _algorithm_named(ours)
     if theirs and ours and their_algorithm != our_algorithm:
         return (f"{sender!r} sends {their_algorithm} tensors and this peer {our_algorithm} ones (gossip messages "
-                "carry the parameter names, ADMM messages x/NAME and sum/NAME): the peers run different "
-                "algorithms; start every peer with the same one")
+                "carry the parameter names, ADMM messages x/NAME and sum/NAME, CHOCO messages copy, or base and "
+                "its compressor's): the peers run different algorithms; start every peer with the same one")
     differences = []
     if len(theirs) != len(ours):
         differences.append(f"{len(theirs)} tensors from {sender!r}, {len(ours)} here")

@@ -41,7 +41,8 @@ def test_a_launched_swarm_of_a_plugin_task_with_batchnorm_and_adam_equals_the_si
 
 
 @pytest.mark.parametrize("algo, kind, peers", [("gossip", "ring", 4), ("admm", "complete", 3),
-                                               ("gradient-tracking", "ring", 3), ("push-sum", "exponential", 4)])
+                                               ("gradient-tracking", "ring", 3), ("push-sum", "exponential", 4),
+                                               ("choco", "ring", 4)])
 def test_training_scripts_using_the_python_api_end_where_the_simulation_does(topology_file, tmp_path, algo, kind,
                                                                              peers):
     path = topology_file(kind, peers)

@@ -23,7 +23,7 @@ from p2ptrain.topology.__main__ import main as topology_cli
 from p2ptrain.topology.weights import consensus_rate, metropolis_hastings, uniform
 
 TOPOLOGIES = Path(__file__).resolve().parent.parent / "topologies"
-SHIPPED = ["ring8", "line8", "star8", "complete8", "torus16", "exponential16", "pair"]
+SHIPPED = ["ring8", "line8", "star8", "complete8", "torus16", "exponential16", "pair", "ring16"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -32,6 +32,9 @@ class Algorithm(ABC):
     takes_steps = True
     # True: each round's steps solve a new subproblem, so the optimizer's momentum must be forgotten.
     restarts_optimizer = False
+    # False: messages carry something else than parameters (CHOCO's compressed differences), so the
+    # peer's distance to its neighbours cannot be read from them.
+    messages_hold_parameters = True
 
     def begin_local(self, round_: int) -> None:
         """Before this round's optimizer steps."""
