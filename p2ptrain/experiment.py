@@ -263,3 +263,7 @@ def write_results(sweep: SweepDir, results: dict[Run, list[dict] | str], rates: 
              for name, figure in sweep_figures(results, rates, metric, figure_label(metric)).items()]
     print(sweep.summary.read_text())
     print(f"results: {sweep.results}; plots: {', '.join(p.name for p in paths)} in {sweep.plots}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, PeerConfig, build_parser, given_options, resolve_peer_id
+from .config import (ConfigError, PeerConfig, after_launcher_restart, build_parser, given_options,
+                     read_config_file, resolve_peer_id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,22 +24,26 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(everything["log_level"])
     try:
         config_file = explicit.pop("config", "")
-        base = PeerConfig.from_file(config_file) if config_file else None
-        topology = check_command_line(explicit, base)
+        # defaults < the task's defaults < --config < the command line (replica.resolve_config)
+        explicit = read_config_file(config_file) | explicit if config_file else explicit
+        explicit, restarted = after_launcher_restart(explicit)
+        topology = check_command_line(explicit)
     except ConfigError as error:
         return _refuse(error)
+    if restarted:
+        logging.getLogger("p2ptrain.peer").info(restarted)
     from . import node, replica  # torch and ZeroMQ: only for a peer that is going to run
 
     try:
-        return asyncio.run(node.run_peer(replica.resolve_config(explicit, base), topology=topology))
+        return asyncio.run(node.run_peer(replica.resolve_config(explicit), topology=topology))
     except node.USER_ERRORS as error:
         return _refuse(error)
 
 
-def check_command_line(explicit: dict, base: PeerConfig | None):
+def check_command_line(explicit: dict):
     """The topology, once what the options alone show cannot run is refused, with the fix: bad values, a
     topology that does not load or lacks this peer, --absent peers it lacks, an --out that cannot be written."""
-    config = (base.replace(**explicit) if base is not None else PeerConfig.from_dict(explicit)).validate()
+    config = PeerConfig.from_dict(explicit).validate()
     if not config.topology:
         raise ConfigError("no topology: pass --topology FILE (e.g. topologies/ring8.toml), or --config FILE")
     from .topology import TopologyError, load_topology  # numpy, not torch

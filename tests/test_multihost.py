@@ -90,7 +90,7 @@ def test_a_directed_networkx_graph_stays_directed_and_endpoints_may_be_given_by_
     (nx.path_graph(3), ["tcp://h:1", "tcp://h:2"], "2 endpoints for a graph of 3 nodes"),
     (nx.path_graph(2), {0: "tcp://h:1"}, "no endpoint for node(s) 1"),
     ([(0, 1)], ["tcp://h:1", "tcp://h:2"], "takes a networkx graph"),
-    (nx.Graph([(0, 1), (2, 3)]), [f"tcp://h:{i}" for i in range(4)], "disconnected"),
+    (nx.Graph([(0, 1), (2, 3)]), [f"tcp://h:{i}" for i in range(1, 5)], "not connected"),
 ])
 def test_networkx_graphs_that_cannot_be_topologies_are_refused(graph, endpoints, message):
     with pytest.raises(TopologyError, match=re.escape(message)):
