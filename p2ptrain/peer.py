@@ -90,10 +90,15 @@ def _default_peer_field(record: logging.LogRecord) -> bool:
 
 def configure_logging(level: str, path: Path | None = None) -> None:
     """Peer log lines ("time peer level message") to standard error, or appended to ``path``."""
+    logging.basicConfig(level=level, handlers=[log_handler(path)], force=True)
+
+
+def log_handler(path: Path | None = None) -> logging.Handler:
+    """A handler writing peer log lines to standard error, or appending them to ``path``."""
     handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(peer)s %(levelname)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_default_peer_field)
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    return handler
 
 
 if __name__ == "__main__":
