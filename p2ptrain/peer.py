@@ -23,10 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     everything, explicit = given_options(build_parser, argv)
     configure_logging(everything["log_level"])
     try:
-        config_file = explicit.pop("config", "")
-        # defaults < the task's defaults < --config < the command line (replica.resolve_config)
-        explicit = read_config_file(config_file) | explicit if config_file else explicit
-        explicit, restarted = after_launcher_restart(explicit)
+        explicit, restarted = given_with_file(explicit)
         topology = check_command_line(explicit)
     except ConfigError as error:
         return _refuse(error)
@@ -38,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(node.run_peer(replica.resolve_config(explicit), topology=topology))
     except node.USER_ERRORS as error:
         return _refuse(error)
+
+
+def given_with_file(explicit: dict, environ=os.environ) -> tuple[dict, str]:
+    """The options a peer is given: its --config file's under its command line's (replica.resolve_config puts
+    the task's defaults under both), with --resume when its launcher restarted it; and that restart, if any."""
+    config_file = explicit.pop("config", "")
+    given = read_config_file(config_file) | explicit if config_file else explicit
+    return after_launcher_restart(given, environ)
 
 
 def check_command_line(explicit: dict):
