@@ -464,7 +464,7 @@ def resolve_peer_id(requested: str, ids: tuple[str, ...], environ=os.environ) ->
         return requested
     for rank_variable, size_variable in LAUNCHER_RANKS:
         value = environ.get(rank_variable)
-        if value is None:
+        if not value:  # unset, or set to nothing
             continue
         if not value.isdigit() or int(value) >= len(ids):
             raise ConfigError(
@@ -472,7 +472,7 @@ def resolve_peer_id(requested: str, ids: tuple[str, ...], environ=os.environ) ->
                 f"(ranks 0..{len(ids) - 1}); start as many processes as peers"
             )
         size = environ.get(size_variable) if size_variable else None
-        if size is not None and size != str(len(ids)):
+        if size and size != str(len(ids)):
             raise ConfigError(
                 f"${size_variable}={size} processes, but the topology has {len(ids)} peers: start "
                 f"{len(ids)} processes (one per peer), or use a topology of {size} peers (python -m "
@@ -489,13 +489,13 @@ def after_launcher_restart(options: dict, environ=os.environ) -> tuple[dict, str
     for a peer that joins, or whose options already say whether to resume. The second value says why
     (empty when nothing changed), for the log."""
     for variable in RESTART_COUNTS:
-        value = environ.get(variable, "0")
+        value = environ.get(variable) or "0"
         if not value.isdigit():
             raise ConfigError(f"${variable}={value!r} is not a restart count (a whole number)")
         if int(value) > 0 and not options.get("join") and "resume" not in options:
             return options | {"resume": True}, (
                 f"restart {value} (${variable}): resuming from this peer's checkpoint (--resume); without "
-                "one it starts again from round 0 and runs the rounds its neighbours have left")
+                "one (no --checkpoint-every) it starts again from round 0")
     return options, ""
 
 
