@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, PeerConfig
+from .config import PeerConfig
 from .keys import generate_own, pin
-from .node import run_peer
+from .node import USER_ERRORS, run_peer
 from .peer import log_handler
 from .replica import check_run, resolve_config, resolve_task
 from .results import consensus_distance, load_model
@@ -191,7 +191,7 @@ def _run_peer_here(config: PeerConfig, topology: Topology, own_keys: bool) -> tu
     try:
         # The worker's thread owns no signals: an empty list tells run_peer not to take them.
         code, error = asyncio.run(run_peer(config, topology=topology, signals=[])), ""
-    except (ConfigError, TopologyError, OSError) as refused:
+    except (*USER_ERRORS, OSError) as refused:  # as a peer process would refuse: exit code 2, the reason
         code, error = 2, str(refused)
     finally:
         logger.removeHandler(handler)

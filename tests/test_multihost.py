@@ -3,7 +3,6 @@ launcher's variables, restarts counted by a launcher, and run configuration file
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
