@@ -3,6 +3,7 @@ launcher's variables, restarts counted by a launcher, and run configuration file
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -294,3 +295,25 @@ def test_a_peer_its_launcher_restarted_resumes_over_its_earlier_outputs_instead_
     assert peer.main(args) == 0
     assert f"--resume: no checkpoint in {out}; starting from round 0" in capsys.readouterr().err
     assert [r["round"] for r in read_json_lines(out / "metrics.jsonl")] == [0, 1, 2, 3]
+
+
+# ---- entry points -------------------------------------------------------------------------------
+
+@pytest.mark.swarm
+def test_python_m_p2ptrain_swarm_runs_a_swarm(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "p2ptrain.swarm", str(ROOT / "topologies" / "pair.toml"), "--in-process",
+         "--rounds", "20", "--out", str(tmp_path / "run"), "--log-level", "WARNING"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(ROOT)},
+        stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert {peer["rounds_completed"] for peer in summary["peers"].values()} == {20}
+
+
+@pytest.mark.parametrize("module, usage", [("p2ptrain.swarm", "usage: p2ptrain-swarm"),
+                                           ("p2ptrain.experiment", "usage: p2ptrain-experiment")])
+def test_the_launcher_and_the_runner_run_as_modules(module, usage):
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60,
+                            cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and result.stdout.startswith(usage)
