@@ -22,12 +22,13 @@ training script needs no asyncio.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import torch
 import zmq.asyncio
 
-from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, resolve_peer_id
+from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, after_launcher_restart, resolve_peer_id
 from .node import Node, open_node
 from .peer import configure_logging
 from .replica import Replica, agreement, build_algorithm, check_run
@@ -39,7 +40,9 @@ class Peer:
 
     ``topology``: a topology file or a Topology. ``model``: the user's module, already on its device.
     ``optimizer``: hooked at once if given (or later with ``attach``). ``peer``: this peer's id; by
-    default from $RANK (torchrun), $SLURM_PROCID (srun). ``local_steps``: optimizer steps between
+    default the rank a launcher gives the process ($RANK of torchrun, $OMPI_COMM_WORLD_RANK, $PMI_RANK,
+    $SLURM_PROCID, $JOB_COMPLETION_INDEX; config.LAUNCHER_RANKS), whose world size must be the topology's
+    peer count; a process a launcher restarted resumes from its checkpoint. ``local_steps``: optimizer steps between
     exchanges. Other options are those of the command line, by their Python names (algo, mode,
     aggregator, robust_b, admm_penalty, recv_timeout, startup_timeout, keys, out, run_id,
     checkpoint_every, resume, join, seed, ...); ``rounds`` is how many exchanges to make (by default
@@ -54,6 +57,9 @@ class Peer:
         if isinstance(topology, (str, Path)):
             topology = load_topology(topology)
         device = _device_of(model)
+        options, restarted = after_launcher_restart(options)
+        if restarted:
+            logging.getLogger("p2ptrain.peer").info(restarted)
         config = PeerConfig.from_dict(
             {"topology": topology.name, "peer": peer, "local_steps": local_steps,
              "rounds": rounds or UNBOUNDED_ROUNDS, "device": str(device), "eval_every": UNBOUNDED_ROUNDS,
@@ -61,6 +67,7 @@ class Peer:
         if config.local_steps < 1:
             raise ConfigError("local_steps: exchange after at least 1 optimizer step")
         check_run(config, topology, task=_NoTask())
+        resolve_peer_id(config.peer, topology.ids)  # a rank or world size that does not fit, before any socket
         self.model = model
         self.local_steps = config.local_steps
         self._loop = asyncio.new_event_loop()

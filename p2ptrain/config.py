@@ -6,9 +6,11 @@ line is checked, or refused, before the seconds that loading torch takes."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
+import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -206,26 +208,73 @@ class PeerConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "PeerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
+        unknown = set(values) - OPTION_NAMES
         if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown option(s) {unknown_options(unknown)}")
         return cls(**values)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "PeerConfig":
-        """A configuration written by ``write`` (the launcher writes one for all its peers)."""
-        try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"--config {path}: cannot read it as JSON ({error})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"--config {path}: not a JSON object of options")
-        return cls.from_dict(values)
+        """The configuration a --config file gives, the defaults for what it leaves out."""
+        return cls.from_dict(read_config_file(path))
 
     def replace(self, **changes) -> "PeerConfig":
         """A copy with ``changes``; unknown names are refused with the list of the known ones."""
         return PeerConfig.from_dict(self.to_dict() | changes)
+
+
+OPTION_NAMES = frozenset(f.name for f in fields(PeerConfig))
+
+
+def unknown_options(names) -> str:
+    """Unknown option names, each with the known one it is closest to, if any."""
+    described = []
+    for name in sorted(names):
+        close = difflib.get_close_matches(name, OPTION_NAMES, n=1)
+        described.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return ", ".join(described)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The options a --config file sets: TOML (a run.toml written by hand, ``local_steps = 5`` or
+    ``local-steps = 5``) or JSON (the launcher's peer-config.json), each value of its option's type."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"--config {path}: cannot read it ({error.strerror or error})") from None
+    if path.suffix == ".json":
+        try:
+            values = json.loads(text)
+        except ValueError as error:
+            raise ConfigError(f"--config {path}: not valid JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"--config {path}: not a JSON object of options")
+    else:
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            hint = "; name a launcher's configuration peer-config.json" if text.lstrip().startswith("{") else ""
+            raise ConfigError(f"--config {path}: not valid TOML ({error}){hint}") from None
+    values = {name.replace("-", "_"): value for name, value in values.items()}
+    unknown = set(values) - OPTION_NAMES
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown option(s) {unknown_options(unknown)}; the options are "
+                          "those of python -m p2ptrain.peer --help, without the leading --")
+    defaults = PeerConfig()
+    for name, value in values.items():
+        values[name] = _typed(name, value, type(getattr(defaults, name)), path)
+    return values
+
+
+def _typed(name: str, value, kind: type, path: Path):
+    """``value`` as an option of ``kind`` (an integer for a float option becomes a float), or a ConfigError."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    examples = {bool: "true or false", int: "a whole number", float: "a number", str: 'a string in quotes'}
+    raise ConfigError(f"--config {path}: {name} = {value!r} must be {examples[kind]}")
 
 
 def parse_task_args(text: str) -> dict[str, int | float | str]:
@@ -396,12 +445,14 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     )
     add = option_adder(parser, defaults)
     add("--config", default="", metavar="FILE",
-        help="options from a JSON file (the launcher writes RUN/peer-config.json); options "
-                             "given on the command line override it")
+        help="options from a file: TOML (run.toml: local_steps = 5, algo = \"admm\", ...: every option, by its "
+             "name without the leading --) or JSON (the launcher writes RUN/peer-config.json); options given on "
+             "the command line override it, and it overrides a task's defaults")
     add("--topology", default="", help="topology file (TOML), e.g. topologies/ring8.toml")
     add("--peer", default="",
-        help="this peer's id in the topology; if omitted, taken from $RANK or $SLURM_PROCID "
-                             "(the n-th peer of the file)")
+        help="this peer's id in the topology; if omitted, the n-th peer of the file for n = the rank its "
+             "launcher gives it: $RANK (torchrun), $OMPI_COMM_WORLD_RANK, $PMI_RANK (mpirun), $SLURM_PROCID "
+             "(srun), $JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)")
     add("--out", default="", help="output directory (default: runs/RUN_ID/PEER)")
     add("--run-id", default="",
         help="name shared by all peers of one run; messages of other runs are rejected "
@@ -428,21 +479,59 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+# Each launcher's rank variable and the variable holding its world size, the innermost launcher first:
+# torchrun or mpirun inside a Slurm step set their own ranks, while SLURM_PROCID there numbers the nodes.
+LAUNCHER_RANKS = (
+    ("RANK", "WORLD_SIZE"),  # torchrun
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),  # Open MPI's mpirun
+    ("PMI_RANK", "PMI_SIZE"),  # MPICH and Intel MPI (hydra), srun --mpi=pmi2
+    ("SLURM_PROCID", "SLURM_NTASKS"),  # srun
+    ("JOB_COMPLETION_INDEX", None),  # a Kubernetes Indexed Job (the completions are in the manifest only)
+)
+# Launchers that start a failed process again count the restarts here (torchrun --max-restarts, sbatch --requeue).
+RESTART_COUNTS = ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")
+
+
 def resolve_peer_id(requested: str, ids: tuple[str, ...], environ=os.environ) -> str:
-    """--peer if given, else the n-th peer for n = $RANK or $SLURM_PROCID (torchrun, srun)."""
+    """--peer if given, else the n-th peer for n = the rank a launcher gave this process (LAUNCHER_RANKS),
+    whose world size, if the launcher says it, must be the topology's peer count."""
     if requested:
         return requested
-    for variable in ("RANK", "SLURM_PROCID"):
-        value = environ.get(variable)
-        if value is None:
+    for rank_variable, size_variable in LAUNCHER_RANKS:
+        value = environ.get(rank_variable)
+        if not value:  # unset, or set to nothing
             continue
         if not value.isdigit() or int(value) >= len(ids):
             raise ConfigError(
-                f"${variable}={value!r} does not name a peer: the topology has {len(ids)} peers "
+                f"${rank_variable}={value!r} does not name a peer: the topology has {len(ids)} peers "
                 f"(ranks 0..{len(ids) - 1}); start as many processes as peers"
             )
+        size = environ.get(size_variable) if size_variable else None
+        if size and size != str(len(ids)):
+            raise ConfigError(
+                f"${size_variable}={size} processes, but the topology has {len(ids)} peers: start "
+                f"{len(ids)} processes (one per peer), or use a topology of {size} peers (python -m "
+                "p2ptrain.topology generate KIND --hosts ... --per-host K)"
+            )
         return ids[int(value)]
-    raise ConfigError("no peer id: pass --peer ID, or set RANK or SLURM_PROCID to the peer's position in the topology")
+    raise ConfigError("no peer id: pass --peer ID, or start the peer with a launcher that sets its rank ("
+                      f"{', '.join(variable for variable, _ in LAUNCHER_RANKS)}): the n-th peer of the topology")
+
+
+def after_launcher_restart(options: dict, environ=os.environ) -> tuple[dict, str]:
+    """``options`` with resume on when a launcher counts this process as a restart (RESTART_COUNTS > 0), so
+    that it continues from its checkpoint instead of refusing its own earlier outputs; left as they are
+    for a peer that joins, or whose options already say whether to resume. The second value says why
+    (empty when nothing changed), for the log."""
+    for variable in RESTART_COUNTS:
+        value = environ.get(variable) or "0"
+        if not value.isdigit():
+            raise ConfigError(f"${variable}={value!r} is not a restart count (a whole number)")
+        if int(value) > 0 and not options.get("join") and "resume" not in options:
+            return options | {"resume": True}, (
+                f"restart {value} (${variable}): resuming from this peer's checkpoint (--resume); without "
+                "one (no --checkpoint-every) it starts again from round 0")
+    return options, ""
 
 
 def given_options(make_parser, argv: list[str] | None) -> tuple[dict, dict]:

@@ -163,9 +163,10 @@ PER_RUN = ("algo", "seed", "partition", "aggregator")
 def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     parser = new_parser(
         defaults,
-        prog="scripts/topology_experiment.py",
+        prog="p2ptrain-experiment",
         description="Run the same training on several topologies, algorithms, partitions and seeds; write "
-                    "results.csv, summary.md and plots to --out. Interrupted sweeps resume where they stopped.")
+                    "results.csv, summary.md and plots to --out. Interrupted sweeps resume where they stopped. "
+                    "Also run as python -m p2ptrain.experiment or scripts/topology_experiment.py.")
     add = option_adder(parser, defaults)
     add("--topologies", default="ring16,torus16,exponential16,one-peer-exponential16,complete16",
         help="comma-separated topology files or KIND+PEERS names (default: %(default)s)")
@@ -264,3 +265,7 @@ def write_results(sweep: SweepDir, results: dict[Run, list[dict] | str], rates: 
              for name, figure in sweep_figures(results, rates, metric, figure_label(metric)).items()]
     print(sweep.summary.read_text())
     print(f"results: {sweep.results}; plots: {', '.join(p.name for p in paths)} in {sweep.plots}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

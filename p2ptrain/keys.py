@@ -80,6 +80,18 @@ def generate(topology: Topology, directory: str | Path, *, force: bool = False) 
     return public_keys
 
 
+def generate_own(directory: str | Path, peer_id: str) -> str:
+    """A fresh key pair for ``peer_id`` alone, written into ``directory`` (made 0700); returns its public
+    key. For a peer that makes its keys where it runs, so that its secret key never travels (p2ptrain.dask)."""
+    directory = Path(directory)
+    _make_private_directory(directory)
+    public, secret = zmq.curve_keypair()
+    _write_key_file(secret_key_path(directory, peer_id), secret, SECRET_FILE_MODE)
+    _write_key_file(public_key_path(directory, peer_id), public, PUBLIC_FILE_MODE)
+    _sync_directory(directory)
+    return public.decode("ascii")
+
+
 def _refuse_to_replace(topology: Topology, directory: Path, force: bool) -> None:
     if force:
         return

@@ -15,30 +15,40 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, PeerConfig, build_parser, given_options, resolve_peer_id
+from .config import (ConfigError, PeerConfig, after_launcher_restart, build_parser, given_options,
+                     read_config_file, resolve_peer_id)
 
 
 def main(argv: list[str] | None = None) -> int:
     everything, explicit = given_options(build_parser, argv)
     configure_logging(everything["log_level"])
     try:
-        config_file = explicit.pop("config", "")
-        base = PeerConfig.from_file(config_file) if config_file else None
-        topology = check_command_line(explicit, base)
+        explicit, restarted = given_with_file(explicit)
+        topology = check_command_line(explicit)
     except ConfigError as error:
         return _refuse(error)
+    if restarted:
+        logging.getLogger("p2ptrain.peer").info(restarted)
     from . import node, replica  # torch and ZeroMQ: only for a peer that is going to run
 
     try:
-        return asyncio.run(node.run_peer(replica.resolve_config(explicit, base), topology=topology))
+        return asyncio.run(node.run_peer(replica.resolve_config(explicit), topology=topology))
     except node.USER_ERRORS as error:
         return _refuse(error)
 
 
-def check_command_line(explicit: dict, base: PeerConfig | None):
+def given_with_file(explicit: dict, environ=os.environ) -> tuple[dict, str]:
+    """The options a peer is given: its --config file's under its command line's (replica.resolve_config puts
+    the task's defaults under both), with --resume when its launcher restarted it; and that restart, if any."""
+    config_file = explicit.pop("config", "")
+    given = read_config_file(config_file) | explicit if config_file else explicit
+    return after_launcher_restart(given, environ)
+
+
+def check_command_line(explicit: dict):
     """The topology, once what the options alone show cannot run is refused, with the fix: bad values, a
     topology that does not load or lacks this peer, --absent peers it lacks, an --out that cannot be written."""
-    config = (base.replace(**explicit) if base is not None else PeerConfig.from_dict(explicit)).validate()
+    config = PeerConfig.from_dict(explicit).validate()
     if not config.topology:
         raise ConfigError("no topology: pass --topology FILE (e.g. topologies/ring8.toml), or --config FILE")
     from .topology import TopologyError, load_topology  # numpy, not torch
@@ -85,10 +95,15 @@ def _default_peer_field(record: logging.LogRecord) -> bool:
 
 def configure_logging(level: str, path: Path | None = None) -> None:
     """Peer log lines ("time peer level message") to standard error, or appended to ``path``."""
+    logging.basicConfig(level=level, handlers=[log_handler(path)], force=True)
+
+
+def log_handler(path: Path | None = None) -> logging.Handler:
+    """A handler writing peer log lines to standard error, or appending them to ``path``."""
     handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(peer)s %(levelname)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_default_peer_field)
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    return handler
 
 
 if __name__ == "__main__":

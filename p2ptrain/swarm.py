@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder
+from .config import (ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder,
+                     read_config_file)
 from .faults import FaultPlan, FaultSpecError
 from .keys import KeyFileError
 from .keys import generate as generate_keys
@@ -79,13 +80,17 @@ def refuse(error: Exception) -> int:
 def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     parser = new_parser(
         defaults,
-        prog="scripts/launch_swarm.py",
+        prog="p2ptrain-swarm",
         description="Start one p2ptrain peer process per peer of TOPOLOGY on this machine, show their "
-                    "progress, and write DIR/summary.json. Training options are passed to every peer.",
+                    "progress, and write DIR/summary.json. Training options are passed to every peer. "
+                    "Also run as python -m p2ptrain.swarm or scripts/launch_swarm.py.",
     )
     add = option_adder(parser, defaults)
     add("topology", nargs="?", default="",
-        help=f"topology file (default: {DEFAULT_TOPOLOGY})")
+        help=f"topology file (default: the --config file's topology, else {DEFAULT_TOPOLOGY})")
+    add("--config", default="", metavar="FILE",
+        help="the peers' options from a TOML file (run.toml, as python -m p2ptrain.peer --config reads it); "
+             "its out, keys, insecure and overwrite are the launcher's; the command line overrides it")
     add("--out", default="", help="run directory (default: runs/TOPOLOGY-ALGO-TIME)")
     add("--base-port", type=int, default=0,
         help="move peer i to port BASE+i on its host, to run beside another swarm")
@@ -135,17 +140,24 @@ class LaunchOptions:
 
 
 LAUNCH_FIELDS = tuple(f.name for f in dataclasses.fields(LaunchOptions))
+# Peer options of a --config file that the launcher takes as its own: where the run goes, and its keys.
+FILE_LAUNCH_FIELDS = ("out", "keys", "insecure", "overwrite")
 
 
 def parse(argv: list[str] | None) -> tuple[PeerConfig, Topology, LaunchOptions]:
     """The launcher's command line: the peers' configuration (with the task's defaults where the
     command line sets nothing), the topology and the launcher's own options."""
     everything, explicit = given_options(build_parser, argv)
+    from_file = read_config_file(everything["config"]) if everything["config"] else {}
     options = LaunchOptions(**{name: everything[name] for name in LAUNCH_FIELDS})
-    training = {name: value for name, value in explicit.items() if name in PEER_FIELDS}
+    options = dataclasses.replace(options, **{name: from_file[name] for name in FILE_LAUNCH_FIELDS
+                                              if name in from_file and name not in explicit})
+    # The launcher gives each peer its own --peer and --out.
+    training = {name: value for name, value in (from_file | explicit).items()
+                if name in PEER_FIELDS and name not in ("peer", "out")}
     config = resolve_config(training)
-    topology = load_topology(everything["topology"]) if everything["topology"] else \
-        generate("ring", 8, base_port=25000, name="ring8")
+    topology_file = everything["topology"] or from_file.get("topology", "")
+    topology = load_topology(topology_file) if topology_file else generate("ring", 8, base_port=25000, name="ring8")
     if everything["base_port"]:
         topology = with_ports(topology, everything["base_port"])
     return config, topology, options
@@ -360,3 +372,7 @@ def conclude(run: PreparedRun, ended: Ended) -> int:
     if ended.interrupted is not None:
         return 128 + ended.interrupted
     return 1 if failed_peers(summary) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

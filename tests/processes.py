@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class LoggedProcess:
     """A child process whose output (stdout and stderr together) is read line by line as it comes."""
 
-    def __init__(self, command: list[str], env: dict[str, str] | None = None):
+    def __init__(self, command: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT):
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}), cwd=ROOT,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}), cwd=cwd,
         )
         self.lines: list[str] = []
         self._pending = b""

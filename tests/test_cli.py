@@ -121,7 +121,7 @@ def test_peer_id_comes_from_rank_then_slurm_procid():
     assert resolve_peer_id("", ids, environ={"SLURM_PROCID": "1"}) == "b"
     with pytest.raises(ConfigError, match="ranks 0..2"):
         resolve_peer_id("", ids, environ={"RANK": "3"})
-    with pytest.raises(ConfigError, match="pass --peer ID, or set RANK or SLURM_PROCID"):
+    with pytest.raises(ConfigError, match="pass --peer ID, or start the peer with a launcher that sets its rank"):
         resolve_peer_id("", ids, environ={})
 
 

@@ -5,7 +5,9 @@ ring4 is split over them: p0 and p1 on host a, p2 and p3 on host b, so the
 edges p1-p2 and p3-p0 cross the link while p0-p1 and p2-p3 stay on a host.
 The same swarm runs twice with the same seed: once without faults, once with
 the link cut for a stretch of rounds. Cut and restore are triggered by the
-peers' progress (their log lines), never by sleeping.
+peers' progress (their log lines), never by sleeping. A third run uses a file
+made by `generate ring --hosts A,B --per-host 2`, CurveZMQ keys, and peers
+that take their ids from launchers' rank variables.
 
 Needs root and iproute2; elsewhere it skips, saying what is missing. Run it alone with
 ``sudo python3 -m pytest tests/test_netns.py -rP`` to see the measured figures.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -24,13 +27,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from p2ptrain.config import PeerConfig
 from p2ptrain.results import consensus_distance, consensus_of_rows, load_model, read_trace
+from p2ptrain.simulate import simulate
 from p2ptrain.storage import read_json_lines
-from p2ptrain.topology import dump_topology, generate, relocate
+from p2ptrain.topology import dump_topology, generate, load_topology, relocate
 
 from .netns import Host, NetnsUnavailable, TwoHosts
-from .processes import LoggedProcess
+from .processes import ROOT, LoggedProcess
 
 # Each test starts four peer processes that import torch: seconds on an idle
 # machine, but a minute or more when other test suites load the machine.
@@ -256,3 +262,55 @@ def test_the_swarm_trains_through_a_cut_link_and_agrees_again_once_it_is_back(ho
           f"{ {peer_id: len(rounds) for peer_id, rounds in cut_off.items()} }; consensus distance during the cut "
           f"up to {peak:.3e} (fault-free {baseline_peak:.3e} in the same rounds); final {consensus:.3e} "
           f"(fault-free {baseline:.3e}, ratio {consensus / baseline:.2f}); accuracy {accuracies}")
+
+
+def test_a_ring_generated_for_two_hosts_trains_across_them_with_keys_and_launcher_ranks(hosts, tmp_path):
+    """Two hosts with two peers each, from `generate ring --hosts A,B --per-host 2`, secured with CurveZMQ,
+    each peer finding its place from a different launcher's rank variables: the models equal the simulation's."""
+    rounds, topology_path, keys = 100, tmp_path / "ring4-hosts.toml", tmp_path / "keys"
+    generate_command = [sys.executable, "-m", "p2ptrain.topology", "generate", "ring", "--hosts",
+                        f"{hosts.a.address},{hosts.b.address}", "--per-host", "2", "--base-port", "21100",
+                        "-o", str(topology_path)]
+    keys_command = [sys.executable, "-m", "p2ptrain.keys", "generate", "--topology", str(topology_path),
+                    "--dir", str(keys)]
+    for command in (generate_command, keys_command):
+        made = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
+        assert made.returncode == 0, made.stderr
+    topology = load_topology(topology_path)
+    assert [spec.endpoint for spec in topology.peers] == [
+        f"tcp://{hosts.a.address}:21100", f"tcp://{hosts.a.address}:21101",
+        f"tcp://{hosts.b.address}:21100", f"tcp://{hosts.b.address}:21101"]
+    ranks = [{"RANK": "0", "WORLD_SIZE": "4"}, {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "4"},
+             {"SLURM_PROCID": "2", "SLURM_NTASKS": "4"}, {"JOB_COMPLETION_INDEX": "3"}]
+    options = ["--topology", str(topology_path), "--keys", str(keys), "--rounds", str(rounds), "--seed", "5",
+               "--recv-timeout", "60", "--startup-timeout", "120", "--eval-every", "50", "--log-every", "50"]
+    before = link_bytes(hosts)
+    peers = {}
+    try:
+        for rank, (peer_id, host) in enumerate(placement(hosts).items()):
+            peers[peer_id] = LoggedProcess(host.command([sys.executable, "-m", "p2ptrain.peer", *options, "--out",
+                                                         str(tmp_path / peer_id)]), env=ranks[rank])
+        codes = finish_all(peers, timeout=STARTUP_SECONDS)
+    finally:
+        for process in peers.values():
+            process.kill()
+    assert codes == dict.fromkeys(peers, 0), {peer_id: process.log()[-2000:] for peer_id, process in peers.items()}
+    after = link_bytes(hosts)
+    run = SwarmRun(tmp_path, list(peers), {side: after[side] - before[side] for side in before})
+    for peer_id in run.peers:
+        assert all(not r["missing"] for r in run.metrics(peer_id)), peer_id
+        assert json.loads((tmp_path / peer_id / "config.json").read_text())["curve_public_key"]  # secured
+    message_bytes = run.metrics("p1")[0]["bytes_sent"] // 2
+    assert min(run.link_bytes.values()) >= 2 * rounds * message_bytes  # two neighbours across the link each way
+
+    # Every message on time: the swarm across two hosts computed exactly the lockstep simulation.
+    config = PeerConfig.from_dict(json.loads((tmp_path / "p0" / "config.json").read_text())["config"])
+    for peer_id, state in simulate(config, topology).items():
+        model = load_model(tmp_path / peer_id)
+        for name, tensor in state.items():
+            torch.testing.assert_close(model[name], tensor, rtol=0, atol=1e-6)
+    accuracies, consensus = run.accuracies(), run.final_consensus()
+    assert min(accuracies.values()) >= 0.9, accuracies
+    assert consensus <= 1e-2
+    print(f"\ntwo hosts x two peers, generated with --hosts, CurveZMQ: accuracy {accuracies}; consensus distance "
+          f"{consensus:.3e}; bytes over the link a->b {run.link_bytes['a']}, b->a {run.link_bytes['b']}")

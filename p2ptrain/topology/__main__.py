@@ -1,6 +1,7 @@
 """python -m p2ptrain.topology: write topology files, describe them, draw them.
 
     python -m p2ptrain.topology generate ring --peers 8 -o topologies/ring8.toml
+    python -m p2ptrain.topology generate ring --hosts node1,node2 --per-host 4 -o ring8-cluster.toml
     python -m p2ptrain.topology info topologies/ring8.toml
     python -m p2ptrain.topology draw topologies/torus16.toml -o torus16.png
 """
@@ -13,7 +14,8 @@ import sys
 from pathlib import Path
 
 
-from . import GENERATORS, TopologyError, dump_topology, generate, load_topology
+from . import GENERATORS, Topology, TopologyError, dump_topology, generate, load_topology
+from .placement import from_template, on_hosts, read_hosts_file, split_hosts
 from .generators import RANDOM_KINDS
 
 # Disagreement must shrink by this factor for `info`'s predicted rounds.
@@ -114,15 +116,48 @@ def draw(topology, path: Path) -> None:
     plt.close(fig)
 
 
+def generate_placed(args) -> Topology:
+    """`generate`'s topology: on one host, on --hosts / --hosts-file with --per-host each, or at
+    --endpoint-template."""
+    hosts = split_hosts(args.hosts) if args.hosts else read_hosts_file(args.hosts_file) if args.hosts_file else None
+    peers = args.peers
+    if peers is None:
+        if hosts is None:
+            raise TopologyError("how many peers? pass --peers N, or --hosts / --hosts-file with --per-host K")
+        peers = len(hosts) * args.per_host
+    if args.per_host != 1 and hosts is None:
+        raise TopologyError("--per-host goes with --hosts or --hosts-file")
+    topology = generate(args.kind, peers, host=args.host, base_port=args.base_port, name=args.name,
+                        mixing=args.mixing, seed=args.seed, probability=args.probability, radius=args.radius)
+    if hosts is not None:
+        return on_hosts(topology, hosts, args.per_host, args.base_port)
+    if args.endpoint_template:
+        return from_template(topology, args.endpoint_template)
+    return topology
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m p2ptrain.topology", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="write a topology file of a standard graph")
     gen.add_argument("kind", choices=list(GENERATORS))
-    gen.add_argument("--peers", type=int, required=True, help="number of peers")
-    gen.add_argument("--host", default="127.0.0.1", help="host every endpoint listens on (default: %(default)s)")
-    gen.add_argument("--base-port", type=int, default=25000, help="peer i listens on base-port + i (default: %(default)s)")
+    gen.add_argument("--peers", type=int,
+                     help="number of peers (with --hosts or --hosts-file: hosts x --per-host, if left out)")
+    where = gen.add_mutually_exclusive_group()
+    where.add_argument("--host", default="127.0.0.1", help="host every endpoint listens on (default: %(default)s)")
+    where.add_argument("--hosts", metavar="H1,H2,...",
+                       help="several hosts: --per-host peers on each, numbered host by host (the launchers' rank "
+                            "order), ports from --base-port on every host")
+    where.add_argument("--hosts-file", metavar="FILE",
+                       help="--hosts from a file, one host per line (scontrol show hostnames > FILE)")
+    where.add_argument("--endpoint-template", metavar="TEMPLATE",
+                       help="peer i at TEMPLATE with {index} = i, e.g. 'tcp://p2p-{index}.p2p.svc:25000' (a "
+                            "Kubernetes StatefulSet); needs --peers")
+    gen.add_argument("--per-host", type=int, default=1, metavar="K", help="peers on each host (default: %(default)s)")
+    gen.add_argument("--base-port", type=int, default=25000,
+                     help="peer i listens on base-port + i; with --hosts, the k-th peer of a host on base-port + k "
+                          "(default: %(default)s)")
     gen.add_argument("--mixing", choices=["metropolis", "uniform", "lazy"], help="weights (default: the kind's usual)")
     gen.add_argument("--seed", type=int, default=0, help=f"seed of the random kinds ({', '.join(RANDOM_KINDS)})")
     gen.add_argument("--probability", type=float, help="erdos-renyi: edge probability (default: 2 ln(n) / n)")
@@ -137,9 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
-            topology = generate(args.kind, args.peers, host=args.host, base_port=args.base_port, name=args.name,
-                                mixing=args.mixing, seed=args.seed, probability=args.probability, radius=args.radius)
-            text = dump_topology(topology, f"{topology.name}: {args.kind} graph of {args.peers} peers.")
+            topology = generate_placed(args)
+            text = dump_topology(topology, f"{topology.name}: {args.kind} graph of {topology.size} peers.")
             if args.output:
                 Path(args.output).write_text(text, encoding="utf-8")
                 endpoints = [spec.endpoint for spec in topology.peers]

@@ -109,6 +109,14 @@ class Topology:
                 f"peer {peer_id!r} is not in topology {self.name!r}; its peers are {', '.join(self.ids)}"
             ) from None
 
+    @classmethod
+    def from_networkx(cls, graph, endpoints, *, name: str = "networkx", mixing: str = "metropolis") -> "Topology":
+        """A topology of a networkx graph: one peer per node (id ``str(node)``), ``endpoints`` one per node
+        (a list in node order, or a dict by node); see topology/from_networkx.py."""
+        from .from_networkx import from_networkx
+
+        return from_networkx(graph, endpoints, name=name, mixing=mixing)
+
     def peer(self, peer_id: str) -> PeerSpec:
         return self.peers[self.index(peer_id)]
 
@@ -173,12 +181,15 @@ class Topology:
         return {self.ids[j]: float(w[j, i]) for j in np.flatnonzero(w[:, i])} | {peer_id: float(w[i, i])}
 
 
-def relocate(topology: Topology, endpoints: list[str]) -> Topology:
-    """The same graph and weights with peer i listening on ``endpoints[i]`` (bind = endpoint)."""
-    if len(endpoints) != topology.size:
-        raise TopologyError(f"{len(endpoints)} endpoints for {topology.size} peers")
-    peers = tuple(PeerSpec(spec.id, endpoint, endpoint, spec.public_key)
-                  for spec, endpoint in zip(topology.peers, endpoints))
+def relocate(topology: Topology, endpoints: list[str], binds: list[str] | None = None) -> Topology:
+    """The same graph and weights with peer i reached at ``endpoints[i]`` and listening on ``binds[i]``
+    (by default its endpoint); the addresses are checked as a file's would be."""
+    binds = endpoints if binds is None else binds
+    if not len(endpoints) == len(binds) == topology.size:
+        raise TopologyError(f"{len(endpoints)} endpoints and {len(binds)} binds for {topology.size} peers")
+    peers = tuple(PeerSpec(spec.id, endpoint, bind, spec.public_key)
+                  for spec, endpoint, bind in zip(topology.peers, endpoints, binds))
+    _check_peers(list(peers), TopologyError)
     return Topology(topology.name, peers, topology.directed, topology.mixing, topology.rounds)
 
 
