@@ -16,11 +16,16 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, PeerConfig, build_parser, given_options, resolve_peer_id
+from .lifeline import LauncherGone, tie_to_launcher
 
 
 def main(argv: list[str] | None = None) -> int:
     everything, explicit = given_options(build_parser, argv)
     configure_logging(everything["log_level"])
+    try:
+        tie_to_launcher()  # a peer the launcher started ends with it; one started by hand is untouched
+    except LauncherGone as error:
+        return _refuse(error)
     try:
         config_file = explicit.pop("config", "")
         base = PeerConfig.from_file(config_file) if config_file else None

@@ -9,7 +9,6 @@ to a peer.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from typing import BinaryIO
 from .config import PeerConfig
 from .faults import FaultPlan
 from .inprocess import run_in_process
+from .lifeline import LAUNCHER_PID
 from .peer import configure_logging
 from .progress import Progress
 from .rundir import PeerDir, RunDir
@@ -76,18 +76,10 @@ def start_peers(run_dir: RunDir, config_file: Path, peer_ids: tuple[str, ...],
 def _spawn(command: tuple[str, ...], log_file: BinaryIO) -> subprocess.Popen:
     return subprocess.Popen(
         command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        # The peer ties itself to this process (lifeline.py): however the launcher ends, its peers end too.
+        env=os.environ | {"PYTHONUNBUFFERED": "1", LAUNCHER_PID: str(os.getpid())},
         start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the peers in order
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
-
-
-def _die_with_parent() -> None:
-    # Linux: the peer gets SIGTERM if the launcher dies, even by SIGKILL, so no peer outlives it.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faults: FaultPlan,
