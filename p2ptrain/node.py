@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import platform
 import signal
 import time
@@ -162,13 +163,20 @@ class Node:
         }
 
     def _restore(self) -> int:
-        """Load the checkpoint if there is one; returns the round to continue from."""
-        path = self.files.checkpoint
-        if not path.exists():
+        """Load the checkpoint if there is one (of --resume-round, or the newest); returns the round to
+        continue from."""
+        checkpoints = {state["round"]: (path, state) for path in (self.files.checkpoint, self.files.previous_checkpoint)
+                       if path.exists() for state in [torch.load(path, map_location="cpu", weights_only=True)]}
+        wanted = self.config.resume_round
+        if wanted >= 0 and wanted not in checkpoints:
+            raise ConfigError(f"--resume-round {wanted}: {self.files.path} holds no checkpoint of that round (it has "
+                              f"{', '.join(map(str, sorted(checkpoints))) or 'none'}); resume without --resume-round "
+                              "to continue from the newest")
+        if not checkpoints:
             self.log.info("--resume: no checkpoint in %s; starting from round 0", self.files.path)
             rewrite_json_lines(self.files.metrics, lambda record: False)
             return 0
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        path, state = checkpoints[wanted if wanted >= 0 else max(checkpoints)]
         if state["fingerprint"] != self.fingerprint or state["run_id"] != self.config.run_id:
             raise ConfigError(f"{path} belongs to another run (run id {state['run_id']}, model fingerprint "
                               f"{state['fingerprint']}); resume with that run's options, or use another --out")
@@ -215,7 +223,7 @@ class Node:
             "suspected": sorted(self.membership.suspected),
             "last": self.last,
             "evaluation": self.evaluation,
-        }, self.files.checkpoint, self._pause_before_rename if self.config.checkpoint_write_delay else None)
+        }, self.files.checkpoint, self._keep_previous_checkpoint)
         for leftover in remove_partial_writes(self.files.checkpoint):  # of a write whose clean-up failed
             self.log.warning("removed %s, left by a checkpoint write that failed", leftover.name)
 
@@ -230,6 +238,14 @@ class Node:
             self.log.error("could not write the checkpoint of round %d to %s (%s); training on, the next "
                            "checkpoint round tries again (%d failed so far)", rounds_done, self.files.checkpoint,
                            error.strerror or error, self.stats.checkpoint_failures)
+
+    def _keep_previous_checkpoint(self) -> None:
+        """Run between writing a checkpoint and putting it in place: the one it replaces becomes the previous
+        one. A crash between the two renames leaves the previous one (and the complete new temporary file)."""
+        if self.config.checkpoint_write_delay:
+            self._pause_before_rename()
+        if self.files.checkpoint.exists():
+            os.replace(self.files.checkpoint, self.files.previous_checkpoint)
 
     def _pause_before_rename(self) -> None:
         self.log.warning("checkpoint written to a temporary file; pausing %.1fs before putting it in place "

@@ -58,16 +58,21 @@ class PeerProcess:
 
 
 def start_peers(run_dir: RunDir, config_file: Path, peer_ids: tuple[str, ...],
-                held_back: set[str] = frozenset()) -> list[PeerProcess]:
-    """Start a process per peer, except the ``held_back`` ones (they join later, see PeerProcess.join)."""
+                held_back: set[str] = frozenset(), arguments: dict[str, tuple[str, ...]] | None = None,
+                done: set[str] = frozenset()) -> list[PeerProcess]:
+    """Start a process per peer, except the ``held_back`` ones (they join later, see PeerProcess.join).
+    Resuming a launch: ``arguments`` adds to each peer's command line, peers ``done`` in an earlier launch
+    are not started (their exit code is taken as 0), and the logs go on where they stopped."""
     peers = []
     for peer_id in peer_ids:
         files = run_dir.peer(peer_id)
         files.path.mkdir(parents=True, exist_ok=True)
         command = (sys.executable, "-m", "p2ptrain.peer", "--config", str(config_file), "--peer", peer_id,
-                   "--out", str(files.path))
-        peer = PeerProcess(peer_id, files, command, open(files.log, "wb"))
-        if peer_id not in held_back:
+                   "--out", str(files.path), *(arguments or {}).get(peer_id, ()))
+        peer = PeerProcess(peer_id, files, command, open(files.log, "ab" if arguments is not None else "wb"))
+        if peer_id in done:
+            peer.exit_code = 0
+        elif peer_id not in held_back:
             peer.start()
         peers.append(peer)
     return peers
@@ -98,7 +103,8 @@ def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faul
     try:
         while interrupted is None:
             for p in peers:
-                p.exit_code = p.process.poll() if p.process else None
+                if p.process is not None:
+                    p.exit_code = p.process.poll()
             _show(progress, peers)
             carry_out(faults, peers, progress, recv_timeout)
             started = [p for p in peers if p.process is not None]
@@ -120,7 +126,8 @@ def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faul
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for p in peers:
-            p.exit_code = p.process.returncode if p.process else None
+            if p.process is not None:
+                p.exit_code = p.process.returncode
             p.log_file.close()
         _show(progress, peers)
     return interrupted
@@ -142,7 +149,7 @@ def carry_out(faults: FaultPlan, peers: list[PeerProcess], progress: Progress, r
 
 
 def _show(progress: Progress, peers: list[PeerProcess]) -> None:
-    progress.show({p.id: p.exit_code for p in peers}, {p.id for p in peers if p.process is None})
+    progress.show({p.id: p.exit_code for p in peers}, {p.id for p in peers if p.process is None and p.exit_code is None})
 
 
 def stop_peers(peers: list[PeerProcess], grace: float = STOP_GRACE_SECONDS) -> None:
