@@ -103,3 +103,23 @@ def test_a_resumed_trace_keeps_one_row_per_traced_round(solo_topology, tmp_path)
     assert rounds == first_rounds == [3, 7, 11, 15, 19]
     assert (out / "trace.f32").stat().st_size == rows.nbytes
     assert (rows == first_rows).all()
+
+
+def test_a_peer_keeps_its_previous_checkpoint_and_resumes_from_it_when_asked(solo_topology, tmp_path, capsys):
+    # What the launcher's --resume does when the peers' newest checkpoints differ: it names a round all kept.
+    out = tmp_path / "run"
+    common = ["--topology", str(solo_topology), "--peer", "p0", "--rounds", "30", "--checkpoint-every", "10",
+              "--out", str(out), "--insecure"]
+    assert peer.main(common) == 0
+    uninterrupted = torch.load(out / "model.pt", weights_only=True)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 20
+    assert torch.load(out / "checkpoint.previous.pt", weights_only=True)["round"] == 10
+
+    assert peer.main(common + ["--resume", "--resume-round", "15"]) == 2
+    assert "--resume-round 15: " in (err := capsys.readouterr().err) and "it has 10, 20" in err
+    assert peer.main(common + ["--resume", "--resume-round", "10"]) == 0
+    assert "resumed from the checkpoint of round 10" in capsys.readouterr().err
+    resumed = torch.load(out / "model.pt", weights_only=True)
+    for name in uninterrupted:
+        assert torch.equal(uninterrupted[name], resumed[name]), name
+    assert [r["round"] for r in read_json_lines(out / "metrics.jsonl")] == list(range(30))
