@@ -158,9 +158,10 @@ LAUNCH_FIELDS = tuple(f.name for f in dataclasses.fields(LaunchOptions))
 RESUME_OPTIONS = {"resume", "timeout"}
 
 
-def parse(argv: list[str] | None) -> tuple[PeerConfig, Topology, LaunchOptions]:
+def parse(argv: list[str] | None) -> tuple[PeerConfig | None, Topology | None, LaunchOptions]:
     """The launcher's command line: the peers' configuration (with the task's defaults where the
-    command line sets nothing), the topology and the launcher's own options."""
+    command line sets nothing), the topology and the launcher's own options; with --resume DIR, the
+    options only (the rest is read from DIR)."""
     everything, explicit = given_options(build_parser, argv)
     if everything["resume"]:
         others = sorted(set(explicit) - RESUME_OPTIONS)
@@ -169,6 +170,7 @@ def parse(argv: list[str] | None) -> tuple[PeerConfig, Topology, LaunchOptions]:
             raise LaunchError(f"--resume {everything['resume']} takes the run's options and topology from that "
                               f"directory; drop {flags} (only --timeout may be given)")
         everything |= {"out": everything["resume"], "resume": True}
+        return None, None, LaunchOptions(**{name: everything[name] for name in LAUNCH_FIELDS})
     options = LaunchOptions(**{name: everything[name] for name in LAUNCH_FIELDS})
     training = {name: value for name, value in explicit.items() if name in PEER_FIELDS}
     config = resolve_config(training)

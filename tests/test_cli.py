@@ -280,3 +280,18 @@ def test_launcher_refuses_an_out_it_cannot_write_in_one_line(where, topology_fil
     assert code == 2
     assert err.startswith("launch_swarm: error: cannot write the run directory") and err.count("\n") == 1, err
     assert "Traceback" not in err
+
+
+def test_launcher_resume_of_a_directory_without_a_launch_says_what_to_pass(tmp_path, capsys):
+    assert swarm.main(["--resume", str(tmp_path / "nothing")]) == 2
+    assert f"--resume {tmp_path / 'nothing'}: no launched run there" in capsys.readouterr().err
+    # From Python: the run's own configuration and topology are used, never ones passed alongside.
+    assert swarm.resume(tmp_path / "nothing") == 2
+    config, topology, _ = swarm.parse(["--rounds", "7"])
+    assert swarm.launch(config, topology, swarm.LaunchOptions(out=str(tmp_path), resume=True)) == 2
+    assert "pass None for both" in capsys.readouterr().err
+
+
+def test_launcher_resume_takes_no_training_options(capsys):
+    assert swarm.main(["--resume", "runs/x", "--rounds", "9", "--lr", "0.5"]) == 2
+    assert "drop --lr, --rounds (only --timeout may be given)" in capsys.readouterr().err
