@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -17,42 +14,9 @@ from p2ptrain.lifeline import LAUNCHER_PID
 from p2ptrain.topology import PeerSpec, build_topology, dump_topology, load_topology
 
 from .conftest import free_port_block
-from .processes import ROOT, LoggedProcess
+from .processes import ROOT, LoggedProcess, alive, poll, port_free, process_state
 
 pytestmark = pytest.mark.swarm
-
-
-def process_state(pid: int) -> str | None:
-    """The kernel's state letter of ``pid`` (R, S, T for stopped, Z for a zombie...), or None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def alive(pid: int) -> bool:
-    # A zombie has released its memory and sockets; only its exit status waits for a parent to read it.
-    return process_state(pid) not in (None, "Z", "X")
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def poll(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads process states from /proc")

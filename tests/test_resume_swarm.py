@@ -17,8 +17,7 @@ from p2ptrain.simulate import simulate
 from p2ptrain.storage import read_json_lines
 from p2ptrain.topology import load_topology
 
-from .processes import LoggedProcess, run_launcher
-from .test_orphans import alive, poll
+from .processes import LoggedProcess, alive, poll, run_launcher
 
 pytestmark = pytest.mark.swarm
 
