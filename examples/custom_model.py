@@ -52,6 +52,9 @@ class DigitsCNN(p2ptrain.Task):
 task = DigitsCNN()
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: examples/custom_model.py TOPOLOGY KEYS_DIR|--insecure (keys: python3 -m p2ptrain.keys "
+                 "generate --topology TOPOLOGY --dir KEYS_DIR)")
     torch.manual_seed(0)  # the same initial model on every peer
     model = task.build_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
