@@ -1,7 +1,9 @@
 """Your own model in a swarm: a small CNN with BatchNorm on scikit-learn's 8x8 digits, trained with Adam.
 
 As a task:  python3 scripts/launch_swarm.py topologies/ring4.toml --task examples/custom_model.py:task
-As your own loop, a process per peer:  torchrun --nproc_per_node 4 examples/custom_model.py topologies/ring4.toml
+As your own loop, a process per peer, with the keys of python3 -m p2ptrain.keys generate --topology
+topologies/ring4.toml --dir keys/ring4 (or --insecure instead of the keys directory, on a network you trust):
+    torchrun --nproc_per_node 4 examples/custom_model.py topologies/ring4.toml keys/ring4
 """
 import sys
 
@@ -50,10 +52,14 @@ class DigitsCNN(p2ptrain.Task):
 task = DigitsCNN()
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: examples/custom_model.py TOPOLOGY KEYS_DIR|--insecure (keys: python3 -m p2ptrain.keys "
+                 "generate --topology TOPOLOGY --dir KEYS_DIR)")
     torch.manual_seed(0)  # the same initial model on every peer
     model = task.build_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
-    with p2ptrain.Peer(sys.argv[1], model, optimizer, local_steps=1, log_level="INFO") as peer:
+    security = {"insecure": True} if sys.argv[2] == "--insecure" else {"keys": sys.argv[2]}
+    with p2ptrain.Peer(sys.argv[1], model, optimizer, local_steps=1, log_level="INFO", **security) as peer:
         loader = task.shard(peer.index, peer.count, seed=0)
         for epoch in range(13):  # 12 batches an epoch: 156 exchanges, about the task's 150 rounds
             for batch in loader:

@@ -146,7 +146,8 @@ class Peer:
         self.node.rounds_completed = self.round
 
     def close(self, status: str = "completed") -> None:
-        """Write the final model and result to the run directory and leave the swarm."""
+        """Write the final model and result to the run directory and leave the swarm. If they cannot be written
+        (a full or unwritable disk) the OSError naming the file is raised, once the sockets are released."""
         if self.closed:
             return
         for hook in self._hooks:
@@ -156,6 +157,8 @@ class Peer:
             self.node.log.info("left the swarm after %d rounds (%s)", self.round, status)
         finally:
             self._release()
+        if self.node.write_error is not None:
+            raise self.node.write_error
 
     def _release(self) -> None:
         self.closed = True

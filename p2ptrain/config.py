@@ -80,6 +80,7 @@ class PeerConfig:
     checkpoint_write_delay: float = 0.0
     min_compute_seconds: float = 0.0
     resume: bool = False
+    resume_round: int = -1  # with resume: the checkpoint of this round (the newest or the one before); -1: newest
     join: bool = False
     keys: str = ""  # directory of CurveZMQ keys; empty: no security (NULL), which needs insecure
     insecure: bool = False  # run without keys on purpose: plain, unauthenticated connections
@@ -134,6 +135,8 @@ class PeerConfig:
              "would not match its neighbours'; start such peers together, or restart one with --resume")
         need(not (self.insecure and self.keys), "--insecure and --keys contradict each other: --keys secures "
              "the connections, --insecure runs without; pick one")
+        need(self.resume_round >= -1 and (self.resume or self.resume_round == -1),
+             f"--resume-round {self.resume_round}: give a checkpoint's round (0 or more) together with --resume")
         need(not (self.join and self.resume), "--join and --resume exclude each other: --resume continues from "
              "this peer's own checkpoint, --join takes a neighbour's state; pick one")
         need(self.aggregator == "mean" or self.algo == "gossip",
@@ -465,6 +468,10 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     add("--resume", action="store_true",
         help="continue from OUT/checkpoint.pt (written with --checkpoint-every); without one, "
                              "start from round 0")
+    add("--resume-round", type=int, default=-1, metavar="N",
+        help="with --resume: continue from the checkpoint of round N, the newest or the one before it (a peer "
+             "keeps both), so that every peer of a swarm restarts from the same round; the launcher's --resume "
+             "picks it (default: the newest)")
     add("--keys", default="", metavar="DIR",
         help="CurveZMQ: encrypt and authenticate every connection with the keys in DIR (this "
                              "peer's ID.secret, every peer's ID.public unless the topology pins them); made by "

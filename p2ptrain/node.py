@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import platform
 import signal
 import time
@@ -34,6 +35,7 @@ from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, resolve_peer_id
 from .gather import Gathered, gatherer_for
 from .keys import KeyFileError, load_security
 from .membership import Membership
+from .peer import check_keys_or_insecure
 from .replica import Replica, build_replica
 from .results import flat_parameters, relative_error
 from .rundir import MetricsLine, PeerDir
@@ -49,6 +51,9 @@ from .transport import Received, Transport, TransportError, ZmqTransport
 STATE_REQUEST_INTERVAL = 0.5
 # What a peer refuses to start with: the command line reports these in one line, with exit code 2.
 USER_ERRORS = (ConfigError, TopologyError, TransportError, KeyFileError)
+# The exit code of a peer that ran its rounds but could not write its final model or result (a full or
+# unwritable disk): the last checkpoint stays usable with --resume.
+EXIT_WRITE_FAILED = 4
 
 
 class Impersonation(wire.WireError):
@@ -103,6 +108,7 @@ class Node:
         self._state_answer: wire.Message | None = None
         self.round_now = self.start_round = self.rounds_completed = 0
         self.last: dict = {}  # the last round's metrics record
+        self.write_error: OSError | None = None  # a final output that could not be written
         self.evaluation: dict[str, float] = {}  # the task's latest held-out figures
         self.metrics: JsonLines | None = None
         self._trace = None
@@ -115,6 +121,9 @@ class Node:
         restore the checkpoint with --resume, record the configuration, open the metrics."""
         try:
             _prepare_output(self.files, self.config.overwrite, self.config.resume)
+            for output in self.files.outputs():
+                for leftover in remove_partial_writes(output):
+                    self.log.warning("removed %s, left by a write that was interrupted", leftover.name)
             self.start_round = self._restore() if self.config.resume else 0
             atomic_write_json(self.files.config, self._description())
             self.metrics = JsonLines(self.files.metrics)
@@ -151,15 +160,20 @@ class Node:
         }
 
     def _restore(self) -> int:
-        """Load the checkpoint if there is one; returns the round to continue from."""
-        path = self.files.checkpoint
-        for leftover in remove_partial_writes(path):
-            self.log.warning("removed %s, a checkpoint whose writing was interrupted", leftover.name)
-        if not path.exists():
+        """Load the checkpoint if there is one (of --resume-round, or the newest); returns the round to
+        continue from."""
+        checkpoints = {state["round"]: (path, state) for path in (self.files.checkpoint, self.files.previous_checkpoint)
+                       if path.exists() for state in [torch.load(path, map_location="cpu", weights_only=True)]}
+        wanted = self.config.resume_round
+        if wanted >= 0 and wanted not in checkpoints:
+            raise ConfigError(f"--resume-round {wanted}: {self.files.path} holds no checkpoint of that round (it has "
+                              f"{', '.join(map(str, sorted(checkpoints))) or 'none'}); resume without --resume-round "
+                              "to continue from the newest")
+        if not checkpoints:
             self.log.info("--resume: no checkpoint in %s; starting from round 0", self.files.path)
             rewrite_json_lines(self.files.metrics, lambda record: False)
             return 0
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        path, state = checkpoints[wanted if wanted >= 0 else max(checkpoints)]
         if state["fingerprint"] != self.fingerprint or state["run_id"] != self.config.run_id:
             raise ConfigError(f"{path} belongs to another run (run id {state['run_id']}, model fingerprint "
                               f"{state['fingerprint']}); resume with that run's options, or use another --out")
@@ -206,7 +220,29 @@ class Node:
             "suspected": sorted(self.membership.suspected),
             "last": self.last,
             "evaluation": self.evaluation,
-        }, self.files.checkpoint, self._pause_before_rename if self.config.checkpoint_write_delay else None)
+        }, self.files.checkpoint, self._keep_previous_checkpoint)
+        for leftover in remove_partial_writes(self.files.checkpoint):  # of a write whose clean-up failed
+            self.log.warning("removed %s, left by a checkpoint write that failed", leftover.name)
+
+    def _try_checkpoint(self, rounds_done: int) -> None:
+        """A checkpoint, or a logged and counted failure: a full or unwritable disk must not stop a peer whose
+        model is intact and whose neighbours need it. The next checkpoint round tries again; meanwhile the
+        previous checkpoint stays in place (a failed write removes its temporary file)."""
+        try:
+            self.checkpoint(rounds_done)
+        except OSError as error:  # its temporary file is removed already (storage.atomic_write_bytes)
+            self.stats.checkpoint_failures += 1
+            self.log.error("could not write the checkpoint of round %d to %s (%s); training on, the next "
+                           "checkpoint round tries again (%d failed so far)", rounds_done, self.files.checkpoint,
+                           error.strerror or error, self.stats.checkpoint_failures)
+
+    def _keep_previous_checkpoint(self) -> None:
+        """Run between writing a checkpoint and putting it in place: the one it replaces becomes the previous
+        one. A crash between the two renames leaves the previous one (and the complete new temporary file)."""
+        if self.config.checkpoint_write_delay:
+            self._pause_before_rename()
+        if self.files.checkpoint.exists():
+            os.replace(self.files.checkpoint, self.files.previous_checkpoint)
 
     def _pause_before_rename(self) -> None:
         self.log.warning("checkpoint written to a temporary file; pausing %.1fs before putting it in place "
@@ -304,7 +340,7 @@ class Node:
         self.metrics.write(record)
         self.last = record
         if config.checkpoint_every and (round_ + 1) % config.checkpoint_every == 0 and not last_round:
-            self.checkpoint(round_ + 1)
+            self._try_checkpoint(round_ + 1)
         if (round_ + 1) % config.log_every == 0 or last_round:
             self.log.info("round %d%s loss %s %s heard %d/%d waited %.3fs", round_ + 1,
                           "" if config.rounds == UNBOUNDED_ROUNDS else f"/{config.rounds}",
@@ -420,12 +456,27 @@ class Node:
         return bool(self.in_neighbours) and not self.stats.accepted_from
 
     def finish(self, status: str) -> None:
-        """Write the final model and result, then release the sockets. Safe to call once per peer."""
+        """Write the final model and result, then release the sockets. Safe to call once per peer. A write
+        that fails is logged in one line naming the file and kept in ``write_error`` (the command line
+        exits with EXIT_WRITE_FAILED); the sockets are released all the same."""
         if status == "completed" and self.isolated:
             self.log.warning("heard from no neighbour in the whole run: it trained alone. Are %s running, with "
                              "run id %s, and can they reach %s?", ",".join(self.in_neighbours), self.config.run_id,
                              self.topology.peer(self.id).endpoint)
             status = "isolated"
+        try:
+            self._write_outputs(status)
+        except OSError as error:
+            self.write_error = error
+            self.log.error("could not write %s: %s; %s", error.filename or self.files.path,
+                           error.strerror or error, self._usable_checkpoint())
+        if self.metrics is not None:
+            self.metrics.close()
+        if self._trace is not None:
+            self._trace.close()
+        self.transport.close(abandon=self.membership.suspected)
+
+    def _write_outputs(self, status: str) -> None:
         atomic_torch_save(self.model.state_dict(), self.files.model)
         sample = self.replica.sample()
         if sample is not None:
@@ -433,11 +484,11 @@ class Node:
         if self.algorithm.state_dict():
             atomic_torch_save(self.algorithm.state_dict(), self.files.algorithm)
         atomic_write_json(self.files.result, self._result(status))
-        if self.metrics is not None:
-            self.metrics.close()
-        if self._trace is not None:
-            self._trace.close()
-        self.transport.close(abandon=self.membership.suspected)
+
+    def _usable_checkpoint(self) -> str:
+        if not self.config.checkpoint_every:
+            return "no checkpoint was asked for (--checkpoint-every)"
+        return f"the last checkpoint written stays usable: rerun with --resume once {self.files.path} can be written"
 
     def _result(self, status: str) -> dict:
         return {
@@ -514,6 +565,7 @@ def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topolo
     leaves a run as it was."""
     topology = topology or load_topology(config.topology)
     config = config.for_peer(topology.name, resolve_peer_id(config.peer, topology.ids))
+    security = _security(config, topology, config.peer)  # refused before the data and model are built
     torch.set_num_threads(config.threads)
     replica = replica or build_replica(config, topology, config.peer)
     largest = max(spec.nbytes for tensors in (*replica.algorithm.message_layouts(), replica.algorithm.state_tensors())
@@ -526,7 +578,7 @@ def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topolo
         # ZeroMQ drops (and disconnects) any frame over twice the largest one a peer sends,
         # before it is read into memory; the decoder checks exact sizes below that.
         max_message_bytes=2 * max(wire.MAX_HEADER_BYTES, largest),
-        security=_security(config, topology, config.peer),
+        security=security,
     )
     try:
         node = Node(config, topology, replica, transport)
@@ -544,6 +596,7 @@ def _security(config: PeerConfig, topology: Topology, peer_id: str):
     if any(spec.public_key for spec in topology.peers):
         raise ConfigError(f"{topology.name} pins the peers' public keys, so its swarm is secured: "
                           "pass --keys DIR with this peer's secret key")
+    check_keys_or_insecure(config, topology, peer_id)
     logging.LoggerAdapter(logging.getLogger("p2ptrain.peer"), {"peer": peer_id}).warning(
         "no --keys: connections are neither encrypted nor authenticated; anyone who can reach %s can send this "
         "peer messages (docs/security.md)", topology.peer(peer_id).bind)
@@ -594,6 +647,8 @@ async def _run_to_the_end(peer: Node) -> int:
         peer.finish("diverged")
         return 3
     peer.finish("completed")
+    if peer.write_error is not None:
+        return EXIT_WRITE_FAILED
     peer.log.info("finished %d rounds in %.1fs", peer.rounds_completed, peer.clock() - peer.started)
     return 0
 

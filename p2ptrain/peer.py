@@ -17,11 +17,16 @@ from pathlib import Path
 
 from .config import (ConfigError, PeerConfig, after_launcher_restart, build_parser, given_options,
                      read_config_file, resolve_peer_id)
+from .lifeline import LauncherGone, tie_to_launcher
 
 
 def main(argv: list[str] | None = None) -> int:
     everything, explicit = given_options(build_parser, argv)
     configure_logging(everything["log_level"])
+    try:
+        tie_to_launcher()  # a peer the launcher started ends with it; one started by hand is untouched
+    except LauncherGone as error:
+        return _refuse(error)
     try:
         explicit, restarted = given_with_file(explicit)
         topology = check_command_line(explicit)
@@ -59,8 +64,22 @@ def check_command_line(explicit: dict):
     except TopologyError as error:
         raise ConfigError(str(error)) from None
     config.absent_peers(topology.ids)
+    check_keys_or_insecure(config, topology, peer_id)
     check_writable(config.for_peer(topology.name, peer_id).run_directory(peer_id))
     return topology
+
+
+def check_keys_or_insecure(config: PeerConfig, topology, peer_id: str) -> None:
+    """Secure by default: a peer without --keys starts only when told --insecure, since anyone who reaches its
+    port could then send it parameters under any peer's name. inproc:// endpoints never leave the process."""
+    bind = topology.peer(peer_id).bind
+    if config.keys or config.insecure or bind.startswith("inproc://"):
+        return
+    raise ConfigError(
+        f"no --keys: without keys anyone who can reach {bind} could send {peer_id} parameters in any peer's name. "
+        f"Make keys with python -m p2ptrain.keys generate --topology {config.topology or 'TOPOLOGY'} --dir KEYS "
+        "and pass --keys KEYS (in the Python API: keys=KEYS), or pass --insecure (insecure=True) to run "
+        "without, on a network you trust (docs/security.md)")
 
 
 def check_writable(out: Path) -> None:

@@ -30,6 +30,7 @@ class PeerStats:
     too_far_ahead: int = 0  # beyond the round window, or the run's end
     duplicates: int = 0  # a second message of one sender for one round
     older_dropped: int = 0  # asynchronous mode: older than a message already here from the same sender
+    checkpoint_failures: int = 0  # checkpoints that could not be written (a full or unwritable disk)
 
     def reject(self, reason: str, source: str) -> None:
         self.rejected[reason] += 1

@@ -19,8 +19,20 @@ import torch
 
 def atomic_write_bytes(path: str | Path, data: bytes, before_rename: Callable[[], None] | None = None) -> None:
     """Replace ``path`` with ``data`` atomically. ``before_rename`` runs once the temporary file is
-    complete and synced, before it is put in place: fault-injection tests widen that window."""
+    complete and synced, before it is put in place: fault-injection tests widen that window. A failure
+    (a full disk, a directory that cannot be written) raises OSError naming ``path`` and leaves neither a
+    temporary file nor a changed ``path`` behind."""
     path = Path(path)
+    try:
+        _write_and_replace(path, data, before_rename)
+    except OSError as error:
+        if error.filename == str(path):
+            raise
+        # OSError(errno, ...) gives back the same subclass (PermissionError, ...), now naming the file written.
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+
+
+def _write_and_replace(path: Path, data: bytes, before_rename: Callable[[], None] | None) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -31,7 +43,10 @@ def atomic_write_bytes(path: str | Path, data: bytes, before_rename: Callable[[]
             before_rename()
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        try:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError:
+            pass  # the directory itself went away; the next start of the peer removes what is left
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:

@@ -9,7 +9,6 @@ to a peer.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import subprocess
@@ -19,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .config import PeerConfig
+from .config import RESTART_COUNTS, PeerConfig
 from .faults import FaultPlan
 from .inprocess import run_in_process
+from .lifeline import LAUNCHER_PID
 from .peer import configure_logging
 from .progress import Progress
 from .rundir import PeerDir, RunDir
@@ -58,36 +58,36 @@ class PeerProcess:
 
 
 def start_peers(run_dir: RunDir, config_file: Path, peer_ids: tuple[str, ...],
-                held_back: set[str] = frozenset()) -> list[PeerProcess]:
-    """Start a process per peer, except the ``held_back`` ones (they join later, see PeerProcess.join)."""
+                held_back: set[str] = frozenset(), arguments: dict[str, tuple[str, ...]] | None = None,
+                done: set[str] = frozenset()) -> list[PeerProcess]:
+    """Start a process per peer, except the ``held_back`` ones (they join later, see PeerProcess.join).
+    Resuming a launch: ``arguments`` adds to each peer's command line, peers ``done`` in an earlier launch
+    are not started (their exit code is taken as 0), and the logs go on where they stopped."""
     peers = []
     for peer_id in peer_ids:
         files = run_dir.peer(peer_id)
         files.path.mkdir(parents=True, exist_ok=True)
         command = (sys.executable, "-m", "p2ptrain.peer", "--config", str(config_file), "--peer", peer_id,
-                   "--out", str(files.path))
-        peer = PeerProcess(peer_id, files, command, open(files.log, "wb"))
-        if peer_id not in held_back:
+                   "--out", str(files.path), *(arguments or {}).get(peer_id, ()))
+        peer = PeerProcess(peer_id, files, command, open(files.log, "ab" if arguments is not None else "wb"))
+        if peer_id in done:
+            peer.exit_code = 0
+        elif peer_id not in held_back:
             peer.start()
         peers.append(peer)
     return peers
 
 
 def _spawn(command: tuple[str, ...], log_file: BinaryIO) -> subprocess.Popen:
+    # A restart count belongs to the launcher (run inside a requeued Slurm job, say), not to its peers: this
+    # launcher says itself which peers resume.
+    environ = {name: value for name, value in os.environ.items() if name not in RESTART_COUNTS}
     return subprocess.Popen(
         command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        # The peer ties itself to this process (lifeline.py): however the launcher ends, its peers end too.
+        env=environ | {"PYTHONUNBUFFERED": "1", LAUNCHER_PID: str(os.getpid())},
         start_new_session=True,  # Ctrl-C reaches the launcher only; it stops the peers in order
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
-
-
-def _die_with_parent() -> None:
-    # Linux: the peer gets SIGTERM if the launcher dies, even by SIGKILL, so no peer outlives it.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faults: FaultPlan,
@@ -106,7 +106,8 @@ def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faul
     try:
         while interrupted is None:
             for p in peers:
-                p.exit_code = p.process.poll() if p.process else None
+                if p.process is not None:
+                    p.exit_code = p.process.poll()
             _show(progress, peers)
             carry_out(faults, peers, progress, recv_timeout)
             started = [p for p in peers if p.process is not None]
@@ -128,7 +129,8 @@ def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faul
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for p in peers:
-            p.exit_code = p.process.returncode if p.process else None
+            if p.process is not None:
+                p.exit_code = p.process.returncode
             p.log_file.close()
         _show(progress, peers)
     return interrupted
@@ -150,7 +152,7 @@ def carry_out(faults: FaultPlan, peers: list[PeerProcess], progress: Progress, r
 
 
 def _show(progress: Progress, peers: list[PeerProcess]) -> None:
-    progress.show({p.id: p.exit_code for p in peers}, {p.id for p in peers if p.process is None})
+    progress.show({p.id: p.exit_code for p in peers}, {p.id for p in peers if p.process is None and p.exit_code is None})
 
 
 def stop_peers(peers: list[PeerProcess], grace: float = STOP_GRACE_SECONDS) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import json
 import shutil
 import socket
 import sys
@@ -30,6 +31,7 @@ from .keys import generate as generate_keys
 from .inprocess import local_endpoints
 from .progress import Progress
 from .replica import check_run, resolve_config, resolve_task
+from .resume import ResumePlan, plan_resume
 from .task import headline_figure
 from .rundir import RunDir
 from .storage import atomic_torch_save, atomic_write_json
@@ -54,22 +56,34 @@ REFUSALS = (ConfigError, TopologyError, LaunchError, FaultSpecError, KeyFileErro
 def main(argv: list[str] | None = None) -> int:
     try:
         config, topology, options = parse(argv)
-        run = prepare(config, topology, options)
+        run = prepare_resume(options) if options.resume else prepare(config, topology, options)
     except REFUSALS as error:
         return refuse(error)
     ended = run_peers(run)
     return conclude(run, ended)
 
 
-def launch(config: PeerConfig, topology: Topology, options: LaunchOptions) -> int:
+def launch(config: PeerConfig | None, topology: Topology | None, options: LaunchOptions) -> int:
     """``main`` for a configuration built by functions (the experiment runner, the message study): run every
     peer of ``topology`` with ``config`` on this machine, show their progress, write RUN/summary.json;
-    returns the launcher's exit code."""
+    returns the launcher's exit code. With ``options.resume`` it resumes the interrupted run in
+    ``options.out`` instead, with that run's own configuration and topology (pass None for both)."""
     try:
-        run = prepare(config, topology, options)
+        if options.resume:
+            if config is not None or topology is not None:
+                raise LaunchError("resuming takes the configuration and topology from the run directory; "
+                                  "pass None for both")
+            run = prepare_resume(options)
+        else:
+            run = prepare(config, topology, options)
     except REFUSALS as error:
         return refuse(error)
     return conclude(run, run_peers(run))
+
+
+def resume(out: str | Path, timeout: float = 0.0) -> int:
+    """Resume the interrupted launch in ``out`` (``--resume DIR``); returns the launcher's exit code."""
+    return launch(None, None, LaunchOptions(out=str(out), resume=True, timeout=timeout))
 
 
 def refuse(error: Exception) -> int:
@@ -98,6 +112,10 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     add("--timeout", type=float, default=0.0,
         help="stop every peer after this many seconds (default: no limit)")
     add("--overwrite", action="store_true", help="replace an earlier run in --out")
+    add("--resume", default="", metavar="DIR",
+        help="resume the interrupted launch in DIR with its own options and topology (only --timeout may be "
+             "given): every peer continues from its checkpoint, all from the same round when their "
+             "checkpoints allow it, so a synchronous run ends as it would have uninterrupted")
     add("--kill", action="append", default=[], metavar="PEER@ROUND",
         help="fault injection: SIGKILL PEER when it has completed ROUND rounds (repeatable)")
     add("--restart", action="append", default=[], metavar="PEER@+SECONDS",
@@ -137,17 +155,29 @@ class LaunchOptions:
     keys: str = ""
     insecure: bool = False
     centralized: bool = False
+    resume: bool = False  # resume the interrupted launch in ``out`` (the command line: --resume DIR)
 
 
 LAUNCH_FIELDS = tuple(f.name for f in dataclasses.fields(LaunchOptions))
 # Peer options of a --config file that the launcher takes as its own: where the run goes, and its keys.
 FILE_LAUNCH_FIELDS = ("out", "keys", "insecure", "overwrite")
+# What --resume DIR may be given with: everything else comes from DIR.
+RESUME_OPTIONS = {"resume", "timeout"}
 
 
-def parse(argv: list[str] | None) -> tuple[PeerConfig, Topology, LaunchOptions]:
+def parse(argv: list[str] | None) -> tuple[PeerConfig | None, Topology | None, LaunchOptions]:
     """The launcher's command line: the peers' configuration (with the task's defaults where the
-    command line sets nothing), the topology and the launcher's own options."""
+    command line sets nothing), the topology and the launcher's own options; with --resume DIR, the
+    options only (the rest is read from DIR)."""
     everything, explicit = given_options(build_parser, argv)
+    if everything["resume"]:
+        others = sorted(set(explicit) - RESUME_OPTIONS)
+        if others:
+            flags = ", ".join("TOPOLOGY" if name == "topology" else "--" + name.replace("_", "-") for name in others)
+            raise LaunchError(f"--resume {everything['resume']} takes the run's options and topology from that "
+                              f"directory; drop {flags} (only --timeout may be given)")
+        everything |= {"out": everything["resume"], "resume": True}
+        return None, None, LaunchOptions(**{name: everything[name] for name in LAUNCH_FIELDS})
     from_file = read_config_file(everything["config"]) if everything["config"] else {}
     options = LaunchOptions(**{name: everything[name] for name in LAUNCH_FIELDS})
     options = dataclasses.replace(options, **{name: from_file[name] for name in FILE_LAUNCH_FIELDS
@@ -184,6 +214,7 @@ class PreparedRun:
     task: object
     faults: FaultPlan
     reference: torch.Tensor | None  # the centralized optimum of a convex task, to measure the peers against
+    resumed: ResumePlan | None = None  # how each peer continues an interrupted launch (--resume)
 
 
 def prepare(config: PeerConfig, topology: Topology, options: LaunchOptions) -> PreparedRun:
@@ -221,6 +252,34 @@ def prepare(config: PeerConfig, topology: Topology, options: LaunchOptions) -> P
                             task=_portable_task(config.task))
     atomic_write_json(run_dir.peer_config, config.to_dict())
     return PreparedRun(config, topology, options, run_dir, task, faults, reference)
+
+
+def prepare_resume(options: LaunchOptions) -> PreparedRun:
+    """The interrupted launch in ``options.out``, ready to run again: its configuration, topology, keys and
+    mode as it recorded them, and how each peer continues (resume.py)."""
+    run_dir = RunDir(Path(options.out))
+    if not (run_dir.peer_config.exists() and run_dir.topology.exists()):
+        raise LaunchError(f"--resume {run_dir.path}: no launched run there (no {run_dir.peer_config.name} and "
+                          f"{run_dir.topology.name}); pass the --out of the launch to resume")
+    config = PeerConfig.from_file(run_dir.peer_config)
+    topology = load_topology(run_dir.topology)
+    earlier = json.loads(run_dir.launch.read_text()) if run_dir.launch.exists() else {}
+    mode = earlier.get("mode", "processes")
+    options = dataclasses.replace(options, in_process="" if mode == "processes" else mode)
+    task = resolve_task(config)
+    check_launch_options(options, topology)
+    plan = plan_resume(run_dir, topology, config)
+    plan.earlier_launches = [*earlier.get("interrupted_launches", []),
+                             {key: earlier[key] for key in ("argv", "pids", "started_unix_time") if key in earlier}]
+    if options.in_process:
+        if plan.finished or plan.joining or not plan.consistent:
+            raise LaunchError(f"cannot resume {run_dir.path} in one process: {plan.describe()}; only a run whose "
+                              "peers all continue from one round can (or start it again with --overwrite)")
+        topology = local_endpoints(topology, config.run_id, options.in_process)  # fresh ipc socket files
+        config = config.replace(resume=True, resume_round=-1 if plan.common_round is None else plan.common_round)
+    reference = torch.load(run_dir.reference, weights_only=True) if run_dir.reference.exists() else None
+    print(f"resuming {run_dir.path}: {plan.describe()}", flush=True)
+    return PreparedRun(config, topology, options, run_dir, task, FaultPlan(), reference, plan)
 
 
 def centralized(topology: Topology, config: PeerConfig) -> tuple[Topology, PeerConfig]:
@@ -343,10 +402,20 @@ def run_peers(run: PreparedRun) -> Ended:
     progress = Progress(run.dir, run.topology.ids, config.rounds, headline_figure(run.task))
     started_unix_time = time.time()
     record = {"argv": sys.argv, "run_id": config.run_id, "config": str(run.dir.peer_config),
-              "mode": options.in_process or "processes"}
+              "mode": options.in_process or "processes", "started_unix_time": started_unix_time}
+    if run.resumed is not None:
+        record["interrupted_launches"] = run.resumed.earlier_launches
     if options.in_process:
         atomic_write_json(run.dir.launch, record)
         exit_codes, interrupted = run_here(run.topology, config, run.dir, progress, options.timeout)
+    elif run.resumed is not None:
+        plan = run.resumed
+        peers = start_peers(run.dir, run.dir.peer_config, run.topology.ids,
+                            arguments={p: plan.arguments(p) for p in run.topology.ids}, done=set(plan.finished))
+        atomic_write_json(run.dir.launch,
+                          record | {"pids": {p.id: p.process.pid for p in peers if p.process is not None}})
+        interrupted = supervise(peers, progress, options.timeout, run.faults, config.recv_timeout)
+        exit_codes = {p.id: p.exit_code for p in peers}
     else:
         peers = start_peers(run.dir, run.dir.peer_config, run.topology.ids, set(run.faults.joins))
         atomic_write_json(run.dir.launch,
@@ -362,6 +431,8 @@ def conclude(run: PreparedRun, ended: Ended) -> int:
     summary = summarise(run.topology, run.config.algo, run.dir, ended.exit_codes, ended.wall_seconds, run.reference,
                         headline_figure(run.task))
     summary["run_id"] = run.config.run_id
+    if run.resumed is not None:
+        summary["resumed"] = run.resumed.record()
     if run.faults.events:
         summary["faults"] = run.faults.events
         # Event times count from the launcher's start; peers' metrics carry wall-clock "unix_time".

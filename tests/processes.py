@@ -6,6 +6,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -95,3 +96,38 @@ def run_launcher(args: list[str], timeout: float) -> subprocess.CompletedProcess
         [sys.executable, str(ROOT / "scripts" / "launch_swarm.py"), *args],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL,
     )
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's state letter of ``pid`` (R, S, T for stopped, Z for a zombie...), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int) -> bool:
+    # A zombie has released its memory and sockets; only its exit status waits for a parent to read it.
+    return process_state(pid) not in (None, "Z", "X")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def poll(condition, timeout: float) -> bool:
+    """Whether ``condition()`` holds within ``timeout`` seconds: for states no log line announces (a process
+    gone, a port freed), looked at ten times a second."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()

@@ -33,7 +33,7 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(solo_topolog
     # The plugin task draws from a DataLoader over dicts, with Adam and BatchNorm: the checkpoint must hold
     # where its sampler stands mid-epoch, Adam's moments and the buffers.
     common = ["--topology", str(solo_topology), "--peer", "p0", "--algo", algo, "--rounds", "30",
-              "--local-steps", "3", "--checkpoint-every", "10", "--eval-every", "5"]
+              "--local-steps", "3", "--checkpoint-every", "10", "--eval-every", "5", "--insecure"]
     if algo == "admm":
         common += ["--admm-solver", "inexact"]
     if task:
@@ -56,7 +56,7 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(solo_topolog
 def test_a_checkpoint_write_killed_midway_leaves_the_previous_one_and_resume_works(solo_topology, tmp_path):
     out = tmp_path / "run"
     common = ["--topology", str(solo_topology), "--peer", "p0", "--rounds", "40", "--checkpoint-every", "10",
-              "--out", str(out)]
+              "--out", str(out), "--insecure"]
     first = LoggedProcess.peer(common + ["--checkpoint-write-delay", "5"])
     try:
         first.wait_for_line(r"writing checkpoint at round 10", timeout=60)
@@ -75,7 +75,7 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_one_and_resume_wor
     second = LoggedProcess.peer(common + ["--resume"])
     assert second.finish(timeout=120) == 0, second.log()
     assert "resumed from the checkpoint of round 10" in second.log()
-    assert "a checkpoint whose writing was interrupted" in second.log()
+    assert "left by a write that was interrupted" in second.log()
     assert not list(out.glob(".checkpoint.pt.*.tmp"))
     assert json.loads((out / "result.json").read_text())["rounds_completed"] == 40
     assert [r["round"] for r in read_json_lines(out / "metrics.jsonl")] == list(range(40))
@@ -84,7 +84,7 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_one_and_resume_wor
 def test_resuming_another_runs_checkpoint_is_refused(solo_topology, tmp_path, capsys):
     out = tmp_path / "run"
     base = ["--topology", str(solo_topology), "--peer", "p0", "--rounds", "12", "--checkpoint-every", "5",
-            "--out", str(out)]
+            "--out", str(out), "--insecure"]
     assert peer.main(base) == 0
     assert peer.main(base + ["--resume", "--model", "logreg"]) == 2
     assert "belongs to another run" in capsys.readouterr().err
@@ -95,7 +95,7 @@ def test_a_resumed_trace_keeps_one_row_per_traced_round(solo_topology, tmp_path)
 
     out = tmp_path / "run"
     common = ["--topology", str(solo_topology), "--peer", "p0", "--rounds", "20", "--checkpoint-every", "10",
-              "--trace-every", "4", "--out", str(out)]
+              "--trace-every", "4", "--out", str(out), "--insecure"]
     assert peer.main(common) == 0
     first_rounds, first_rows = read_trace(out)
     assert peer.main(common + ["--resume"]) == 0
@@ -103,3 +103,23 @@ def test_a_resumed_trace_keeps_one_row_per_traced_round(solo_topology, tmp_path)
     assert rounds == first_rounds == [3, 7, 11, 15, 19]
     assert (out / "trace.f32").stat().st_size == rows.nbytes
     assert (rows == first_rows).all()
+
+
+def test_a_peer_keeps_its_previous_checkpoint_and_resumes_from_it_when_asked(solo_topology, tmp_path, capsys):
+    # What the launcher's --resume does when the peers' newest checkpoints differ: it names a round all kept.
+    out = tmp_path / "run"
+    common = ["--topology", str(solo_topology), "--peer", "p0", "--rounds", "30", "--checkpoint-every", "10",
+              "--out", str(out), "--insecure"]
+    assert peer.main(common) == 0
+    uninterrupted = torch.load(out / "model.pt", weights_only=True)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 20
+    assert torch.load(out / "checkpoint.previous.pt", weights_only=True)["round"] == 10
+
+    assert peer.main(common + ["--resume", "--resume-round", "15"]) == 2
+    assert "--resume-round 15: " in (err := capsys.readouterr().err) and "it has 10, 20" in err
+    assert peer.main(common + ["--resume", "--resume-round", "10"]) == 0
+    assert "resumed from the checkpoint of round 10" in capsys.readouterr().err
+    resumed = torch.load(out / "model.pt", weights_only=True)
+    for name in uninterrupted:
+        assert torch.equal(uninterrupted[name], resumed[name]), name
+    assert [r["round"] for r in read_json_lines(out / "metrics.jsonl")] == list(range(30))

@@ -51,7 +51,7 @@ def test_peer_help_explains_every_option(capsys):
     ],
 )
 def test_peer_refuses_bad_options_with_exit_code_2(args, message, capsys, tmp_path):
-    code = peer.main(["--topology", RING8, "--peer", "p0", "--out", str(tmp_path), *args])
+    code = peer.main(["--topology", RING8, "--peer", "p0", "--out", str(tmp_path), "--insecure", *args])
     assert code == 2
     assert message in capsys.readouterr().err
 
@@ -64,13 +64,34 @@ def peer_process(*args: str, importtime: bool = False) -> subprocess.CompletedPr
 
 @pytest.mark.parametrize("args", [["--help"], ["--topology", RING8, "--peer", "p9"],
                                   ["--topology", RING8, "--peer", "p0", "--rounds", "0"],
-                                  ["--topology", RING8, "--peer", "p0", "--absent", "q9"]])
+                                  ["--topology", RING8, "--peer", "p0", "--absent", "q9"],
+                                  ["--topology", RING8, "--peer", "p0"]])  # no --keys, no --insecure
 def test_help_and_refused_options_never_load_torch(args):
     result = peer_process(*args, importtime=True)
     assert result.returncode == (0 if args == ["--help"] else 2), result.stderr[-2000:]
     imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
     assert "p2ptrain.config" in imported
     assert not [module for module in imported if module.split(".")[0] == "torch"]
+
+
+def test_a_peer_without_keys_refuses_to_start_unless_told_insecure_and_says_how_to_make_keys(tmp_path):
+    out = tmp_path / "p0"
+    result = peer_process("--topology", RING8, "--peer", "p0", "--out", str(out))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()  # no traceback
+    assert line.startswith("p2ptrain.peer: error: no --keys: ")
+    assert f"python -m p2ptrain.keys generate --topology {RING8} --dir KEYS" in line and "--insecure" in line
+    assert not out.exists()  # refused before anything was written
+
+
+def test_a_python_api_peer_without_keys_raises_the_same_refusal(tmp_path):
+    import torch
+
+    from p2ptrain import Peer
+
+    with pytest.raises(ConfigError, match=r"no --keys: .*\(in the Python API: keys=KEYS\).*insecure=True"):
+        Peer(RING8, torch.nn.Linear(2, 1), peer="p0", out=str(tmp_path / "p0"))
+    assert not (tmp_path / "p0").exists()
 
 
 @pytest.fixture
@@ -98,7 +119,7 @@ def test_an_out_that_cannot_be_written_is_refused_in_one_line(where, tmp_path, r
         out = tmp_path / "file" / "run"
     else:
         out = request.getfixturevalue("read_only_directory") / "run"
-    result = peer_process("--topology", RING8, "--peer", "p0", "--out", str(out))
+    result = peer_process("--topology", RING8, "--peer", "p0", "--out", str(out), "--insecure")
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()  # no traceback
     assert line.startswith(f"p2ptrain.peer: error: --out {out}: ")
@@ -108,7 +129,7 @@ def test_an_out_that_cannot_be_written_is_refused_in_one_line(where, tmp_path, r
 def test_a_peer_that_hears_from_no_neighbour_says_so_and_reports_itself_isolated(topology_file, tmp_path, capsys):
     out = tmp_path / "p0"
     code = peer.main(["--topology", str(topology_file("ring", 3)), "--peer", "p0", "--out", str(out),
-                      "--rounds", "2", "--startup-timeout", "0.2", "--recv-timeout", "0.1"])
+                      "--rounds", "2", "--startup-timeout", "0.2", "--recv-timeout", "0.1", "--insecure"])
     assert code == 0  # it ran every round: not a failure, but worth a look
     assert json.loads((out / "result.json").read_text())["status"] == "isolated"
     assert "heard from no neighbour in the whole run" in capsys.readouterr().err
@@ -127,7 +148,7 @@ def test_peer_id_comes_from_rank_then_slurm_procid():
 
 def test_peer_will_not_overwrite_an_earlier_run(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"round": 0}\n')
-    code = peer.main(["--topology", RING8, "--peer", "p0", "--out", str(tmp_path)])
+    code = peer.main(["--topology", RING8, "--peer", "p0", "--out", str(tmp_path), "--insecure"])
     assert code == 2
     assert "pass another --out, --resume to continue it, or --overwrite" in capsys.readouterr().err
     assert (tmp_path / "metrics.jsonl").read_text() == '{"round": 0}\n'
@@ -262,3 +283,18 @@ def test_launcher_refuses_an_out_it_cannot_write_in_one_line(where, topology_fil
     assert code == 2
     assert err.startswith("launch_swarm: error: cannot write the run directory") and err.count("\n") == 1, err
     assert "Traceback" not in err
+
+
+def test_launcher_resume_of_a_directory_without_a_launch_says_what_to_pass(tmp_path, capsys):
+    assert swarm.main(["--resume", str(tmp_path / "nothing")]) == 2
+    assert f"--resume {tmp_path / 'nothing'}: no launched run there" in capsys.readouterr().err
+    # From Python: the run's own configuration and topology are used, never ones passed alongside.
+    assert swarm.resume(tmp_path / "nothing") == 2
+    config, topology, _ = swarm.parse(["--rounds", "7"])
+    assert swarm.launch(config, topology, swarm.LaunchOptions(out=str(tmp_path), resume=True)) == 2
+    assert "pass None for both" in capsys.readouterr().err
+
+
+def test_launcher_resume_takes_no_training_options(capsys):
+    assert swarm.main(["--resume", "runs/x", "--rounds", "9", "--lr", "0.5"]) == 2
+    assert "drop --lr, --rounds (only --timeout may be given)" in capsys.readouterr().err

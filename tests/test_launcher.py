@@ -101,3 +101,51 @@ def test_a_peer_that_heard_from_nobody_is_flagged_isolated_in_the_summary_and_a_
     assert "p1" in printed.out and "isolated" in printed.out
     warnings = [line for line in printed.err.splitlines() if "heard from no neighbour" in line]
     assert len(warnings) == 1 and "peers p1 " in warnings[0] and "p0" not in warnings[0]
+
+
+def write_checkpoints(run_dir: RunDir, peer_id: str, *rounds: int) -> None:
+    """What resume planning reads of a peer's checkpoints: their rounds (newest first)."""
+    import torch
+
+    files = run_dir.peer(peer_id)
+    files.path.mkdir(parents=True, exist_ok=True)
+    for path, round_ in zip((files.checkpoint, files.previous_checkpoint), rounds):
+        torch.save({"round": round_}, path)
+
+
+def test_a_resumed_swarm_continues_from_the_newest_round_every_peers_kept_checkpoints_share(tmp_path):
+    from p2ptrain.resume import plan_resume
+
+    topology, run_dir, config = generate("ring", 4), RunDir(tmp_path), PeerConfig(topology="-", rounds=100)
+    write_checkpoints(run_dir, "p0", 60, 50)
+    write_checkpoints(run_dir, "p1", 60, 50)
+    write_checkpoints(run_dir, "p2", 50, 40)  # the launcher died before its checkpoint of round 60
+    write_checkpoints(run_dir, "p3", 60, 50)
+    plan = plan_resume(run_dir, topology, config)
+    assert (plan.common_round, plan.consistent) == (50, True)
+    assert plan.from_round == {"p0": 50, "p1": 50, "p2": 50, "p3": 50}
+    assert plan.arguments("p0") == ("--resume", "--resume-round", "50")
+
+    write_checkpoints(run_dir, "p2", 30, 20)  # too far behind: no round shared by all
+    plan = plan_resume(run_dir, topology, config)
+    assert (plan.common_round, plan.consistent) == (None, False)
+    assert plan.from_round == {"p0": 60, "p1": 60, "p2": 30, "p3": 60}
+    assert plan.arguments("p2") == ("--resume",) and "will not end as an uninterrupted one" in plan.describe()
+
+
+def test_a_resume_leaves_finished_peers_alone_and_lets_peers_without_a_checkpoint_join(tmp_path):
+    from p2ptrain.resume import plan_resume
+
+    topology, run_dir = generate("ring", 4), RunDir(tmp_path)
+    write_result(run_dir, "p0", "completed", 50)  # its result says 50 of 50 rounds
+    write_checkpoints(run_dir, "p0", 40, 30)
+    write_checkpoints(run_dir, "p1", 40, 30)
+    write_checkpoints(run_dir, "p3", 40, 30)
+    run_dir.peer("p2").path.mkdir()  # killed before its first checkpoint
+    plan = plan_resume(run_dir, topology, PeerConfig(topology="-", rounds=50))
+    assert (plan.finished, plan.joining, plan.common_round) == (("p0",), ("p2",), 40)
+    assert plan.arguments("p1") == ("--resume", "--resume-round", "40", "--absent", "p0,p2")
+    assert plan.arguments("p2") == ("--join", "--overwrite", "--absent", "p0")
+    # ADMM cannot join (its duals would not match): the peer without a checkpoint starts from round 0.
+    plan = plan_resume(run_dir, topology, PeerConfig(topology="-", rounds=50, algo="admm"))
+    assert (plan.joining, plan.from_round["p2"], plan.common_round, plan.consistent) == ((), 0, None, False)

@@ -138,7 +138,7 @@ def running_swarm(hosts: TwoHosts, topology: Path, out: Path):
     try:
         for peer_id, host in placement(hosts).items():
             command = [sys.executable, "-m", "p2ptrain.peer", "--topology", str(topology), "--peer", peer_id,
-                       "--out", str(out / peer_id), *PEER_OPTIONS]
+                       "--out", str(out / peer_id), "--insecure", *PEER_OPTIONS]
             peers[peer_id] = LoggedProcess(host.command(command))
         yield peers
     finally:

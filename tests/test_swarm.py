@@ -61,7 +61,8 @@ def test_four_peer_swarm_trains_and_ends_exactly_where_the_simulation_does(topol
 
 def test_a_peer_whose_neighbour_is_killed_logs_it_and_finishes_its_rounds(topology_file, tmp_path):
     topology_path = topology_file("complete", 2)
-    common = ["--topology", str(topology_path), "--rounds", "300", "--recv-timeout", "1", "--log-every", "10"]
+    common = ["--topology", str(topology_path), "--rounds", "300", "--recv-timeout", "1", "--log-every", "10",
+              "--insecure"]
     p0 = LoggedProcess.peer(common + ["--peer", "p0", "--out", str(tmp_path / "p0")])
     p1 = LoggedProcess.peer(common + ["--peer", "p1", "--out", str(tmp_path / "p1")])
     try:
@@ -88,7 +89,9 @@ def test_a_peer_whose_neighbour_is_killed_logs_it_and_finishes_its_rounds(topolo
 def test_peers_from_rank_variables_reject_garbage_and_stop_cleanly_on_sigterm(topology_file, tmp_path):
     topology_path = topology_file("complete", 2)
     topology = load_topology(topology_path)
-    common = ["--topology", str(topology_path), "--rounds", "1000000", "--log-every", "50", "--eval-every", "1000"]
+    # Without keys, on purpose: the garbage below comes from a stranger a secured peer would not even admit.
+    common = ["--topology", str(topology_path), "--rounds", "1000000", "--log-every", "50", "--eval-every", "1000",
+              "--insecure"]
     p0 = LoggedProcess.peer(common + ["--out", str(tmp_path / "p0")], env={"RANK": "0"})
     p1 = LoggedProcess.peer(common + ["--out", str(tmp_path / "p1")], env={"SLURM_PROCID": "1"})
     context = zmq.Context()
@@ -171,7 +174,7 @@ def test_admm_swarm_reaches_least_squares_of_the_stacked_data(topology_file, tmp
 def test_a_diverging_peer_stops_with_exit_code_3_and_names_the_cause(topology_file, tmp_path):
     topology_path = topology_file("complete", 2)
     common = ["--topology", str(topology_path), "--algo", "admm", "--admm-solver", "inexact", "--local-steps", "5",
-              "--lr", "50", "--admm-penalty", "1", "--lr-schedule", "constant", "--rounds", "200"]
+              "--lr", "50", "--admm-penalty", "1", "--lr-schedule", "constant", "--rounds", "200", "--insecure"]
     peers = [LoggedProcess.peer(common + ["--peer", p, "--out", str(tmp_path / p)]) for p in ("p0", "p1")]
     try:
         codes = [p.finish(timeout=60) for p in peers]

@@ -1,0 +1,105 @@
+"""How the peers of an interrupted launch continue (the launcher's ``--resume DIR``), from the files they left.
+
+A peer keeps its two newest checkpoints (``checkpoint.pt`` and
+``checkpoint.previous.pt``). In a synchronous swarm neighbours are at most a
+few rounds apart, so when the launcher died their newest checkpoints may be of
+different rounds, but the two newest of every peer usually share one. Every
+peer then continues from the newest round they all share: the swarm is
+exactly where it was at that round, and a synchronous run ends as the
+uninterrupted one would have (gossip is deterministic when every message
+arrives). When no round is shared, each peer continues from its newest
+checkpoint, and the plan says that the run will differ.
+
+A peer that had completed every round is not started again (the others do
+not wait for it). A peer without a checkpoint, while others have one, joins
+(gossip: it takes a neighbour's state) or, where it cannot, starts from
+round 0.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import PeerConfig
+from .rundir import PeerDir, RunDir
+from .topology import Topology
+
+
+@dataclass
+class ResumePlan:
+    common_round: int | None  # the round every restarted peer continues from; None: each from its newest
+    from_round: dict[str, int]  # restarted peer -> the round it continues from (0: no checkpoint)
+    finished: tuple[str, ...] = ()  # completed every round in an earlier launch: not started again
+    joining: tuple[str, ...] = ()  # no checkpoint: takes a running neighbour's state (--join)
+    earlier_launches: list[dict] = field(default_factory=list)  # what launch.json said of the interrupted ones
+
+    def arguments(self, peer_id: str) -> tuple[str, ...]:
+        """What peer ``peer_id``'s command line adds to the run's configuration file."""
+        absent = ",".join(sorted({*self.finished, *self.joining} - {peer_id}))
+        # The first rounds do not wait for peers that will not come, or only come later.
+        also = ("--absent", absent) if absent else ()
+        if peer_id in self.joining:
+            return ("--join", "--overwrite", *also)  # --overwrite: what it wrote before holds no checkpoint
+        if self.common_round is not None:
+            return ("--resume", "--resume-round", str(self.common_round), *also)
+        return ("--resume", *also)
+
+    @property
+    def consistent(self) -> bool:
+        """Every restarted peer continues from one round (or from scratch): the swarm's state of that round."""
+        return self.common_round is not None or not any(self.from_round.values())
+
+    def describe(self) -> str:
+        parts = []
+        if self.common_round is not None:
+            parts.append(f"every peer from the checkpoint of round {self.common_round}")
+        elif not any(self.from_round.values()):
+            parts.append("no peer had a checkpoint: every peer from round 0")
+        else:
+            rounds = ", ".join(f"{p} from {r}" for p, r in self.from_round.items())
+            parts.append(f"{rounds} (their checkpoints share no round, so the run will not end as an "
+                         "uninterrupted one would)")
+        if self.joining:
+            parts.append(f"{', '.join(self.joining)} without a checkpoint: joining")
+        if self.finished:
+            parts.append(f"{', '.join(self.finished)} had finished: not started again")
+        return "; ".join(parts)
+
+    def record(self) -> dict:
+        """For summary.json: how the run was resumed, and the launches that were interrupted."""
+        return {"common_round": self.common_round, "from_round": self.from_round, "finished": list(self.finished),
+                "joining": list(self.joining), "interrupted_launches": self.earlier_launches}
+
+
+def checkpoint_rounds(files: PeerDir) -> set[int]:
+    """The rounds of the checkpoints a peer kept (its newest and the one before)."""
+    return {torch.load(path, map_location="cpu", weights_only=True)["round"]
+            for path in (files.checkpoint, files.previous_checkpoint) if path.exists()}
+
+
+def finished(files: PeerDir, rounds: int) -> bool:
+    if not files.result.exists():
+        return False
+    result = json.loads(files.result.read_text())
+    return result["status"] in ("completed", "isolated") and result["rounds_completed"] == rounds
+
+
+def plan_resume(run_dir: RunDir, topology: Topology, config: PeerConfig) -> ResumePlan:
+    done = tuple(p for p in topology.ids if finished(run_dir.peer(p), config.rounds))
+    rounds = {p: checkpoint_rounds(run_dir.peer(p)) for p in topology.ids if p not in done}
+    anyone_has_one = any(rounds.values())
+    joining = tuple(p for p, kept in rounds.items()
+                    if not kept and anyone_has_one and config.algo == "gossip" and _can_join(topology, p))
+    restarted = {p: kept for p, kept in rounds.items() if p not in joining}
+    shared = set.intersection(*restarted.values()) if restarted and all(restarted.values()) else set()
+    common = max(shared) if shared else None
+    from_round = {p: common if common is not None else max(kept, default=0) for p, kept in restarted.items()}
+    return ResumePlan(common, from_round, done, joining)
+
+
+def _can_join(topology: Topology, peer_id: str) -> bool:
+    # A state request needs a neighbour this peer sends to and hears from (node.Node.join).
+    return bool(set(topology.in_neighbours(peer_id)) & set(topology.out_neighbours(peer_id)))
