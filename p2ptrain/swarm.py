@@ -163,6 +163,8 @@ LAUNCH_FIELDS = tuple(f.name for f in dataclasses.fields(LaunchOptions))
 FILE_LAUNCH_FIELDS = ("out", "keys", "insecure", "overwrite")
 # What --resume DIR may be given with: everything else comes from DIR.
 RESUME_OPTIONS = {"resume", "timeout"}
+# Launcher options that share a peer option's name but mean something else to the launcher.
+LAUNCHER_OWN = ("peer", "out", "join", "resume")
 
 
 def parse(argv: list[str] | None) -> tuple[PeerConfig | None, Topology | None, LaunchOptions]:
@@ -182,9 +184,9 @@ def parse(argv: list[str] | None) -> tuple[PeerConfig | None, Topology | None, L
     options = LaunchOptions(**{name: everything[name] for name in LAUNCH_FIELDS})
     options = dataclasses.replace(options, **{name: from_file[name] for name in FILE_LAUNCH_FIELDS
                                               if name in from_file and name not in explicit})
-    # The launcher gives each peer its own --peer and --out.
+    # The launcher gives each peer its own --peer and --out; its --join and --resume are its own options.
     training = {name: value for name, value in (from_file | explicit).items()
-                if name in PEER_FIELDS and name not in ("peer", "out")}
+                if name in PEER_FIELDS and name not in LAUNCHER_OWN}
     config = resolve_config(training)
     topology_file = everything["topology"] or from_file.get("topology", "")
     topology = load_topology(topology_file) if topology_file else generate("ring", 8, base_port=25000, name="ring8")
