@@ -41,7 +41,7 @@ from .staging import Staging
 from .stats import PeerStats
 from .storage import (JsonLines, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json_lines,
                       remove_partial_writes, rewrite_json_lines)
-from .topology import Topology, TopologyError, load_topology
+from .topology import Topology, TopologyError, load_topology, topology_digests
 from .training import to_device
 from .transport import Received, Transport, TransportError, ZmqTransport
 
@@ -58,14 +58,15 @@ class Impersonation(wire.WireError):
 
 
 def message_contract(run_id: str, fingerprint: str, senders: frozenset[str], algorithm, period: int,
-                     state_specs: tuple[wire.TensorSpec, ...]) -> wire.Contract:
+                     state_specs: tuple[wire.TensorSpec, ...], topology: tuple[str, ...] = ()) -> wire.Contract:
     """What this peer accepts: its algorithm's params messages (one layout per fragment) and state answers
-    (``state_specs``: the whole model in its own precision)."""
+    (``state_specs``: the whole model in its own precision), sent with its view of the topology
+    (``topology``: the digest of each round of the period)."""
     layouts = tuple(wire.specs_of(tensors) for tensors in algorithm.message_layouts())
     if len(layouts) == 1:
-        return wire.Contract(run_id, fingerprint, senders, layouts[0], state_specs=state_specs)
+        return wire.Contract(run_id, fingerprint, senders, layouts[0], state_specs=state_specs, topology=topology)
     return wire.Contract(run_id, fingerprint, senders, state_specs, fragments=layouts, period=period,
-                         state_specs=state_specs)
+                         state_specs=state_specs, topology=topology)
 
 
 class Node:
@@ -90,8 +91,10 @@ class Node:
         self.fingerprint = wire.fingerprint(state_specs, replica.agreement)
         self.in_neighbours = topology.in_neighbours(self.id)
         self.out_neighbours = topology.out_neighbours(self.id)
+        # What every message carries of this peer's graph and weights, per round of the period (PROTOCOL.md 2.6).
+        self.topology_digests = topology_digests(topology)
         self.contract = message_contract(config.run_id, self.fingerprint, frozenset(self.in_neighbours),
-                                         self.algorithm, topology.period, state_specs)
+                                         self.algorithm, topology.period, state_specs, self.topology_digests)
         # Peers known not to be running yet are suspected from the start, so round 0 does not wait for them.
         absent = config.absent_peers(topology.ids)
         self.membership = Membership(frozenset(self.in_neighbours), suspected=set(absent & set(self.in_neighbours)))
@@ -143,6 +146,7 @@ class Node:
                          "period": topology.period,
                          "mixing_rows": [topology.mixing_row(self.id, r) for r in range(topology.period)]},
             "fingerprint": self.fingerprint,
+            "topology_digests": list(self.topology_digests),
             "agreement": self.replica.agreement,
             "task": _task_name(self.replica.task),
             "device": str(self.replica.device),
@@ -257,7 +261,7 @@ class Node:
         frames = wire.encode(kind="params", sender=self.id, run_id=self.config.run_id, round=round_,
                              fingerprint=self.fingerprint,
                              tensors=self.staging.to_host(self.replica.as_sent(outgoing, round_)),
-                             fragment=self.algorithm.fragment_at(round_))
+                             fragment=self.algorithm.fragment_at(round_), topology=self.topology_digest(round_))
         bytes_sent = 0
         for neighbour in self.topology.out_neighbours(self.id, round_):
             if self.transport.send(neighbour, frames, copy=self.staging.copy_on_send):
@@ -320,6 +324,10 @@ class Node:
         self._trace.flush()
         return row.size
 
+    def topology_digest(self, round_: int) -> str:
+        """This peer's digest of the graph of round ``round_``, carried by every message of that round."""
+        return self.topology_digests[round_ % len(self.topology_digests)]
+
     # ---- what arrives -----------------------------------------------------------------------
 
     def _accept(self, received: Received) -> wire.Message | None:
@@ -346,6 +354,13 @@ class Node:
             if self.transport.secure and message.sender != received.sender:
                 raise Impersonation(f"the header names {message.sender!r}, the connection's key is "
                                     f"{received.sender!r}'s")
+        except wire.TopologyMismatch as error:
+            # Say which file this peer runs with: one of the two files is the one to fix.
+            self._count_rejection(wire.TopologyMismatch(
+                f"{error}; this peer uses {self.config.topology or 'the topology ' + self.topology.name}: start "
+                "every peer with the same topology file"),
+                received.sender or "unauthenticated")
+            return None
         except wire.WireError as error:
             self._count_rejection(error, received.sender or "unauthenticated")
             return None
@@ -370,7 +385,8 @@ class Node:
             self.log.warning("state request from %s, which this peer does not send to; not answered", asker)
             return
         frames = wire.encode(kind="state", sender=self.id, run_id=self.config.run_id, round=round_,
-                             fingerprint=self.fingerprint, tensors=self.staging.to_host(self.algorithm.state_tensors()))
+                             fingerprint=self.fingerprint, tensors=self.staging.to_host(self.algorithm.state_tensors()),
+                             topology=self.topology_digest(round_))
         if self.transport.send(asker, frames):
             self._answered[asker] = round_
             self.log.info("answered a state request from %s: continue from round %d", asker, round_)
@@ -387,7 +403,7 @@ class Node:
             raise ConfigError(f"--join: {self.id} has no neighbour linked both ways in {self.topology.name}, so "
                               "nobody could answer a state request; start it without --join")
         request = wire.encode(kind="state_request", sender=self.id, run_id=self.config.run_id, round=0,
-                              fingerprint=self.fingerprint, tensors={})
+                              fingerprint=self.fingerprint, tensors={}, topology=self.topology_digest(0))
         self.log.info("joining: asking %s for their state", ",".join(answerers))
         self._awaiting_state = True
         deadline = self.clock() + self.config.startup_timeout

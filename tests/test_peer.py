@@ -54,7 +54,8 @@ def make_node(tmp_path: Path, topology: Topology, network: MemoryNetwork, peer_i
 def params(node: Node, sender: str, round_: int, value: float) -> list:
     """A neighbour's parameters for ``round_``, as it would send them to ``node``."""
     return wire.encode(kind="params", sender=sender, run_id=RUN, round=round_, fingerprint=node.fingerprint,
-                       tensors={"x": torch.full((2,), value, dtype=torch.float64)})
+                       tensors={"x": torch.full((2,), value, dtype=torch.float64)},
+                       topology=node.topology_digest(round_))
 
 
 def send(network: MemoryNetwork, node: Node, sender: str, round_: int, value: float = 1.0, at: float | None = None):
@@ -227,7 +228,7 @@ async def test_a_state_request_is_answered_and_the_joiner_continues_from_the_giv
     pair = generate("complete", 2)
     running = make_node(tmp_path, pair, network, "p0", value=5.0, absent="p1")
     request = wire.encode(kind="state_request", sender="p1", run_id=RUN, round=0, fingerprint=running.fingerprint,
-                          tensors={})
+                          tensors={}, topology=running.topology_digest(0))
     network.deliver("p0", request, sender="p1")
     with caplog.at_level(logging.INFO, logger="p2ptrain.peer"):
         await running.exchange(3)
@@ -252,7 +253,8 @@ async def test_a_joiner_of_a_swarm_sending_half_precision_fragments_takes_the_wh
     running = make_node(tmp_path, pair, network, "p0", value=value, absent="p1", **layout)
     joiner = make_node(tmp_path, pair, network, "p1", value=0.0, join=True, **layout)
     network.deliver("p0", wire.encode(kind="state_request", sender="p1", run_id=RUN, round=0,
-                                      fingerprint=running.fingerprint, tensors={}), sender="p1")
+                                      fingerprint=running.fingerprint, tensors={},
+                                      topology=running.topology_digest(0)), sender="p1")
     await running.exchange(3)
     answers = network.collect("p1")  # p0's round-3 fragment and its state answer, taken to look at
     state = next(m for m in (wire.decode(a.frames, joiner.contract) for a in answers) if m.kind == "state")
@@ -381,3 +383,26 @@ def test_a_run_directory_that_cannot_be_written_is_a_configuration_error(tmp_pat
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="--out .*file/p0: cannot write this peer's files there"):
         make_node(tmp_path / "file", complete3, network)
+
+
+# ---- peers that disagree on the topology ---------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_parameters_sent_with_another_view_of_the_topology_are_rejected_naming_both_digests(
+        tmp_path, network, caplog):
+    metropolis, lazy = generate("ring", 4), generate("ring", 4, mixing="lazy")
+    node = make_node(tmp_path, metropolis, network)
+    theirs = make_node(tmp_path, lazy, MemoryNetwork(), "p1")  # p1 as the lazy file makes it
+    ours_digest, their_digest = node.topology_digest(0), theirs.topology_digest(0)
+    assert ours_digest != their_digest
+    network.deliver("p0", params(theirs, "p1", 0, 1000.0), sender="p1")
+    send(network, node, "p3", 0, 3.0)
+    with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
+        await node.exchange(0)
+    assert node.stats.rejected == {"topology": 1} and node.last["missing"] == ["p1"]
+    # p1's weight (1/3) went to p0 itself: x = 1/3 * 0 + 1/3 * 0 + 1/3 * 3
+    assert torch.allclose(x_of(node), torch.full((2,), 1.0, dtype=torch.float64), rtol=1e-12, atol=0)
+    assert (f"topology digest {their_digest} from 'p1' for round 0, this peer's is {ours_digest}: 'p1' was likely "
+            "started with a different topology file") in caplog.text
+    assert "this peer uses ring4: start every peer with the same topology file" in caplog.text
