@@ -121,6 +121,15 @@ class Gatherer(ABC):
             bytes_received += read
         return bytes_received
 
+    def _note_conflict(self, message: wire.Message) -> None:
+        """Say once per sender id that two different messages came for one round; later ones are only
+        counted (``identity_conflicts`` in the metrics and result.json)."""
+        if self.stats.identity_conflicts[message.sender] == 1:
+            self.log.warning("identity conflict: two different messages from %s for round %d, so two processes "
+                             "are sending as %s (a copied command line, or a copied key: keys cannot tell them "
+                             "apart); stop the one that should not run. Further conflicts are only counted",
+                             message.sender, message.round, message.sender)
+
     def _close_round(self, round_: int, messages: dict[str, wire.Message], expected: frozenset[str],
                      why_missing: str, detail: float) -> RoundOutcome:
         """Who was heard; ``why_missing`` (formatted with the round, the neighbour and ``detail``) is logged
@@ -148,8 +157,11 @@ class RoundGatherer(Gatherer):
     def file(self, message: wire.Message) -> None:
         # Any message shows its sender is alive, even a stale one.
         self.membership.saw(message.sender)
-        if self.inbox.put(message) == "stale":
+        filed = self.inbox.put(message)
+        if filed == "stale":
             self.log.debug("dropped stale round-%d message from %s", message.round, message.sender)
+        elif filed == "conflict":
+            self._note_conflict(message)
 
     async def gather(self, round_: int, expected: frozenset[str]) -> Gathered:
         self.round = round_
@@ -182,7 +194,10 @@ class NewestGatherer(Gatherer):
         # neighbour that is catching up alive and suspected by turns.
         if self.round - message.round <= self.max_staleness:
             self.membership.saw(message.sender)
+        conflicts = self.stats.identity_conflicts[message.sender]
         self.newest.put(message)
+        if self.stats.identity_conflicts[message.sender] > conflicts:
+            self._note_conflict(message)
 
     async def gather(self, round_: int, expected: frozenset[str]) -> Gathered:
         self.round = round_

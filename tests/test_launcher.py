@@ -101,3 +101,23 @@ def test_a_peer_that_heard_from_nobody_is_flagged_isolated_in_the_summary_and_a_
     assert "p1" in printed.out and "isolated" in printed.out
     warnings = [line for line in printed.err.splitlines() if "heard from no neighbour" in line]
     assert len(warnings) == 1 and "peers p1 " in warnings[0] and "p0" not in warnings[0]
+
+
+def test_identity_conflicts_the_peers_saw_are_flagged_in_the_summary_and_a_warning(tmp_path, capsys):
+    topology = generate("ring", 4)
+    run_dir = RunDir(tmp_path / "run")
+    for peer_id in topology.ids:
+        write_result(run_dir, peer_id, "completed", 50)
+    for receiver, count in (("p0", 7), ("p2", 5)):  # p3's two neighbours both heard two p3s
+        result = json.loads(run_dir.peer(receiver).result.read_text())
+        run_dir.peer(receiver).result.write_text(json.dumps(result | {"identity_conflicts": {"p3": count}}))
+
+    run = PreparedRun(PeerConfig(topology="-", rounds=50, run_id="r"), topology, LaunchOptions(), run_dir,
+                      task=None, faults=FaultPlan(), reference=None)
+    conclude(run, Ended(dict.fromkeys(topology.ids, 0), None, 1.0, 0.0))
+    written = json.loads(run_dir.summary.read_text())
+    assert written["identity_conflicts"] == {"p3": ["p0", "p2"]}
+    assert written["peers"]["p0"]["identity_conflicts"] == {"p3": 7} and "identity_conflicts" not in written["peers"]["p1"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "two processes sent as" in line]
+    assert warnings == ["launch_swarm: warning: two processes sent as p3: p0, p2 received two different messages "
+                        "from p3 for one round; find and stop the process that should not run as p3"]

@@ -312,7 +312,7 @@ async def faulty_round(node: Node, network: MemoryNetwork, round_: int) -> None:
     send(network, node, "p1", round_, float(round_))
     send(network, node, "p1", round_, float(round_))
     if round_ > 0:
-        send(network, node, "p1", round_ - 1)
+        send(network, node, "p1", round_ - 1, float(round_ - 1))  # the last round's again: stale
     send(network, node, "p1", round_ + 100)
     await node.exchange(round_)
 
@@ -406,3 +406,32 @@ async def test_parameters_sent_with_another_view_of_the_topology_are_rejected_na
     assert (f"topology digest {their_digest} from 'p1' for round 0, this peer's is {ours_digest}: 'p1' was likely "
             "started with a different topology file") in caplog.text
     assert "this peer uses ring4: start every peer with the same topology file" in caplog.text
+
+
+# ---- two processes with one peer id ------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("secure", [False, True])
+async def test_two_different_messages_for_one_round_from_one_id_are_logged_once_then_counted(
+        tmp_path, complete3, caplog, secure):
+    network = MemoryNetwork(secure=secure)  # with keys: both processes hold p2's key, so both get in
+    node = make_node(tmp_path, complete3, network, rounds=5)
+    with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
+        for round_ in range(3):
+            send(network, node, "p1", round_, 1.0)
+            send(network, node, "p2", round_, 2.0)  # the real p2
+            send(network, node, "p2", round_, 2.0 + round_)  # the impostor, equal in round 0 only
+            await node.exchange(round_)
+        node.finish("completed")
+    assert node.stats.identity_conflicts == {"p2": 2} and node.stats.duplicates == 1
+    assert caplog.text.count("identity conflict") == 1
+    assert ("identity conflict: two different messages from p2 for round 1, so two processes are sending as p2"
+            in caplog.text)
+    result = json.loads((tmp_path / "p0" / "result.json").read_text())
+    assert result["identity_conflicts"] == {"p2": 2} and result["status"] == "completed"
+    # The first message of each round was mixed: x = (x + 1 + 2) / 3 every round, from x = 0.
+    expected = 0.0
+    for _ in range(3):
+        expected = (expected + 1.0 + 2.0) / 3
+    assert torch.allclose(x_of(node), torch.full((2,), expected, dtype=torch.float64), rtol=1e-12, atol=0)
