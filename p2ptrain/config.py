@@ -51,6 +51,7 @@ class PeerConfig:
     robust_b: int = 1
     attack: str = ""  # PEER:KIND[:VALUE], an experiment's misbehaving peer
     max_staleness: int = 10
+    catch_up: int = 10  # sync gossip: a peer this many rounds behind a neighbour takes its state; 0: never
     task: str = ""  # a built-in task's name, MODULE:ATTR or FILE.py:ATTR; empty: --dataset with --model
     task_args: str = ""  # KEY=VALUE,... for the task's constructor or factory
     dataset: str = "digits"
@@ -105,6 +106,7 @@ class PeerConfig:
         need(self.min_compute_seconds >= 0, "--min-compute-seconds must be >= 0 seconds")
         need(self.mode in MODES, f"--mode {self.mode}: choose from {', '.join(MODES)}")
         need(self.max_staleness >= 0, f"--max-staleness {self.max_staleness}: must be 0 or more rounds")
+        need(self.catch_up >= 0, f"--catch-up {self.catch_up}: must be 0 (never) or more rounds")
         need(self.mode == "sync" or self.algo == "gossip",
              "--mode async works with --algo gossip only: ADMM's edge duals need both ends of an edge in the "
              "same round; use --mode sync with ADMM")
@@ -286,6 +288,10 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
     add("--max-staleness", type=int, default=d.max_staleness,
         help="async mode: a neighbour's parameters more than this many rounds old are left out of the mix, and "
              "a peer this far behind its neighbours jumps to their round (default: %(default)s)")
+    add("--catch-up", type=int, default=d.catch_up, metavar="ROUNDS",
+        help="sync mode, gossip: a peer more than ROUNDS rounds behind a neighbour (back from a restart or a "
+             "pause) takes that neighbour's state, as --join does, instead of running the missed rounds alone; "
+             "0: never (ADMM never does: it runs them alone) (default: %(default)s)")
     add("--absent", default=d.absent, metavar="PEER[,PEER...]",
         help="peers of the topology that are not running at the start (they join later with --join): the "
              "first round does not wait for them (default: none)")

@@ -93,6 +93,10 @@ class Gatherer(ABC):
         """The round to run after ``round_``."""
         return round_ + 1
 
+    def newest_round(self) -> int | None:
+        """The newest round any in-neighbour has sent, if it has sent anything."""
+        return None
+
     async def receive(self, timeout: float) -> int | None:
         """Read one message, filing its parameters; its bytes, or None if none came within ``timeout``."""
         received = await self.transport.receive(timeout)
@@ -154,9 +158,15 @@ class RoundGatherer(Gatherer):
         super().start_at(round_, joined)
         self.inbox.skip_to(round_)  # messages of earlier rounds are stale from now on
 
+    def newest_round(self) -> int | None:
+        return self.inbox.newest_round()
+
     def file(self, message: wire.Message) -> None:
-        # Any message shows its sender is alive, even a stale one.
-        self.membership.saw(message.sender)
+        # Only a message of this round or a later one makes its sender waited for again: a stale one shows
+        # it alive but behind, and waiting for a neighbour replaying rounds alone would cost a deadline per
+        # round until it caught up (it catches up by taking a neighbour's state instead, Node.catch_up).
+        if message.round >= self.round:
+            self.membership.saw(message.sender)
         filed = self.inbox.put(message)
         if filed == "stale":
             self.log.debug("dropped stale round-%d message from %s", message.round, message.sender)

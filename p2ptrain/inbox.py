@@ -73,6 +73,10 @@ class Inbox:
         (it was sent while this peer was down, or dropped): waiting for it is pointless."""
         return {sender for sender, latest in self._latest.items() if latest > round_} - self.senders(round_)
 
+    def newest_round(self) -> int | None:
+        """The newest round any sender has sent (kept or not), None before anything arrived."""
+        return max(self._latest.values(), default=None)
+
     def skip_to(self, round_: int) -> None:
         """Continue from ``round_`` (a peer that joined a running swarm): earlier rounds' messages are stale."""
         for old in [r for r in self._by_round if r < round_]:

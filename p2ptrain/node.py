@@ -104,6 +104,7 @@ class Node:
         self._answered: dict[str, int] = {}  # state requests answered: asker -> round
         self._awaiting_state = False  # joining: the first state answer is this peer's
         self._state_answer: wire.Message | None = None
+        self._next_catch_up = 0  # the first round at which a peer behind may ask for a state (again)
         self.round_now = self.start_round = self.rounds_completed = 0
         self.last: dict = {}  # the last round's metrics record
         self.evaluation: dict[str, float] = {}  # the task's latest held-out figures
@@ -233,7 +234,7 @@ class Node:
             await asyncio.sleep(0)
             await self.run_round(round_)
             self.rounds_completed = round_ + 1
-            round_ = self.gatherer.next_round(round_)
+            round_ = await self.catch_up(self.gatherer.next_round(round_))
 
     async def run_round(self, round_: int) -> None:
         """One round of the command-line peer: the task's local steps, then the exchange."""
@@ -395,39 +396,82 @@ class Node:
 
     # ---- joining a running swarm ------------------------------------------------------------
 
+    @property
+    def answerers(self) -> list[str]:
+        """The neighbours that can answer a state request: linked both ways."""
+        return [j for j in self.out_neighbours if j in self.in_neighbours]
+
     async def join(self) -> int:
         """Ask the neighbours for their state and load the first answer (PROTOCOL.md section 6).
         Returns the round to continue from."""
-        answerers = [j for j in self.out_neighbours if j in self.in_neighbours]
-        if not answerers:
+        if not self.answerers:
             raise ConfigError(f"--join: {self.id} has no neighbour linked both ways in {self.topology.name}, so "
                               "nobody could answer a state request; start it without --join")
+        self.log.info("joining: asking %s for their state", ",".join(self.answerers))
+        answer = await self._ask_for_state(self.config.startup_timeout)
+        if answer is None:
+            raise ConfigError(f"--join: no answer from {', '.join(self.answerers)} within "
+                              f"{self.config.startup_timeout}s (--startup-timeout). Is the swarm running, with run "
+                              f"id {self.config.run_id} and this peer in its topology? Start without --join to "
+                              "train from round 0")
+        self._take_state(answer)
+        self.start_round = answer.round
+        self.log.info("joined: took the state of %s, continuing from round %d", answer.sender, answer.round)
+        return answer.round
+
+    async def _ask_for_state(self, timeout: float) -> wire.Message | None:
+        """Send state requests to the answerers until one answers or ``timeout`` passes; the first answer."""
         request = wire.encode(kind="state_request", sender=self.id, run_id=self.config.run_id, round=0,
                               fingerprint=self.fingerprint, tensors={}, topology=self.topology_digest(0))
-        self.log.info("joining: asking %s for their state", ",".join(answerers))
-        self._awaiting_state = True
-        deadline = self.clock() + self.config.startup_timeout
+        self._awaiting_state, self._state_answer = True, None
+        deadline = self.clock() + timeout
         while self._awaiting_state and (remaining := deadline - self.clock()) > 0:
             # Ask again now and then: a neighbour's queue towards this peer may have been full of the
             # parameters it sent while this peer was not running, and then its answer was dropped.
-            for neighbour in answerers:
+            for neighbour in self.answerers:
                 self.transport.send(neighbour, request)
             await self.gatherer.receive(min(remaining, STATE_REQUEST_INTERVAL))
-        if self._state_answer is None:
-            self._awaiting_state = False
-            raise ConfigError(f"--join: no answer from {', '.join(answerers)} within {self.config.startup_timeout}s "
-                              f"(--startup-timeout). Is the swarm running, with run id {self.config.run_id} and "
-                              "this peer in its topology? Start without --join to train from round 0")
-        return self._take_state(self._state_answer)
+        self._awaiting_state = False
+        return self._state_answer
 
-    def _take_state(self, answer: wire.Message) -> int:
+    def _take_state(self, answer: wire.Message) -> None:
         state = self.staging.to_device(answer.tensors)
         for name, tensor in self.algorithm.parameters.items():
             # A copy: on the CPU the received tensor lives in the message's frame buffer.
             tensor.data = state[name].clone()
-        self.start_round = self.rounds_completed = self.round_now = answer.round
+        self.rounds_completed = self.round_now = answer.round
         self.gatherer.start_at(answer.round, joined=True)
-        self.log.info("joined: took the state of %s, continuing from round %d", answer.sender, answer.round)
+
+    # ---- catching up ------------------------------------------------------------------------
+
+    @property
+    def catches_up(self) -> bool:
+        """Whether a far-behind peer takes a neighbour's state (--catch-up). Only synchronous gossip does:
+        asynchronous mode jumps to the neighbours' round by itself, and ADMM's duals are tied to the running
+        sums since round 0, so an ADMM peer runs the rounds it missed alone."""
+        return (self.config.catch_up > 0 and self.config.mode == "sync" and self.config.algo == "gossip"
+                and bool(self.answerers))
+
+    async def catch_up(self, round_: int) -> int:
+        """The round to run next: ``round_``, or, when a neighbour is more than --catch-up rounds ahead of
+        it (this peer was restarted, paused or slow), the round of a neighbour's state, which it takes."""
+        ahead = self.gatherer.newest_round()
+        if not self.catches_up or ahead is None or ahead - round_ <= self.config.catch_up:
+            return round_
+        if round_ < self._next_catch_up or round_ >= self.config.rounds:
+            return round_  # a request just went unanswered: run some rounds before asking again
+        self.log.info("round %d is %d rounds behind the newest round heard (%d); asking %s for their state",
+                      round_, ahead - round_, ahead, ",".join(self.answerers))
+        answer = await self._ask_for_state(self.config.recv_timeout)
+        if answer is None or answer.round <= round_:
+            self.log.warning("round %d: no neighbour ahead answered the state request within %.1fs "
+                             "(--recv-timeout); running the rounds alone", round_, self.config.recv_timeout)
+            self._next_catch_up = round_ + self.config.catch_up
+            return round_
+        self._take_state(answer)
+        self.stats.caught_up += 1
+        self.log.warning("caught up: took the state of %s, continuing from round %d instead of %d (%d rounds "
+                         "not run)", answer.sender, answer.round, round_, answer.round - round_)
         return answer.round
 
     # ---- the end ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class PeerStats:
     # that id (a copied command line, a copied key). Counted apart from plain duplicates.
     identity_conflicts: Counter[str] = field(default_factory=Counter)
     older_dropped: int = 0  # asynchronous mode: older than a message already here from the same sender
+    caught_up: int = 0  # times this peer, far behind, took a neighbour's state (--catch-up)
 
     def reject(self, reason: str, source: str) -> None:
         self.rejected[reason] += 1

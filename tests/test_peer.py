@@ -435,3 +435,102 @@ async def test_two_different_messages_for_one_round_from_one_id_are_logged_once_
     for _ in range(3):
         expected = (expected + 1.0 + 2.0) / 3
     assert torch.allclose(x_of(node), torch.full((2,), expected, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+# ---- a neighbour behind, a peer behind ------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_suspected_neighbour_sending_past_rounds_is_not_waited_for_until_it_sends_a_current_one(
+        tmp_path, network, complete3):
+    node = make_node(tmp_path, complete3, network)
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 0)
+    await node.exchange(0)
+    send(network, node, "p1", 1)
+    await node.exchange(1)  # p2 paused: one deadline, then suspected
+    assert node.last["wait_seconds"] == RECV_TIMEOUT and node.membership.suspected == {"p2"}
+    for round_ in (2, 3):
+        send(network, node, "p1", round_)
+        send(network, node, "p2", round_ - 1)  # p2 back, replaying the rounds it missed: always one behind
+        await node.exchange(round_)
+        # Its round-(r-1) message shows it alive but behind: waiting for it would cost a deadline a round.
+        assert node.last["wait_seconds"] == 0 and node.last["missing"] == ["p2"]
+    assert network.clock() == RECV_TIMEOUT and node.membership.suspected == {"p2"}
+    send(network, node, "p1", 4)
+    send(network, node, "p2", 4)  # caught up
+    await node.exchange(4)
+    send(network, node, "p1", 5)
+    send(network, node, "p2", 5, at=network.clock() + 0.25)
+    await node.exchange(5)  # waited for again
+    assert node.last["heard"] == ["p1", "p2"] and node.last["wait_seconds"] == 0.25
+    assert node.membership.suspected == set()
+
+
+def state_answer(node: Node, sender: str, round_: int, value: float) -> list:
+    return wire.encode(kind="state", sender=sender, run_id=RUN, round=round_, fingerprint=node.fingerprint,
+                       tensors={"x": torch.full((2,), value, dtype=torch.float64)}, topology=node.topology_digest(round_))
+
+
+@pytest.mark.asyncio
+async def test_a_peer_far_behind_its_neighbours_takes_a_neighbours_state_instead_of_replaying(
+        tmp_path, network, complete3, caplog):
+    node = make_node(tmp_path, complete3, network, rounds=100, catch_up=10)
+    for neighbour in ("p1", "p2"):
+        send(network, node, neighbour, 0)
+    await node.exchange(0)
+    assert await node.catch_up(1) == 1  # nobody ahead
+    for neighbour in ("p1", "p2"):
+        send(network, node, neighbour, 1)
+    send(network, node, "p1", 12)  # 10 rounds ahead of round 2: not more than --catch-up
+    await node.exchange(1)  # reads everything that has arrived
+    network.collect("p1"), network.collect("p2")  # what p0 sent, not looked at here
+    assert await node.catch_up(2) == 2 and network.collect("p1") == []
+    for neighbour in ("p1", "p2"):
+        send(network, node, neighbour, 2)
+    send(network, node, "p2", 40)  # back from a pause: its neighbours are at round 40
+    await node.exchange(2)
+    network.collect("p1"), network.collect("p2")
+    network.deliver("p0", state_answer(node, "p2", 41, 7.0), sender="p2", at=network.clock() + 0.25)
+    with caplog.at_level(logging.INFO, logger="p2ptrain.peer"):
+        assert await node.catch_up(3) == 41
+    assert network.clock() == 0.25 and node.stats.caught_up == 1
+    assert torch.equal(x_of(node), torch.full((2,), 7.0, dtype=torch.float64))
+    asked = network.collect("p1") + network.collect("p2")
+    assert {wire.decode_header(a.frames[0])["kind"] for a in asked} == {"state_request"}
+    assert "round 3 is 37 rounds behind the newest round heard (40); asking p1,p2 for their state" in caplog.text
+    assert "caught up: took the state of p2, continuing from round 41 instead of 3 (38 rounds not run)" in caplog.text
+    send(network, node, "p1", 41)
+    send(network, node, "p2", 41)
+    await node.exchange(41)  # the ordinary deadline, the neighbours' round-41 parameters mixed
+    assert node.last["heard"] == ["p1", "p2"] and node.rounds_completed == 41
+
+
+@pytest.mark.asyncio
+async def test_a_state_request_nobody_answers_ahead_is_not_repeated_for_catch_up_rounds(tmp_path, network, complete3,
+                                                                                         caplog):
+    node = make_node(tmp_path, complete3, network, rounds=100, catch_up=10)
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 40)  # an impostor's round, or a neighbour that exited: nobody answers
+    await node.exchange(0)
+    start = network.clock()
+    with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
+        assert await node.catch_up(1) == 1
+    assert network.clock() == start + RECV_TIMEOUT and node.stats.caught_up == 0
+    assert "round 1: no neighbour ahead answered the state request within 1.5s" in caplog.text
+    assert await node.catch_up(10) == 10 and network.clock() == start + RECV_TIMEOUT  # not asked again yet
+    network.deliver("p0", state_answer(node, "p1", 11, 7.0), sender="p1")  # not ahead of round 11: ignored
+    assert await node.catch_up(11) == 11 and network.clock() == start + RECV_TIMEOUT  # answered at once
+    assert node.stats.caught_up == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("options", [{"catch_up": 0}, {"mode": "async"}])
+async def test_a_peer_behind_does_not_take_a_state_when_catch_up_is_off_or_in_async_mode(
+        tmp_path, network, complete3, options):
+    node = make_node(tmp_path, complete3, network, rounds=100, **options)
+    send(network, node, "p2", 40)
+    send(network, node, "p1", 40)
+    await node.exchange(1)
+    network.collect("p1"), network.collect("p2")  # p0's round-1 parameters
+    assert await node.catch_up(2) == 2 and network.collect("p1") == network.collect("p2") == []
