@@ -340,7 +340,10 @@ def _check_fragment(fragment: Any, kind: str, round_: int, contract: Contract) -
 def _check_topology(digest: Any, sender: str, round_: int, ours: tuple[str, ...]) -> None:
     expected = ours[round_ % len(ours)]
     if digest != expected:
-        shown = digest if isinstance(digest, str) and digest.isalnum() and len(digest) <= 32 else _shown(digest)
+        if digest is None:
+            shown = "none"
+        else:
+            shown = digest if isinstance(digest, str) and digest.isalnum() and len(digest) <= 32 else _shown(digest)
         raise TopologyMismatch(f"topology digest {shown} from {sender!r} for round {round_}, this peer's is "
                                f"{expected}: {sender!r} was likely started with a different topology file (its "
                                "graph or mixing weights differ from this peer's)")
