@@ -182,11 +182,13 @@ class RoundGatherer(Gatherer):
             return self.membership.awaited(self.inbox.senders(round_) | self.inbox.moved_on(round_), expected)
 
         bytes_received = await self._read_while(awaited, start + timeout)
+        # Whom the round waited for until its deadline passed: each one cost this round a whole deadline.
+        timed_out = sorted(awaited())
         messages = self.inbox.take(round_)
         waited = self.clock() - start
         outcome = self._close_round(round_, messages, expected,
                                     "round %d: no parameters from %s within %.1fs; going on without it", timeout)
-        return Gathered(waited, bytes_received, messages, outcome)
+        return Gathered(waited, bytes_received, messages, outcome, {"timed_out": timed_out})
 
 
 class NewestGatherer(Gatherer):

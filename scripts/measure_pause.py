@@ -43,7 +43,7 @@ def pause_window(summary: dict) -> tuple[float, float]:
     return times["pause"], times["continue"]
 
 
-def neighbour_rates(out: Path, neighbour: str, start: float, end: float, deadline: float) -> dict:
+def neighbour_rates(out: Path, neighbour: str, start: float, end: float, deadline: float, paused: str) -> dict:
     records = read_json_lines(out / "peers" / neighbour / "metrics.jsonl")
     length = end - start
     before = [r for r in records if start - length <= r["unix_time"] < start]
@@ -61,6 +61,8 @@ def neighbour_rates(out: Path, neighbour: str, start: float, end: float, deadlin
         # Rounds that waited more than half a deadline, from the pause to the end, and their waits' sum.
         "long_waits": len(long_waits),
         "cost": sum(long_waits),
+        # Rounds that waited for the paused peer until their deadline (metrics without the field: "-").
+        "timed_out": (sum(1 for r in records if paused in r["timed_out"]) if "timed_out" in records[0] else "-"),
     }
 
 
@@ -91,17 +93,18 @@ def main() -> int:
                 start, end = pause_window(summary)
                 accuracies = [p["test_accuracy"] for p in summary["peers"].values()]
                 for neighbour in neighbours:
-                    rows.append((mode, neighbour, neighbour_rates(out, neighbour, start, end, args.recv_timeout),
+                    rows.append((mode, neighbour, neighbour_rates(out, neighbour, start, end, args.recv_timeout, args.peer),
                                  min(accuracies), summary["consensus_distance"]))
 
     print(f"\n{args.peer} paused {args.seconds:g}s at round {args.at}; round deadline {args.recv_timeout:g}s")
     print("long waits: rounds from the pause to the end of the run that waited more than half a deadline; "
-          "cost: the seconds they waited")
+          "cost: the seconds they waited; timed out: rounds that waited for the paused peer until the deadline")
     print(f"{'mode':<6} {'neighbour':<9} {'rounds/s before':>15} {'during':>8} {'ratio':>6} "
-          f"{'max wait (s)':>12} {'cost (s)':>8} {'long waits':>10} {'min acc':>8} {'consensus':>10}")
+          f"{'max wait (s)':>12} {'cost (s)':>8} {'long waits':>10} {'timed out':>9} {'min acc':>8} {'consensus':>10}")
     for mode, neighbour, rates, accuracy, consensus in rows:
         print(f"{mode:<6} {neighbour:<9} {rates['before']:>15.1f} {rates['during']:>8.1f} {rates['ratio']:>6.2f} "
-              f"{rates['max_wait']:>12.3f} {rates['cost']:>8.3f} {rates['long_waits']:>10} {accuracy:>8.4f} "
+              f"{rates['max_wait']:>12.3f} {rates['cost']:>8.3f} {rates['long_waits']:>10} {rates['timed_out']!s:>9} "
+              f"{accuracy:>8.4f} "
               f"{consensus:>10.2e}")
     for mode in args.modes.split(","):
         costs = [rates["cost"] / args.recv_timeout for m, _, rates, _, _ in rows if m == mode]

@@ -117,9 +117,10 @@ async def test_a_missing_neighbour_costs_exactly_one_deadline_and_is_not_waited_
         await node.exchange(1)
         assert node.last["wait_seconds"] == RECV_TIMEOUT and network.clock() == RECV_TIMEOUT
         assert node.last["missing"] == ["p2"] and node.membership.suspected == {"p2"}
+        assert node.last["timed_out"] == ["p2"]  # the round waited for p2 until its deadline
         send(network, node, "p1", 2)
         await node.exchange(2)
-        assert node.last["wait_seconds"] == 0 and node.last["missing"] == ["p2"]
+        assert node.last["wait_seconds"] == 0 and node.last["missing"] == ["p2"] and node.last["timed_out"] == []
         send(network, node, "p1", 3)
         send(network, node, "p2", 3)  # back
         await node.exchange(3)
