@@ -75,6 +75,11 @@ class Gatherer(ABC):
         self.stats = stats
         self.log = log
         self.round = 0  # the round being gathered, or the one the peer starts at
+        # How many rounds behind a suspected neighbour's parameters may be and still make it waited for
+        # again (sync mode); None: any. The Node sets it to --catch-up when a peer further behind catches
+        # up by a state: waiting for it would cost a deadline a round, as it cannot send a current round
+        # in time. A neighbour this close behind is waited for, and reaches the round within a few.
+        self.waits_for_behind: int | None = None
 
     def start_at(self, round_: int, joined: bool = False) -> None:
         """Run from ``round_`` on: from 0, a checkpoint's round, or the round a joining peer was given."""
@@ -162,10 +167,9 @@ class RoundGatherer(Gatherer):
         return self.inbox.newest_round()
 
     def file(self, message: wire.Message) -> None:
-        # Only a message of this round or a later one makes its sender waited for again: a stale one shows
-        # it alive but behind, and waiting for a neighbour replaying rounds alone would cost a deadline per
-        # round until it caught up (it catches up by taking a neighbour's state instead, Node.catch_up).
-        if message.round >= self.round:
+        # A message shows its sender alive, and makes it waited for again, unless it is more than
+        # waits_for_behind rounds old: a neighbour that far behind catches up by taking a state.
+        if self.waits_for_behind is None or self.round - message.round <= self.waits_for_behind:
             self.membership.saw(message.sender)
         filed = self.inbox.put(message)
         if filed == "stale":

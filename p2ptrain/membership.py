@@ -3,11 +3,11 @@
 A neighbour that misses a round's deadline becomes *suspected*. Later rounds
 end as soon as every unsuspected neighbour has been heard, so a dead
 neighbour costs one deadline, not one per round. A sign of life from a
-suspected neighbour (``saw``: the gatherer calls it for parameters of the
-round being gathered or a later one, and the peer for a state request) makes
-it waited for again from the next round on. Parameters of a past round do not:
-a neighbour replaying rounds alone would otherwise be waited for, and cost a
-deadline, round after round until it caught up.
+suspected neighbour (``saw``: the gatherer calls it for parameters, and the
+peer for a state request) makes it waited for again from the next round on,
+which lets a neighbour a little behind catch up. Parameters more than
+--catch-up rounds old do not count (gather.py): that neighbour catches up by
+taking a state, and waiting for it would cost a deadline round after round.
 """
 
 from __future__ import annotations

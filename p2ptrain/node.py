@@ -105,6 +105,10 @@ class Node:
         self._awaiting_state = False  # joining: the first state answer is this peer's
         self._state_answer: wire.Message | None = None
         self._next_catch_up = 0  # the first round at which a peer behind may ask for a state (again)
+        self._state_after = -1  # a state answer is taken only for a round after this one
+        if self.catches_up:
+            # Neighbours further behind catch up by a state: waiting for them would cost a deadline a round.
+            self.gatherer.waits_for_behind = config.catch_up
         self.round_now = self.start_round = self.rounds_completed = 0
         self.last: dict = {}  # the last round's metrics record
         self.evaluation: dict[str, float] = {}  # the task's latest held-out figures
@@ -336,7 +340,7 @@ class Node:
         message = self._check(received)
         if message is None or message.kind == "params":
             return message
-        if message.kind == "state" and self._awaiting_state:
+        if message.kind == "state" and self._awaiting_state and message.round > self._state_after:
             self._awaiting_state, self._state_answer = False, message
             return None
         # A state request, or a state answer to a peer no longer joining: its sender is alive.
@@ -419,11 +423,12 @@ class Node:
         self.log.info("joined: took the state of %s, continuing from round %d", answer.sender, answer.round)
         return answer.round
 
-    async def _ask_for_state(self, timeout: float) -> wire.Message | None:
-        """Send state requests to the answerers until one answers or ``timeout`` passes; the first answer."""
+    async def _ask_for_state(self, timeout: float, after: int = -1) -> wire.Message | None:
+        """Send state requests to the answerers until one answers with a round after ``after`` or ``timeout``
+        passes; that first answer."""
         request = wire.encode(kind="state_request", sender=self.id, run_id=self.config.run_id, round=0,
                               fingerprint=self.fingerprint, tensors={}, topology=self.topology_digest(0))
-        self._awaiting_state, self._state_answer = True, None
+        self._awaiting_state, self._state_answer, self._state_after = True, None, after
         deadline = self.clock() + timeout
         while self._awaiting_state and (remaining := deadline - self.clock()) > 0:
             # Ask again now and then: a neighbour's queue towards this peer may have been full of the
@@ -462,8 +467,9 @@ class Node:
             return round_  # a request just went unanswered: run some rounds before asking again
         self.log.info("round %d is %d rounds behind the newest round heard (%d); asking %s for their state",
                       round_, ahead - round_, ahead, ",".join(self.answerers))
-        answer = await self._ask_for_state(self.config.recv_timeout)
-        if answer is None or answer.round <= round_:
+        # Only an answer ahead is taken: a neighbour as far behind (the other side of a cut link) answers too.
+        answer = await self._ask_for_state(self.config.recv_timeout, after=round_)
+        if answer is None:
             self.log.warning("round %d: no neighbour ahead answered the state request within %.1fs "
                              "(--recv-timeout); running the rounds alone", round_, self.config.recv_timeout)
             self._next_catch_up = round_ + self.config.catch_up

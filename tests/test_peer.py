@@ -442,28 +442,28 @@ async def test_two_different_messages_for_one_round_from_one_id_are_logged_once_
 
 
 @pytest.mark.asyncio
-async def test_a_suspected_neighbour_sending_past_rounds_is_not_waited_for_until_it_sends_a_current_one(
-        tmp_path, network, complete3):
-    node = make_node(tmp_path, complete3, network)
+async def test_a_suspected_neighbour_far_behind_is_not_waited_for_and_one_close_behind_is(tmp_path, network,
+                                                                                            complete3):
+    node = make_node(tmp_path, complete3, network, catch_up=2)
     send(network, node, "p1", 0)
     send(network, node, "p2", 0)
     await node.exchange(0)
     send(network, node, "p1", 1)
     await node.exchange(1)  # p2 paused: one deadline, then suspected
     assert node.last["wait_seconds"] == RECV_TIMEOUT and node.membership.suspected == {"p2"}
-    for round_ in (2, 3):
+    for round_ in (4, 5):
         send(network, node, "p1", round_)
-        send(network, node, "p2", round_ - 1)  # p2 back, replaying the rounds it missed: always one behind
+        send(network, node, "p2", round_ - 3)  # back, replaying the rounds it missed, 3 rounds behind
         await node.exchange(round_)
-        # Its round-(r-1) message shows it alive but behind: waiting for it would cost a deadline a round.
-        assert node.last["wait_seconds"] == 0 and node.last["missing"] == ["p2"]
+        # More than --catch-up rounds behind: it will take a state; waiting would cost a deadline a round.
+        assert node.last["wait_seconds"] == 0 and node.last["missing"] == ["p2"] and node.last["timed_out"] == []
     assert network.clock() == RECV_TIMEOUT and node.membership.suspected == {"p2"}
-    send(network, node, "p1", 4)
-    send(network, node, "p2", 4)  # caught up
-    await node.exchange(4)
-    send(network, node, "p1", 5)
-    send(network, node, "p2", 5, at=network.clock() + 0.25)
-    await node.exchange(5)  # waited for again
+    send(network, node, "p1", 6)
+    send(network, node, "p2", 4)  # 2 rounds behind: close enough to reach the round soon
+    await node.exchange(6)
+    send(network, node, "p1", 7)
+    send(network, node, "p2", 7, at=network.clock() + 0.25)
+    await node.exchange(7)  # waited for again
     assert node.last["heard"] == ["p1", "p2"] and node.last["wait_seconds"] == 0.25
     assert node.membership.suspected == set()
 
@@ -514,15 +514,15 @@ async def test_a_state_request_nobody_answers_ahead_is_not_repeated_for_catch_up
     send(network, node, "p1", 0)
     send(network, node, "p2", 40)  # an impostor's round, or a neighbour that exited: nobody answers
     await node.exchange(0)
-    start = network.clock()
+    start, before = network.clock(), x_of(node).clone()
     with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
         assert await node.catch_up(1) == 1
     assert network.clock() == start + RECV_TIMEOUT and node.stats.caught_up == 0
     assert "round 1: no neighbour ahead answered the state request within 1.5s" in caplog.text
     assert await node.catch_up(10) == 10 and network.clock() == start + RECV_TIMEOUT  # not asked again yet
     network.deliver("p0", state_answer(node, "p1", 11, 7.0), sender="p1")  # not ahead of round 11: ignored
-    assert await node.catch_up(11) == 11 and network.clock() == start + RECV_TIMEOUT  # answered at once
-    assert node.stats.caught_up == 0
+    assert await node.catch_up(11) == 11 and network.clock() == start + 2 * RECV_TIMEOUT
+    assert node.stats.caught_up == 0 and torch.equal(x_of(node), before)  # its own parameters, still
 
 
 @pytest.mark.asyncio
