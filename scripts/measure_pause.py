@@ -8,8 +8,16 @@ equally long window just before it, from the peers' metrics (wall-clock
 "unix_time" of each round), and prints the ratio of the two rates. Both runs
 happen here, one after the other, so a noisy machine affects them alike.
 
+What the pause cost in all, from its start to the end of the run (after it
+too, while the paused peer catches up): the rounds that waited more than half
+a deadline and the seconds they waited, and the rounds that waited for the
+paused peer until their deadline (`timed_out` in the metrics). --trials runs
+each mode that many times, the modes interleaved, and prints the median and
+range of the cost in deadlines.
+
     python scripts/measure_pause.py [--topology topologies/ring8.toml] [--peer p2]
         [--at 120] [--seconds 3] [--rounds 400] [--min-compute-seconds 0.02] [--recv-timeout 1]
+        [--modes sync,async] [--trials 1]
 """
 
 from __future__ import annotations
