@@ -56,6 +56,7 @@ class PeerConfig:
     robust_b: int = 1
     attack: str = ""  # PEER:KIND[:VALUE], an experiment's misbehaving peer
     max_staleness: int = 10
+    catch_up: int = 10  # sync gossip: a peer this many rounds behind a neighbour takes its state; 0: never
     task: str = ""  # a built-in task's name, MODULE:ATTR or FILE.py:ATTR; empty: --dataset with --model
     task_args: str = ""  # KEY=VALUE,... for the task's constructor or factory
     dataset: str = "digits"
@@ -126,6 +127,7 @@ class PeerConfig:
              f"--compressor {self.compressor} needs a CHOCO step chosen for its fraction and the graph: pass "
              "--choco-gamma, e.g. 0.1 for top-k:0.01 or 0.01 for random-k:0.01 on a ring of 16 (docs/algorithms.md "
              "has the measured table); too large a step trains nothing")
+        need(self.catch_up >= 0, f"--catch-up {self.catch_up}: must be 0 (never) or more rounds")
         need(self.mode == "sync" or self.algo == "gossip",
              "--mode async works with --algo gossip only: ADMM's edge duals need both ends of an edge in the "
              "same round, and gradient tracking and push-sum have been checked in lockstep rounds only; use "
@@ -373,6 +375,10 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
     add("--max-staleness", type=int, default=d.max_staleness,
         help="async mode: a neighbour's parameters more than this many rounds old are left out of the mix, and "
              "a peer this far behind its neighbours jumps to their round (default: %(default)s)")
+    add("--catch-up", type=int, default=d.catch_up, metavar="ROUNDS",
+        help="sync mode, gossip: a peer more than ROUNDS rounds behind a neighbour (back from a restart or a "
+             "pause) takes that neighbour's state, as --join does, instead of running the missed rounds alone; "
+             "0: never (ADMM never does: it runs them alone) (default: %(default)s)")
     add("--absent", default=d.absent, metavar="PEER[,PEER...]",
         help="peers of the topology that are not running at the start (they join later with --join): the "
              "first round does not wait for them (default: none)")

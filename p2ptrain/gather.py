@@ -75,6 +75,11 @@ class Gatherer(ABC):
         self.stats = stats
         self.log = log
         self.round = 0  # the round being gathered, or the one the peer starts at
+        # How many rounds behind a suspected neighbour's parameters may be and still make it waited for
+        # again (sync mode); None: any. The Node sets it to --catch-up when a peer further behind catches
+        # up by a state: waiting for it would cost a deadline a round, as it cannot send a current round
+        # in time. A neighbour this close behind is waited for, and reaches the round within a few.
+        self.waits_for_behind: int | None = None
 
     def start_at(self, round_: int, joined: bool = False) -> None:
         """Run from ``round_`` on: from 0, a checkpoint's round, or the round a joining peer was given."""
@@ -92,6 +97,10 @@ class Gatherer(ABC):
     def next_round(self, round_: int) -> int:
         """The round to run after ``round_``."""
         return round_ + 1
+
+    def newest_round(self) -> int | None:
+        """The newest round any in-neighbour has sent, if it has sent anything."""
+        return None
 
     async def receive(self, timeout: float) -> int | None:
         """Read one message, filing its parameters; its bytes, or None if none came within ``timeout``."""
@@ -121,6 +130,15 @@ class Gatherer(ABC):
             bytes_received += read
         return bytes_received
 
+    def _note_conflict(self, message: wire.Message) -> None:
+        """Say once per sender id that two different messages came for one round; later ones are only
+        counted (``identity_conflicts`` in the metrics and result.json)."""
+        if self.stats.identity_conflicts[message.sender] == 1:
+            self.log.warning("identity conflict: two different messages from %s for round %d, so two processes "
+                             "are sending as %s (a copied command line, or a copied key: keys cannot tell them "
+                             "apart); stop the one that should not run. Further conflicts are only counted",
+                             message.sender, message.round, message.sender)
+
     def _close_round(self, round_: int, messages: dict[str, wire.Message], expected: frozenset[str],
                      why_missing: str, detail: float) -> RoundOutcome:
         """Who was heard; ``why_missing`` (formatted with the round, the neighbour and ``detail``) is logged
@@ -145,11 +163,19 @@ class RoundGatherer(Gatherer):
         super().start_at(round_, joined)
         self.inbox.skip_to(round_)  # messages of earlier rounds are stale from now on
 
+    def newest_round(self) -> int | None:
+        return self.inbox.newest_round()
+
     def file(self, message: wire.Message) -> None:
-        # Any message shows its sender is alive, even a stale one.
-        self.membership.saw(message.sender)
-        if self.inbox.put(message) == "stale":
+        # A message shows its sender alive, and makes it waited for again, unless it is more than
+        # waits_for_behind rounds old: a neighbour that far behind catches up by taking a state.
+        if self.waits_for_behind is None or self.round - message.round <= self.waits_for_behind:
+            self.membership.saw(message.sender)
+        filed = self.inbox.put(message)
+        if filed == "stale":
             self.log.debug("dropped stale round-%d message from %s", message.round, message.sender)
+        elif filed == "conflict":
+            self._note_conflict(message)
 
     async def gather(self, round_: int, expected: frozenset[str]) -> Gathered:
         self.round = round_
@@ -160,11 +186,13 @@ class RoundGatherer(Gatherer):
             return self.membership.awaited(self.inbox.senders(round_) | self.inbox.moved_on(round_), expected)
 
         bytes_received = await self._read_while(awaited, start + timeout)
+        # Whom the round waited for until its deadline passed: each one cost this round a whole deadline.
+        timed_out = sorted(awaited())
         messages = self.inbox.take(round_)
         waited = self.clock() - start
         outcome = self._close_round(round_, messages, expected,
                                     "round %d: no parameters from %s within %.1fs; going on without it", timeout)
-        return Gathered(waited, bytes_received, messages, outcome)
+        return Gathered(waited, bytes_received, messages, outcome, {"timed_out": timed_out})
 
 
 class NewestGatherer(Gatherer):
@@ -182,7 +210,10 @@ class NewestGatherer(Gatherer):
         # neighbour that is catching up alive and suspected by turns.
         if self.round - message.round <= self.max_staleness:
             self.membership.saw(message.sender)
+        conflicts = self.stats.identity_conflicts[message.sender]
         self.newest.put(message)
+        if self.stats.identity_conflicts[message.sender] > conflicts:
+            self._note_conflict(message)
 
     async def gather(self, round_: int, expected: frozenset[str]) -> Gathered:
         self.round = round_

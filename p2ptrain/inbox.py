@@ -9,8 +9,17 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import torch
+
 from .stats import PeerStats
 from .wire import Message
+
+# Rounds already gathered for which each sender's message is remembered (by a sample of its values), so
+# that a different message for such a round, arriving late, still shows two processes sending as one id.
+REMEMBERED_ROUNDS = 64
+# Values per tensor in that sample: two processes' parameters differ nearly everywhere once they have
+# trained apart, and a few dozen evenly spaced values cost nothing to keep.
+SAMPLED_VALUES = 16
 
 
 @dataclass
@@ -26,9 +35,11 @@ class Inbox:
     _by_round: dict[int, dict[str, Message]] = field(default_factory=lambda: defaultdict(dict))
     # The highest round each sender has sent us so far.
     _latest: dict[str, int] = field(default_factory=dict)
+    # For the last REMEMBERED_ROUNDS rounds gathered: round -> sender -> sample of the message taken.
+    _taken: dict[int, dict[str, bytes]] = field(default_factory=dict)
 
     def put(self, message: Message) -> str:
-        """File a message; returns 'kept', 'stale', 'duplicate' or 'too_far_ahead'."""
+        """File a message; returns 'kept', 'stale', 'duplicate', 'conflict' or 'too_far_ahead'."""
         if self.rounds is not None and message.round >= self.rounds:
             # Not believed at all: a claim to be past the run's end would otherwise stop this
             # peer waiting for that sender (moved_on), and its real messages would arrive stale.
@@ -41,12 +52,15 @@ class Inbox:
             self.stats.too_far_ahead += 1
             return "too_far_ahead"
         if message.round < self.current_round:
+            taken = self._taken.get(message.round, {}).get(message.sender)
+            if taken is not None and taken != content_sample(message):
+                self.stats.identity_conflicts[message.sender] += 1
+                return "conflict"
             self.stats.stale_dropped += 1
             return "stale"
         round_messages = self._by_round[message.round]
         if message.sender in round_messages:
-            self.stats.duplicates += 1
-            return "duplicate"
+            return _second(round_messages[message.sender], message, self.stats)
         round_messages[message.sender] = message
         return "kept"
 
@@ -59,6 +73,10 @@ class Inbox:
         (it was sent while this peer was down, or dropped): waiting for it is pointless."""
         return {sender for sender, latest in self._latest.items() if latest > round_} - self.senders(round_)
 
+    def newest_round(self) -> int | None:
+        """The newest round any sender has sent (kept or not), None before anything arrived."""
+        return max(self._latest.values(), default=None)
+
     def skip_to(self, round_: int) -> None:
         """Continue from ``round_`` (a peer that joined a running swarm): earlier rounds' messages are stale."""
         for old in [r for r in self._by_round if r < round_]:
@@ -68,10 +86,40 @@ class Inbox:
     def take(self, round_: int) -> dict[str, Message]:
         """Hand over round ``round_``'s messages and move on to the next round."""
         taken = self._by_round.pop(round_, {})
+        self._taken[round_] = {sender: content_sample(message) for sender, message in taken.items()}
+        for old in [r for r in self._taken if r <= round_ - REMEMBERED_ROUNDS]:
+            del self._taken[old]
         self.current_round = round_ + 1
         for old in [r for r in self._by_round if r < self.current_round]:
             self.stats.stale_dropped += len(self._by_round.pop(old))
         return taken
+
+
+def content_sample(message: Message) -> bytes:
+    """The bytes of up to SAMPLED_VALUES evenly spaced values of each tensor: enough to tell two
+    processes' parameters apart, not a checksum."""
+    parts = []
+    for tensor in message.tensors.values():
+        flat = tensor.reshape(-1)
+        step = max(1, flat.numel() // SAMPLED_VALUES)
+        parts.append(flat[::step][:SAMPLED_VALUES].contiguous().view(torch.uint8).numpy().tobytes())
+    return b"".join(parts)
+
+
+def same_content(first: Message, second: Message) -> bool:
+    """Whether two messages of one sender for one round carry the same tensors, bit for bit."""
+    return first.tensors.keys() == second.tensors.keys() and all(
+        torch.equal(tensor, second.tensors[name]) for name, tensor in first.tensors.items())
+
+
+def _second(kept: Message, again: Message, stats: PeerStats) -> str:
+    """A second message of ``kept``'s sender and round: the same one again is a duplicate; a different
+    one means two processes send under that id (an identity conflict). The first one stays."""
+    if same_content(kept, again):
+        stats.duplicates += 1
+        return "duplicate"
+    stats.identity_conflicts[again.sender] += 1
+    return "conflict"
 
 
 @dataclass
@@ -86,7 +134,10 @@ class Newest:
     def put(self, message: Message) -> bool:
         """Keep ``message`` if it is newer than what its sender sent before."""
         previous = self._newest.get(message.sender)
-        if previous is not None and previous.round >= message.round:
+        if previous is not None and previous.round == message.round:
+            _second(previous, message, self.stats)  # the first one stays
+            return False
+        if previous is not None and previous.round > message.round:
             # Arrived after a newer one from the same sender: dropped.
             self.stats.older_dropped += 1
             return False

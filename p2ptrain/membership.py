@@ -2,10 +2,12 @@
 
 A neighbour that misses a round's deadline becomes *suspected*. Later rounds
 end as soon as every unsuspected neighbour has been heard, so a dead
-neighbour costs one deadline, not one per round. Any message from a suspected
-neighbour (even one for a past round) shows it is alive: it is waited for again
-from the next round on, which lets a neighbour that fell behind catch up
-instead of being left behind for good.
+neighbour costs one deadline, not one per round. A sign of life from a
+suspected neighbour (``saw``: the gatherer calls it for parameters, and the
+peer for a state request) makes it waited for again from the next round on,
+which lets a neighbour a little behind catch up. Parameters more than
+--catch-up rounds old do not count (gather.py): that neighbour catches up by
+taking a state, and waiting for it would cost a deadline round after round.
 """
 
 from __future__ import annotations

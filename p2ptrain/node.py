@@ -43,7 +43,7 @@ from .staging import Staging
 from .stats import PeerStats
 from .storage import (JsonLines, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json_lines,
                       remove_partial_writes, rewrite_json_lines)
-from .topology import Topology, TopologyError, load_topology
+from .topology import Topology, TopologyError, load_topology, topology_digests
 from .training import to_device
 from .transport import Received, Transport, TransportError, ZmqTransport
 
@@ -63,14 +63,15 @@ class Impersonation(wire.WireError):
 
 
 def message_contract(run_id: str, fingerprint: str, senders: frozenset[str], algorithm, period: int,
-                     state_specs: tuple[wire.TensorSpec, ...]) -> wire.Contract:
+                     state_specs: tuple[wire.TensorSpec, ...], topology: tuple[str, ...] = ()) -> wire.Contract:
     """What this peer accepts: its algorithm's params messages (one layout per fragment) and state answers
-    (``state_specs``: the whole model in its own precision)."""
+    (``state_specs``: the whole model in its own precision), sent with its view of the topology
+    (``topology``: the digest of each round of the period)."""
     layouts = tuple(wire.specs_of(tensors) for tensors in algorithm.message_layouts())
     if len(layouts) == 1:
-        return wire.Contract(run_id, fingerprint, senders, layouts[0], state_specs=state_specs)
+        return wire.Contract(run_id, fingerprint, senders, layouts[0], state_specs=state_specs, topology=topology)
     return wire.Contract(run_id, fingerprint, senders, state_specs, fragments=layouts, period=period,
-                         state_specs=state_specs)
+                         state_specs=state_specs, topology=topology)
 
 
 class Node:
@@ -95,8 +96,10 @@ class Node:
         self.fingerprint = wire.fingerprint(state_specs, replica.agreement)
         self.in_neighbours = topology.in_neighbours(self.id)
         self.out_neighbours = topology.out_neighbours(self.id)
+        # What every message carries of this peer's graph and weights, per round of the period (PROTOCOL.md 2.6).
+        self.topology_digests = topology_digests(topology)
         self.contract = message_contract(config.run_id, self.fingerprint, frozenset(self.in_neighbours),
-                                         self.algorithm, topology.period, state_specs)
+                                         self.algorithm, topology.period, state_specs, self.topology_digests)
         # Peers known not to be running yet are suspected from the start, so round 0 does not wait for them.
         absent = config.absent_peers(topology.ids)
         self.membership = Membership(frozenset(self.in_neighbours), suspected=set(absent & set(self.in_neighbours)))
@@ -106,6 +109,11 @@ class Node:
         self._answered: dict[str, int] = {}  # state requests answered: asker -> round
         self._awaiting_state = False  # joining: the first state answer is this peer's
         self._state_answer: wire.Message | None = None
+        self._next_catch_up = 0  # the first round at which a peer behind may ask for a state (again)
+        self._state_after = -1  # a state answer is taken only for a round after this one
+        if self.catches_up:
+            # Neighbours further behind catch up by a state: waiting for them would cost a deadline a round.
+            self.gatherer.waits_for_behind = config.catch_up
         self.round_now = self.start_round = self.rounds_completed = 0
         self.last: dict = {}  # the last round's metrics record
         self.write_error: OSError | None = None  # a final output that could not be written
@@ -149,6 +157,7 @@ class Node:
                          "period": topology.period,
                          "mixing_rows": [topology.mixing_row(self.id, r) for r in range(topology.period)]},
             "fingerprint": self.fingerprint,
+            "topology_digests": list(self.topology_digests),
             "agreement": self.replica.agreement,
             "task": _task_name(self.replica.task),
             "device": str(self.replica.device),
@@ -262,7 +271,7 @@ class Node:
             await asyncio.sleep(0)
             await self.run_round(round_)
             self.rounds_completed = round_ + 1
-            round_ = self.gatherer.next_round(round_)
+            round_ = await self.catch_up(self.gatherer.next_round(round_))
 
     async def run_round(self, round_: int) -> None:
         """One round of the command-line peer: the task's local steps, then the exchange."""
@@ -290,7 +299,7 @@ class Node:
         frames = wire.encode(kind="params", sender=self.id, run_id=self.config.run_id, round=round_,
                              fingerprint=self.fingerprint,
                              tensors=self.staging.to_host(self.replica.as_sent(outgoing, round_)),
-                             fragment=self.algorithm.fragment_at(round_))
+                             fragment=self.algorithm.fragment_at(round_), topology=self.topology_digest(round_))
         bytes_sent = 0
         for neighbour in self.topology.out_neighbours(self.id, round_):
             if self.transport.send(neighbour, frames, copy=self.staging.copy_on_send):
@@ -354,6 +363,10 @@ class Node:
         self._trace.flush()
         return row.size
 
+    def topology_digest(self, round_: int) -> str:
+        """This peer's digest of the graph of round ``round_``, carried by every message of that round."""
+        return self.topology_digests[round_ % len(self.topology_digests)]
+
     # ---- what arrives -----------------------------------------------------------------------
 
     def _accept(self, received: Received) -> wire.Message | None:
@@ -361,7 +374,7 @@ class Node:
         message = self._check(received)
         if message is None or message.kind == "params":
             return message
-        if message.kind == "state" and self._awaiting_state:
+        if message.kind == "state" and self._awaiting_state and message.round > self._state_after:
             self._awaiting_state, self._state_answer = False, message
             return None
         # A state request, or a state answer to a peer no longer joining: its sender is alive.
@@ -380,6 +393,13 @@ class Node:
             if self.transport.secure and message.sender != received.sender:
                 raise Impersonation(f"the header names {message.sender!r}, the connection's key is "
                                     f"{received.sender!r}'s")
+        except wire.TopologyMismatch as error:
+            # Say which file this peer runs with: one of the two files is the one to fix.
+            self._count_rejection(wire.TopologyMismatch(
+                f"{error}; this peer uses {self.config.topology or 'the topology ' + self.topology.name}: start "
+                "every peer with the same topology file"),
+                received.sender or "unauthenticated")
+            return None
         except wire.WireError as error:
             self._count_rejection(error, received.sender or "unauthenticated")
             return None
@@ -404,7 +424,8 @@ class Node:
             self.log.warning("state request from %s, which this peer does not send to; not answered", asker)
             return
         frames = wire.encode(kind="state", sender=self.id, run_id=self.config.run_id, round=round_,
-                             fingerprint=self.fingerprint, tensors=self.staging.to_host(self.algorithm.state_tensors()))
+                             fingerprint=self.fingerprint, tensors=self.staging.to_host(self.algorithm.state_tensors()),
+                             topology=self.topology_digest(round_))
         if self.transport.send(asker, frames):
             self._answered[asker] = round_
             self.log.info("answered a state request from %s: continue from round %d", asker, round_)
@@ -413,39 +434,85 @@ class Node:
 
     # ---- joining a running swarm ------------------------------------------------------------
 
+    @property
+    def answerers(self) -> list[str]:
+        """The neighbours that can answer a state request: linked both ways."""
+        return [j for j in self.out_neighbours if j in self.in_neighbours]
+
     async def join(self) -> int:
         """Ask the neighbours for their state and load the first answer (PROTOCOL.md section 6).
         Returns the round to continue from."""
-        answerers = [j for j in self.out_neighbours if j in self.in_neighbours]
-        if not answerers:
+        if not self.answerers:
             raise ConfigError(f"--join: {self.id} has no neighbour linked both ways in {self.topology.name}, so "
                               "nobody could answer a state request; start it without --join")
+        self.log.info("joining: asking %s for their state", ",".join(self.answerers))
+        answer = await self._ask_for_state(self.config.startup_timeout)
+        if answer is None:
+            raise ConfigError(f"--join: no answer from {', '.join(self.answerers)} within "
+                              f"{self.config.startup_timeout}s (--startup-timeout). Is the swarm running, with run "
+                              f"id {self.config.run_id} and this peer in its topology? Start without --join to "
+                              "train from round 0")
+        self._take_state(answer)
+        self.start_round = answer.round
+        self.log.info("joined: took the state of %s, continuing from round %d", answer.sender, answer.round)
+        return answer.round
+
+    async def _ask_for_state(self, timeout: float, after: int = -1) -> wire.Message | None:
+        """Send state requests to the answerers until one answers with a round after ``after`` or ``timeout``
+        passes; that first answer."""
         request = wire.encode(kind="state_request", sender=self.id, run_id=self.config.run_id, round=0,
-                              fingerprint=self.fingerprint, tensors={})
-        self.log.info("joining: asking %s for their state", ",".join(answerers))
-        self._awaiting_state = True
-        deadline = self.clock() + self.config.startup_timeout
+                              fingerprint=self.fingerprint, tensors={}, topology=self.topology_digest(0))
+        self._awaiting_state, self._state_answer, self._state_after = True, None, after
+        deadline = self.clock() + timeout
         while self._awaiting_state and (remaining := deadline - self.clock()) > 0:
             # Ask again now and then: a neighbour's queue towards this peer may have been full of the
             # parameters it sent while this peer was not running, and then its answer was dropped.
-            for neighbour in answerers:
+            for neighbour in self.answerers:
                 self.transport.send(neighbour, request)
             await self.gatherer.receive(min(remaining, STATE_REQUEST_INTERVAL))
-        if self._state_answer is None:
-            self._awaiting_state = False
-            raise ConfigError(f"--join: no answer from {', '.join(answerers)} within {self.config.startup_timeout}s "
-                              f"(--startup-timeout). Is the swarm running, with run id {self.config.run_id} and "
-                              "this peer in its topology? Start without --join to train from round 0")
-        return self._take_state(self._state_answer)
+        self._awaiting_state = False
+        return self._state_answer
 
-    def _take_state(self, answer: wire.Message) -> int:
+    def _take_state(self, answer: wire.Message) -> None:
         state = self.staging.to_device(answer.tensors)
         for name, tensor in self.algorithm.parameters.items():
             # A copy: on the CPU the received tensor lives in the message's frame buffer.
             tensor.data = state[name].clone()
-        self.start_round = self.rounds_completed = self.round_now = answer.round
+        self.rounds_completed = self.round_now = answer.round
         self.gatherer.start_at(answer.round, joined=True)
-        self.log.info("joined: took the state of %s, continuing from round %d", answer.sender, answer.round)
+
+    # ---- catching up ------------------------------------------------------------------------
+
+    @property
+    def catches_up(self) -> bool:
+        """Whether a far-behind peer takes a neighbour's state (--catch-up). Only synchronous gossip does:
+        asynchronous mode jumps to the neighbours' round by itself, and ADMM's duals are tied to the running
+        sums since round 0 (as are gradient tracking's and push-sum's sums and CHOCO's public copies), so such
+        a peer runs the rounds it missed alone."""
+        return (self.config.catch_up > 0 and self.config.mode == "sync" and self.config.algo == "gossip"
+                and bool(self.answerers))
+
+    async def catch_up(self, round_: int) -> int:
+        """The round to run next: ``round_``, or, when a neighbour is more than --catch-up rounds ahead of
+        it (this peer was restarted, paused or slow), the round of a neighbour's state, which it takes."""
+        ahead = self.gatherer.newest_round()
+        if not self.catches_up or ahead is None or ahead - round_ <= self.config.catch_up:
+            return round_
+        if round_ < self._next_catch_up or round_ >= self.config.rounds:
+            return round_  # a request just went unanswered: run some rounds before asking again
+        self.log.info("round %d is %d rounds behind the newest round heard (%d); asking %s for their state",
+                      round_, ahead - round_, ahead, ",".join(self.answerers))
+        # Only an answer ahead is taken: a neighbour as far behind (the other side of a cut link) answers too.
+        answer = await self._ask_for_state(self.config.recv_timeout, after=round_)
+        if answer is None:
+            self.log.warning("round %d: no neighbour ahead answered the state request within %.1fs "
+                             "(--recv-timeout); running the rounds alone", round_, self.config.recv_timeout)
+            self._next_catch_up = round_ + self.config.catch_up
+            return round_
+        self._take_state(answer)
+        self.stats.caught_up += 1
+        self.log.warning("caught up: took the state of %s, continuing from round %d instead of %d (%d rounds "
+                         "not run)", answer.sender, answer.round, round_, answer.round - round_)
         return answer.round
 
     # ---- the end ----------------------------------------------------------------------------

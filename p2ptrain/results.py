@@ -74,6 +74,7 @@ def peer_outcome(peer_dir: Path | PeerDir, figure: str = "test_accuracy") -> dic
             "train_loss": result["train_loss"],
             "status": result["status"],
             "start_round": result.get("start_round", 0),
+            "identity_conflicts": result.get("identity_conflicts", {}),
         }
     # Killed before it could write a result: its metrics say how far it got.
     records = read_json_lines(files.metrics)
@@ -87,4 +88,5 @@ def peer_outcome(peer_dir: Path | PeerDir, figure: str = "test_accuracy") -> dic
         # Killed, or never started (a --join that did not come due).
         "status": "killed" if files.metrics.exists() else "not started",
         "start_round": records[0]["round"] if records else 0,
+        "identity_conflicts": records[-1].get("identity_conflicts", {}) if records else {},
     }

@@ -35,6 +35,7 @@ class MetricsLine(TypedDict, total=False):
     heard: list[str]
     missing: list[str]
     staleness: dict[str, int]  # async mode: rounds behind, per neighbour mixed
+    timed_out: list[str]  # sync mode: in-neighbours the round waited for until its deadline
     traced: int  # values in this round's trace row, when one was written
     rel_error: float  # with --reference: ||x - x*|| / ||x*||
 

@@ -29,8 +29,12 @@ class PeerStats:
     stale_dropped: int = 0  # for a round already gathered
     too_far_ahead: int = 0  # beyond the round window, or the run's end
     duplicates: int = 0  # a second message of one sender for one round
+    # A second, *different* message of one sender for one round, by the sender id: two processes run as
+    # that id (a copied command line, a copied key). Counted apart from plain duplicates.
+    identity_conflicts: Counter[str] = field(default_factory=Counter)
     older_dropped: int = 0  # asynchronous mode: older than a message already here from the same sender
     checkpoint_failures: int = 0  # checkpoints that could not be written (a full or unwritable disk)
+    caught_up: int = 0  # times this peer, far behind, took a neighbour's state (--catch-up)
 
     def reject(self, reason: str, source: str) -> None:
         self.rejected[reason] += 1

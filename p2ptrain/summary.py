@@ -38,6 +38,8 @@ def summarise(topology: Topology, algo: str, run_dir: RunDir, exit_codes: dict[s
         }
         if outcome["start_round"]:
             peers[peer_id]["start_round"] = outcome["start_round"]  # it joined the run late
+        if outcome["identity_conflicts"]:
+            peers[peer_id]["identity_conflicts"] = outcome["identity_conflicts"]
     summary = {
         "topology": topology.name,
         "algo": algo,
@@ -47,6 +49,9 @@ def summarise(topology: Topology, algo: str, run_dir: RunDir, exit_codes: dict[s
         "figure": figure,
         "peers": peers,
     }
+    conflicts = identity_conflicts(peers)
+    if conflicts:
+        summary["identity_conflicts"] = conflicts
     if reference is not None and models:
         summary["max_rel_error_to_optimum"] = max(relative_error(m, reference) for m in models)
     return summary
@@ -78,6 +83,16 @@ def isolated_peers(summary: dict) -> list[str]:
     return [peer_id for peer_id, p in summary["peers"].items() if p["status"] == ISOLATED]
 
 
+def identity_conflicts(peers: dict[str, dict]) -> dict[str, list[str]]:
+    """Each peer id that two processes sent as, with the peers that received two different messages
+    of one round from it."""
+    claimed: dict[str, list[str]] = {}
+    for receiver, p in peers.items():
+        for sender in p.get("identity_conflicts", {}):
+            claimed.setdefault(sender, []).append(receiver)
+    return {sender: sorted(receivers) for sender, receivers in sorted(claimed.items())}
+
+
 def generated_sample(run_dir: RunDir, peer_ids: tuple[str, ...]) -> str | None:
     """The text the first peer's model generated at the end, for tasks that generate (gpt-char), headed
     by where it is; None for tasks that do not."""
@@ -102,6 +117,10 @@ def print_summary(summary: dict, run_dir: RunDir, logs: str) -> None:
     if isolated:
         print(f"launch_swarm: warning: peers {', '.join(isolated)} heard from no neighbour in the whole run, "
               "so their models trained alone; check that their neighbours' endpoints (and keys) reach them",
+              file=sys.stderr)
+    for sender, receivers in summary.get("identity_conflicts", {}).items():
+        print(f"launch_swarm: warning: two processes sent as {sender}: {', '.join(receivers)} received two different "
+              f"messages from {sender} for one round; find and stop the process that should not run as {sender}",
               file=sys.stderr)
     print(f"summary: {run_dir.summary}")
 

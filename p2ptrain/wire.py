@@ -105,6 +105,12 @@ class FragmentMismatch(WireError):
     reason = "fragment"
 
 
+class TopologyMismatch(WireError):
+    """The sender's graph or mixing weights for the message's round are not this peer's (PROTOCOL.md 2.6)."""
+
+    reason = "topology"
+
+
 class NonFinite(WireError):
     reason = "non_finite"
 
@@ -178,6 +184,9 @@ class Contract:
     period: int = 1
     # A state answer's tensors: the whole model in its own precision (None: the same as ``specs``).
     state_specs: tuple[TensorSpec, ...] | None = None
+    # The digest of this peer's topology for each round of its period (PROTOCOL.md 2.6): a message of
+    # round r must carry topology[r % period]. Empty: not checked (tests of the message format alone).
+    topology: tuple[str, ...] = ()
 
     def expected(self, kind: str, fragment: int | None) -> tuple[TensorSpec, ...]:
         if kind in EMPTY_KINDS:
@@ -207,6 +216,7 @@ def encode(
     fingerprint: str,
     tensors: Mapping[str, torch.Tensor],
     fragment: int | None = None,
+    topology: str | None = None,
 ) -> list[bytes | memoryview]:
     """Frames of one message. Tensor frames share memory with ``tensors``.
 
@@ -230,6 +240,8 @@ def encode(
     }
     if fragment is not None:
         header["fragment"] = fragment
+    if topology is not None:
+        header["topology"] = topology  # the digest of the sender's graph of this round (section 2.6)
     frames: list[bytes | memoryview] = [msgpack.packb(header, use_bin_type=True)]
     for tensor in tensors.values():
         flat = tensor.detach().contiguous().reshape(-1)
@@ -285,6 +297,8 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
     fragment = header.get("fragment")
     if fp != contract.fingerprint:
         raise _fingerprint_mismatch(fp, sender, kind, specs, contract, fragment)
+    if contract.topology:
+        _check_topology(header.get("topology"), sender, round_, contract.topology)
     _check_fragment(fragment, kind, round_, contract)
     expected_specs = contract.expected(kind, fragment)
     if len(specs) != len(expected_specs):
@@ -321,6 +335,18 @@ def _check_fragment(fragment: Any, kind: str, round_: int, contract: Contract) -
     if fragment != scheduled:
         raise FragmentMismatch(f"fragment {fragment} in round {round_}, whose fragment is {scheduled} of "
                                f"{len(contract.fragments)}")
+
+
+def _check_topology(digest: Any, sender: str, round_: int, ours: tuple[str, ...]) -> None:
+    expected = ours[round_ % len(ours)]
+    if digest != expected:
+        if digest is None:
+            shown = "none"
+        else:
+            shown = digest if isinstance(digest, str) and digest.isalnum() and len(digest) <= 32 else _shown(digest)
+        raise TopologyMismatch(f"topology digest {shown} from {sender!r} for round {round_}, this peer's is "
+                               f"{expected}: {sender!r} was likely started with a different topology file (its "
+                               "graph or mixing weights differ from this peer's)")
 
 
 SAME_TENSORS = ("same tensors, so the algorithm's settings differ (algorithm, ADMM penalty, fragments): "

@@ -64,6 +64,11 @@ def main() -> int:
         waits = longest_waits(base / "faulty", peers)
         log = (base / "faulty" / "peers" / args.peer / "peer.log").read_text()
         resumed = re.search(r"resumed from the checkpoint of round (\d+)", log)
+        caught_up = re.search(r"caught up: .*", log)
+        records = read_json_lines(base / "faulty" / "peers" / args.peer / "metrics.jsonl")
+        # Rounds after its restart in which it mixed with at least one neighbour, and the last one's.
+        after = [r for r in records if resumed and r["round"] >= int(resumed[1])]
+        mixed = [r for r in after if r["heard"]]
 
     killed = next(e["round"] for e in faulty["faults"] if e["event"] == "kill")
     print(f"\n{args.peer} killed at round {killed}, resumed from round {resumed[1] if resumed else '-'} "
@@ -74,7 +79,11 @@ def main() -> int:
         print(f"{p:<6} {a:>14.4f} {b:>10.4f} {100 * (b - a):>10.2f} {waits[p]:>16.3f} "
               f"{faulty['peers'][p]['exit_code']!s:>5}")
     print(f"consensus distance: fault-free {clean['consensus_distance']:.2e}, "
-          f"with fault {faulty['consensus_distance']:.2e}")
+          f"with fault {faulty['consensus_distance']:.2e} "
+          f"({faulty['consensus_distance'] / clean['consensus_distance']:.2f}x)")
+    print(f"{args.peer} after its restart: {caught_up[0] if caught_up else 'did not catch up by a state'}; ran "
+          f"{len(after)} rounds, mixed with a neighbour in {len(mixed)}"
+          + (f", the last in round {mixed[-1]['round']} (heard {','.join(mixed[-1]['heard'])})" if mixed else ""))
     return 0
 
 

@@ -23,8 +23,13 @@ Frames = list[bytes]
 def _valid(contract: wire.Contract, sender: str, round_: int, fill: float = 0.0, kind: str = "params") -> Frames:
     tensors = {s.name: torch.full(s.shape, fill, dtype=wire.DTYPES[s.dtype]) for s in contract.specs}
     frames = wire.encode(kind=kind, sender=sender, run_id=contract.run_id, round=round_,
-                         fingerprint=contract.fingerprint, tensors=tensors)
+                         fingerprint=contract.fingerprint, tensors=tensors, topology=topology_of(contract, round_))
     return [bytes(f) for f in frames]
+
+
+def topology_of(contract: wire.Contract, round_: int) -> str | None:
+    """The topology digest a neighbour of the receiver sends in ``round_`` (PROTOCOL.md 2.6)."""
+    return contract.topology[round_ % len(contract.topology)] if contract.topology else None
 
 
 def _header(frames: Frames) -> dict:

@@ -18,7 +18,7 @@ from p2ptrain.replica import build_replica
 from p2ptrain.simulate import simulate
 from p2ptrain.topology import load_topology
 
-from .fuzz import hostile_messages
+from .fuzz import hostile_messages, topology_of
 from .processes import LoggedProcess
 
 pytestmark = pytest.mark.swarm
@@ -34,8 +34,9 @@ def receiving_contract(config: PeerConfig, topology, peer_id: str, out: Path) ->
     it recorded in ``out``/config.json, so the forged messages carry exactly the one it checks."""
     replica = build_replica(config, topology, peer_id)
     specs = wire.specs_of(replica.algorithm.outgoing(0))
-    fingerprint = json.loads((out / "config.json").read_text())["fingerprint"]
-    return wire.Contract(config.run_id, fingerprint, frozenset(topology.in_neighbours(peer_id)), specs)
+    description = json.loads((out / "config.json").read_text())
+    return wire.Contract(config.run_id, description["fingerprint"], frozenset(topology.in_neighbours(peer_id)), specs,
+                         topology=tuple(description["topology_digests"]))
 
 
 def pusher(context: zmq.Context, endpoint: str, curve: tuple[str, str, str] | None = None) -> zmq.Socket:
@@ -74,7 +75,7 @@ def test_a_peer_under_hostile_traffic_trains_exactly_as_without_it(topology_file
         # Well-formed parameters for the coming rounds, which p0 would mix if it believed them:
         # from p2's key in p1's name, and from strangers without a listed key.
         forged = [bytes(f) for f in wire.encode(kind="params", sender="p1", run_id="fuzz", round=150,
-                                                fingerprint=contract.fingerprint,
+                                                fingerprint=contract.fingerprint, topology=topology_of(contract, 150),
                                                 tensors={s.name: torch.full(s.shape, 1e3) for s in contract.specs})]
         for _ in range(IMPERSONATIONS):
             member.send_multipart(forged)

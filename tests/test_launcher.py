@@ -149,3 +149,23 @@ def test_a_resume_leaves_finished_peers_alone_and_lets_peers_without_a_checkpoin
     # ADMM cannot join (its duals would not match): the peer without a checkpoint starts from round 0.
     plan = plan_resume(run_dir, topology, PeerConfig(topology="-", rounds=50, algo="admm"))
     assert (plan.joining, plan.from_round["p2"], plan.common_round, plan.consistent) == ((), 0, None, False)
+
+
+def test_identity_conflicts_the_peers_saw_are_flagged_in_the_summary_and_a_warning(tmp_path, capsys):
+    topology = generate("ring", 4)
+    run_dir = RunDir(tmp_path / "run")
+    for peer_id in topology.ids:
+        write_result(run_dir, peer_id, "completed", 50)
+    for receiver, count in (("p0", 7), ("p2", 5)):  # p3's two neighbours both heard two p3s
+        result = json.loads(run_dir.peer(receiver).result.read_text())
+        run_dir.peer(receiver).result.write_text(json.dumps(result | {"identity_conflicts": {"p3": count}}))
+
+    run = PreparedRun(PeerConfig(topology="-", rounds=50, run_id="r"), topology, LaunchOptions(), run_dir,
+                      task=None, faults=FaultPlan(), reference=None)
+    conclude(run, Ended(dict.fromkeys(topology.ids, 0), None, 1.0, 0.0))
+    written = json.loads(run_dir.summary.read_text())
+    assert written["identity_conflicts"] == {"p3": ["p0", "p2"]}
+    assert written["peers"]["p0"]["identity_conflicts"] == {"p3": 7} and "identity_conflicts" not in written["peers"]["p1"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "two processes sent as" in line]
+    assert warnings == ["launch_swarm: warning: two processes sent as p3: p0, p2 received two different messages "
+                        "from p3 for one round; find and stop the process that should not run as p3"]

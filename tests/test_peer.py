@@ -54,7 +54,8 @@ def make_node(tmp_path: Path, topology: Topology, network: MemoryNetwork, peer_i
 def params(node: Node, sender: str, round_: int, value: float) -> list:
     """A neighbour's parameters for ``round_``, as it would send them to ``node``."""
     return wire.encode(kind="params", sender=sender, run_id=RUN, round=round_, fingerprint=node.fingerprint,
-                       tensors={"x": torch.full((2,), value, dtype=torch.float64)})
+                       tensors={"x": torch.full((2,), value, dtype=torch.float64)},
+                       topology=node.topology_digest(round_))
 
 
 def send(network: MemoryNetwork, node: Node, sender: str, round_: int, value: float = 1.0, at: float | None = None):
@@ -116,9 +117,10 @@ async def test_a_missing_neighbour_costs_exactly_one_deadline_and_is_not_waited_
         await node.exchange(1)
         assert node.last["wait_seconds"] == RECV_TIMEOUT and network.clock() == RECV_TIMEOUT
         assert node.last["missing"] == ["p2"] and node.membership.suspected == {"p2"}
+        assert node.last["timed_out"] == ["p2"]  # the round waited for p2 until its deadline
         send(network, node, "p1", 2)
         await node.exchange(2)
-        assert node.last["wait_seconds"] == 0 and node.last["missing"] == ["p2"]
+        assert node.last["wait_seconds"] == 0 and node.last["missing"] == ["p2"] and node.last["timed_out"] == []
         send(network, node, "p1", 3)
         send(network, node, "p2", 3)  # back
         await node.exchange(3)
@@ -227,7 +229,7 @@ async def test_a_state_request_is_answered_and_the_joiner_continues_from_the_giv
     pair = generate("complete", 2)
     running = make_node(tmp_path, pair, network, "p0", value=5.0, absent="p1")
     request = wire.encode(kind="state_request", sender="p1", run_id=RUN, round=0, fingerprint=running.fingerprint,
-                          tensors={})
+                          tensors={}, topology=running.topology_digest(0))
     network.deliver("p0", request, sender="p1")
     with caplog.at_level(logging.INFO, logger="p2ptrain.peer"):
         await running.exchange(3)
@@ -252,7 +254,8 @@ async def test_a_joiner_of_a_swarm_sending_half_precision_fragments_takes_the_wh
     running = make_node(tmp_path, pair, network, "p0", value=value, absent="p1", **layout)
     joiner = make_node(tmp_path, pair, network, "p1", value=0.0, join=True, **layout)
     network.deliver("p0", wire.encode(kind="state_request", sender="p1", run_id=RUN, round=0,
-                                      fingerprint=running.fingerprint, tensors={}), sender="p1")
+                                      fingerprint=running.fingerprint, tensors={},
+                                      topology=running.topology_digest(0)), sender="p1")
     await running.exchange(3)
     answers = network.collect("p1")  # p0's round-3 fragment and its state answer, taken to look at
     state = next(m for m in (wire.decode(a.frames, joiner.contract) for a in answers) if m.kind == "state")
@@ -310,7 +313,7 @@ async def faulty_round(node: Node, network: MemoryNetwork, round_: int) -> None:
     send(network, node, "p1", round_, float(round_))
     send(network, node, "p1", round_, float(round_))
     if round_ > 0:
-        send(network, node, "p1", round_ - 1)
+        send(network, node, "p1", round_ - 1, float(round_ - 1))  # the last round's again: stale
     send(network, node, "p1", round_ + 100)
     await node.exchange(round_)
 
@@ -381,3 +384,154 @@ def test_a_run_directory_that_cannot_be_written_is_a_configuration_error(tmp_pat
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="--out .*file/p0: cannot write this peer's files there"):
         make_node(tmp_path / "file", complete3, network)
+
+
+# ---- peers that disagree on the topology ---------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_parameters_sent_with_another_view_of_the_topology_are_rejected_naming_both_digests(
+        tmp_path, network, caplog):
+    metropolis, lazy = generate("ring", 4), generate("ring", 4, mixing="lazy")
+    node = make_node(tmp_path, metropolis, network)
+    theirs = make_node(tmp_path, lazy, MemoryNetwork(), "p1")  # p1 as the lazy file makes it
+    ours_digest, their_digest = node.topology_digest(0), theirs.topology_digest(0)
+    assert ours_digest != their_digest
+    network.deliver("p0", params(theirs, "p1", 0, 1000.0), sender="p1")
+    send(network, node, "p3", 0, 3.0)
+    with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
+        await node.exchange(0)
+    assert node.stats.rejected == {"topology": 1} and node.last["missing"] == ["p1"]
+    # p1's weight (1/3) went to p0 itself: x = 1/3 * 0 + 1/3 * 0 + 1/3 * 3
+    assert torch.allclose(x_of(node), torch.full((2,), 1.0, dtype=torch.float64), rtol=1e-12, atol=0)
+    assert (f"topology digest {their_digest} from 'p1' for round 0, this peer's is {ours_digest}: 'p1' was likely "
+            "started with a different topology file") in caplog.text
+    assert "this peer uses ring4: start every peer with the same topology file" in caplog.text
+
+
+# ---- two processes with one peer id ------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("secure", [False, True])
+async def test_two_different_messages_for_one_round_from_one_id_are_logged_once_then_counted(
+        tmp_path, complete3, caplog, secure):
+    network = MemoryNetwork(secure=secure)  # with keys: both processes hold p2's key, so both get in
+    node = make_node(tmp_path, complete3, network, rounds=5)
+    with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
+        for round_ in range(3):
+            send(network, node, "p1", round_, 1.0)
+            send(network, node, "p2", round_, 2.0)  # the real p2
+            send(network, node, "p2", round_, 2.0 + round_)  # the impostor, equal in round 0 only
+            await node.exchange(round_)
+        node.finish("completed")
+    assert node.stats.identity_conflicts == {"p2": 2} and node.stats.duplicates == 1
+    assert caplog.text.count("identity conflict") == 1
+    assert ("identity conflict: two different messages from p2 for round 1, so two processes are sending as p2"
+            in caplog.text)
+    result = json.loads((tmp_path / "p0" / "result.json").read_text())
+    assert result["identity_conflicts"] == {"p2": 2} and result["status"] == "completed"
+    # The first message of each round was mixed: x = (x + 1 + 2) / 3 every round, from x = 0.
+    expected = 0.0
+    for _ in range(3):
+        expected = (expected + 1.0 + 2.0) / 3
+    assert torch.allclose(x_of(node), torch.full((2,), expected, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+# ---- a neighbour behind, a peer behind ------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_suspected_neighbour_far_behind_is_not_waited_for_and_one_close_behind_is(tmp_path, network,
+                                                                                            complete3):
+    node = make_node(tmp_path, complete3, network, catch_up=2)
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 0)
+    await node.exchange(0)
+    send(network, node, "p1", 1)
+    await node.exchange(1)  # p2 paused: one deadline, then suspected
+    assert node.last["wait_seconds"] == RECV_TIMEOUT and node.membership.suspected == {"p2"}
+    for round_ in (4, 5):
+        send(network, node, "p1", round_)
+        send(network, node, "p2", round_ - 3)  # back, replaying the rounds it missed, 3 rounds behind
+        await node.exchange(round_)
+        # More than --catch-up rounds behind: it will take a state; waiting would cost a deadline a round.
+        assert node.last["wait_seconds"] == 0 and node.last["missing"] == ["p2"] and node.last["timed_out"] == []
+    assert network.clock() == RECV_TIMEOUT and node.membership.suspected == {"p2"}
+    send(network, node, "p1", 6)
+    send(network, node, "p2", 4)  # 2 rounds behind: close enough to reach the round soon
+    await node.exchange(6)
+    send(network, node, "p1", 7)
+    send(network, node, "p2", 7, at=network.clock() + 0.25)
+    await node.exchange(7)  # waited for again
+    assert node.last["heard"] == ["p1", "p2"] and node.last["wait_seconds"] == 0.25
+    assert node.membership.suspected == set()
+
+
+def state_answer(node: Node, sender: str, round_: int, value: float) -> list:
+    return wire.encode(kind="state", sender=sender, run_id=RUN, round=round_, fingerprint=node.fingerprint,
+                       tensors={"x": torch.full((2,), value, dtype=torch.float64)}, topology=node.topology_digest(round_))
+
+
+@pytest.mark.asyncio
+async def test_a_peer_far_behind_its_neighbours_takes_a_neighbours_state_instead_of_replaying(
+        tmp_path, network, complete3, caplog):
+    node = make_node(tmp_path, complete3, network, rounds=100, catch_up=10)
+    for neighbour in ("p1", "p2"):
+        send(network, node, neighbour, 0)
+    await node.exchange(0)
+    assert await node.catch_up(1) == 1  # nobody ahead
+    for neighbour in ("p1", "p2"):
+        send(network, node, neighbour, 1)
+    send(network, node, "p1", 12)  # 10 rounds ahead of round 2: not more than --catch-up
+    await node.exchange(1)  # reads everything that has arrived
+    network.collect("p1"), network.collect("p2")  # what p0 sent, not looked at here
+    assert await node.catch_up(2) == 2 and network.collect("p1") == []
+    for neighbour in ("p1", "p2"):
+        send(network, node, neighbour, 2)
+    send(network, node, "p2", 40)  # back from a pause: its neighbours are at round 40
+    await node.exchange(2)
+    network.collect("p1"), network.collect("p2")
+    network.deliver("p0", state_answer(node, "p2", 41, 7.0), sender="p2", at=network.clock() + 0.25)
+    with caplog.at_level(logging.INFO, logger="p2ptrain.peer"):
+        assert await node.catch_up(3) == 41
+    assert network.clock() == 0.25 and node.stats.caught_up == 1
+    assert torch.equal(x_of(node), torch.full((2,), 7.0, dtype=torch.float64))
+    asked = network.collect("p1") + network.collect("p2")
+    assert {wire.decode_header(a.frames[0])["kind"] for a in asked} == {"state_request"}
+    assert "round 3 is 37 rounds behind the newest round heard (40); asking p1,p2 for their state" in caplog.text
+    assert "caught up: took the state of p2, continuing from round 41 instead of 3 (38 rounds not run)" in caplog.text
+    send(network, node, "p1", 41)
+    send(network, node, "p2", 41)
+    await node.exchange(41)  # the ordinary deadline, the neighbours' round-41 parameters mixed
+    assert node.last["heard"] == ["p1", "p2"] and node.rounds_completed == 41
+
+
+@pytest.mark.asyncio
+async def test_a_state_request_nobody_answers_ahead_is_not_repeated_for_catch_up_rounds(tmp_path, network, complete3,
+                                                                                         caplog):
+    node = make_node(tmp_path, complete3, network, rounds=100, catch_up=10)
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 40)  # an impostor's round, or a neighbour that exited: nobody answers
+    await node.exchange(0)
+    start, before = network.clock(), x_of(node).clone()
+    with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
+        assert await node.catch_up(1) == 1
+    assert network.clock() == start + RECV_TIMEOUT and node.stats.caught_up == 0
+    assert "round 1: no neighbour ahead answered the state request within 1.5s" in caplog.text
+    assert await node.catch_up(10) == 10 and network.clock() == start + RECV_TIMEOUT  # not asked again yet
+    network.deliver("p0", state_answer(node, "p1", 11, 7.0), sender="p1")  # not ahead of round 11: ignored
+    assert await node.catch_up(11) == 11 and network.clock() == start + 2 * RECV_TIMEOUT
+    assert node.stats.caught_up == 0 and torch.equal(x_of(node), before)  # its own parameters, still
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("options", [{"catch_up": 0}, {"mode": "async"}])
+async def test_a_peer_behind_does_not_take_a_state_when_catch_up_is_off_or_in_async_mode(
+        tmp_path, network, complete3, options):
+    node = make_node(tmp_path, complete3, network, rounds=100, **options)
+    send(network, node, "p2", 40)
+    send(network, node, "p1", 40)
+    await node.exchange(1)
+    network.collect("p1"), network.collect("p2")  # p0's round-1 parameters
+    assert await node.catch_up(2) == 2 and network.collect("p1") == network.collect("p2") == []

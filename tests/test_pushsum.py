@@ -224,7 +224,8 @@ async def test_a_node_missing_a_message_takes_its_mass_with_the_next_one_and_dro
     def sums(sender: str, round_: int, x: float, p: float) -> list:
         return wire.encode(kind="params", sender=sender, run_id=RUN, round=round_, fingerprint=node.fingerprint,
                            tensors={SUM_PREFIX + "x": torch.full((2,), x, dtype=torch.float64),
-                                    WEIGHT: torch.tensor([p], dtype=torch.float64)})
+                                    WEIGHT: torch.tensor([p], dtype=torch.float64)},
+                           topology=node.topology_digest(round_))
 
     node.algorithm.end_local(0, None)
     network.deliver("p0", sums("p1", 0, 1.0, 0.25), sender="p1")  # p2's message of round 0 is lost

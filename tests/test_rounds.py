@@ -133,3 +133,34 @@ def test_a_round_beyond_the_run_is_not_believed_but_one_far_ahead_within_it_is()
     assert inbox.put(msg("p1", 110)) == "too_far_ahead"
     assert inbox.moved_on(10) == {"p1"}
     assert inbox.stats.too_far_ahead == 2
+
+
+def test_a_second_message_for_a_round_is_a_duplicate_if_equal_and_an_identity_conflict_if_not():
+    inbox = Inbox()
+    first = Message("params", "p3", "run", 0, "fp", {"w": torch.tensor([1.0, 2.0])})
+    assert inbox.put(first) == "kept"
+    assert inbox.put(Message("params", "p3", "run", 0, "fp", {"w": torch.tensor([1.0, 2.0])})) == "duplicate"
+    assert inbox.put(Message("params", "p3", "run", 0, "fp", {"w": torch.tensor([1.0, 2.5])})) == "conflict"
+    assert inbox.put(Message("params", "p3", "run", 0, "fp", {"w": torch.tensor([9.0, 2.0])})) == "conflict"
+    assert (inbox.stats.duplicates, inbox.stats.identity_conflicts) == (1, {"p3": 2})
+    assert inbox.take(0)["p3"] is first  # the first one stays
+
+    newest = Newest(max_staleness=3)
+    assert newest.put(Message("params", "p3", "run", 4, "fp", {"w": torch.zeros(1)}))
+    assert not newest.put(Message("params", "p3", "run", 4, "fp", {"w": torch.ones(1)}))
+    assert not newest.put(Message("params", "p3", "run", 4, "fp", {"w": torch.zeros(1)}))
+    assert (newest.stats.identity_conflicts, newest.stats.duplicates, newest.stats.older_dropped) == ({"p3": 1}, 1, 0)
+
+
+def test_a_different_message_for_a_round_already_gathered_is_an_identity_conflict_too():
+    inbox = Inbox()
+    assert inbox.put(Message("params", "p3", "run", 0, "fp", {"w": torch.arange(40.0)})) == "kept"
+    inbox.take(0)
+    assert inbox.put(Message("params", "p3", "run", 0, "fp", {"w": torch.arange(40.0)})) == "stale"  # the same
+    assert inbox.put(Message("params", "p3", "run", 0, "fp", {"w": torch.arange(40.0) + 1})) == "conflict"
+    assert inbox.put(Message("params", "p4", "run", 0, "fp", {"w": torch.zeros(40)})) == "stale"  # not heard in 0
+    assert (inbox.stats.stale_dropped, inbox.stats.identity_conflicts) == (2, {"p3": 1})
+    for round_ in range(1, 65):
+        inbox.take(round_)
+    # Round 0 is now more than 64 rounds back: forgotten, a late message for it is only stale.
+    assert inbox.put(Message("params", "p3", "run", 0, "fp", {"w": torch.arange(40.0) + 2})) == "stale"

@@ -64,6 +64,10 @@ def test_sync_neighbours_of_a_paused_peer_wait_one_deadline_then_go_on(topology_
         assert [r for r in records if "p1" in r["missing"]]
         assert len(rounds_between(out, neighbour, pause, resume)) >= 5
         assert records[-1]["missing"] == []
+        # One round waited for p1 until its deadline, then none: not while it was stopped, nor while it
+        # caught up (it took a neighbour's state; its stale messages did not make anyone wait for it).
+        assert len([r for r in records if "p1" in r["timed_out"]]) == 1
+    assert "caught up: took the state of" in (out / "peers" / "p1" / "peer.log").read_text()
 
 
 def test_a_new_peer_joins_a_running_swarm_with_a_neighbours_state(topology_file, tmp_path):

@@ -215,7 +215,8 @@ async def test_a_node_missing_a_neighbour_mixes_x_as_gossip_and_keeps_its_older_
     def message(sender: str, round_: int, x_value: float, y_sum: float) -> list:
         return wire.encode(kind="params", sender=sender, run_id=RUN, round=round_, fingerprint=node.fingerprint,
                            tensors={X_PREFIX + "x": torch.full((2,), x_value, dtype=torch.float64),
-                                    SUM_PREFIX + "x": torch.full((2,), y_sum, dtype=torch.float64)})
+                                    SUM_PREFIX + "x": torch.full((2,), y_sum, dtype=torch.float64)},
+                           topology=node.topology_digest(round_))
 
     def one_sgd_step(gradient: float) -> None:  # what the optimizer does, with the hooks around it
         algorithm.begin_local(0)

@@ -321,3 +321,20 @@ def test_nan_and_inf_payloads_are_rejected(bad):
     with pytest.raises(wire.NonFinite) as raised:
         wire.decode(received(message(tensors)), contract_for(TENSORS))
     assert raised.value.reason == "non_finite" and "'b'" in str(raised.value)
+
+
+def test_a_message_of_round_r_must_carry_entry_r_mod_period_of_the_receivers_topology_digests():
+    tensors = {"w": torch.zeros(2)}
+    contract = dataclasses.replace(contract_for(tensors), topology=("a" * 16, "b" * 16))  # a schedule of period 2
+    assert wire.decode(message(tensors, round=3, topology="b" * 16), contract).round == 3
+    assert wire.decode(message(tensors, round=4, topology="a" * 16), contract).round == 4
+    with pytest.raises(wire.TopologyMismatch, match="topology digest aaaaaaaaaaaaaaaa from 'p1' for round 3, this "
+                                                    "peer's is bbbbbbbbbbbbbbbb: 'p1' was likely started with a "
+                                                    "different topology file") as caught:
+        wire.decode(message(tensors, round=3, topology="a" * 16), contract)
+    assert caught.value.reason == "topology"
+    with pytest.raises(wire.TopologyMismatch, match="topology digest none from 'p1'"):
+        wire.decode(message(tensors, round=3), contract)  # a sender that does not send one
+    with pytest.raises(wire.TopologyMismatch, match=r"topology digest \[1, 2\] from"):
+        wire.decode(message(tensors, round=3, topology=[1, 2]), contract)
+    assert wire.decode(message(tensors, round=3), contract_for(tensors)).round == 3  # a contract without: unchecked
