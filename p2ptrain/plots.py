@@ -62,10 +62,11 @@ def sweep_figures(results: dict, rates: dict[str, float], metric: str, name: str
     # Colour: topology; line style: algorithm; width: partition (the first listed widest).
     partitions = list(dict.fromkeys(run.partition for run in finished))
     widths = {p: max(2.4 - 1.2 * i, 0.6) for i, p in enumerate(partitions)}
-    styles = {"gossip": "-", "admm": "--"}
+    styles = {"gossip": "-", "admm": "--", "gradient-tracking": "-.", "push-sum": ":", "choco": (0, (6, 1, 1, 1, 1, 1))}
 
     def line(run) -> tuple[str, dict]:
-        return styles.get(run.algo, "-"), {"color": colours[run.topology], "linewidth": widths[run.partition]}
+        return "", {"color": colours[run.topology], "linewidth": widths[run.partition],
+                    "linestyle": styles.get(run.algo, "-")}
 
     figures = {"consensus": _consensus_figure(finished, rates, line)}
     for x_key, (suffix, _, _) in X_AXES.items():
