@@ -16,7 +16,7 @@ from p2ptrain.replica import build_replica, push_share
 from p2ptrain.simulate import simulate
 from p2ptrain.topology import PeerSpec, build_topology, generate, load_topology
 
-from .test_tracking import one_sided_losses, restore, saved_and_loaded
+from .test_tracking import lockstep_restored_at, one_sided_losses
 
 DIRECTED = load_topology(Path(__file__).resolve().parent.parent / "topologies" / "exponential16-push.toml")
 
@@ -142,18 +142,7 @@ def test_a_checkpointed_peer_resumes_exactly():
     config = sgp_config(dataset="digits", batch_size=16, lr=0.1, momentum=0.9, rounds=12, local_steps=2)
     topology = DIRECTED
     whole = simulate(config, topology)
-    replicas = {pid: build_replica(config, topology, pid) for pid in topology.ids}
-    for round_ in range(config.rounds):
-        if round_ == 5:
-            for pid in topology.ids:
-                state = saved_and_loaded(replicas[pid])
-                replicas[pid] = build_replica(config, topology, pid)
-                restore(replicas[pid], state)
-        for r in replicas.values():
-            r.train(round_)
-        sent = {pid: r.sent(round_) for pid, r in replicas.items()}
-        for pid, r in replicas.items():
-            r.algorithm.update(round_, {j: sent[j] for j in topology.in_neighbours(pid)})
+    replicas = lockstep_restored_at(config, topology, 5)
     for pid in topology.ids:
         for name, tensor in whole[pid].items():
             assert torch.equal(replicas[pid].model.state_dict()[name], tensor), (pid, name)

@@ -147,9 +147,17 @@ def test_a_checkpointed_peer_resumes_exactly():
     config = tracking_config(rounds=40)
     whole = simulate(config, topology)
 
+    replicas = lockstep_restored_at(config, topology, 17)
+    for pid in topology.ids:
+        assert torch.equal(replicas[pid].model.x.detach(), whole[pid]["x"])
+
+
+def lockstep_restored_at(config: PeerConfig, topology, restore_round: int) -> dict:
+    """The replicas after config.rounds lockstep rounds, every peer saved and restored (through bytes, as a
+    checkpoint is) before ``restore_round``: a resume that is exact ends where simulate() does."""
     replicas = {pid: build_replica(config, topology, pid) for pid in topology.ids}
-    for round_ in range(40):
-        if round_ == 17:  # every peer saved and restored, through bytes, as a checkpoint is
+    for round_ in range(config.rounds):
+        if round_ == restore_round:
             for pid in topology.ids:
                 state = saved_and_loaded(replicas[pid])
                 replicas[pid] = build_replica(config, topology, pid)
@@ -159,8 +167,7 @@ def test_a_checkpointed_peer_resumes_exactly():
         sent = {pid: r.sent(round_) for pid, r in replicas.items()}
         for pid, r in replicas.items():
             r.algorithm.update(round_, {j: sent[j] for j in topology.in_neighbours(pid)})
-    for pid in topology.ids:
-        assert torch.equal(replicas[pid].model.x.detach(), whole[pid]["x"])
+    return replicas
 
 
 def saved_and_loaded(replica) -> dict:
