@@ -52,11 +52,12 @@ class Inbox:
             self.stats.too_far_ahead += 1
             return "too_far_ahead"
         if message.round < self.current_round:
+            # Dropped as stale either way; a late message unlike the one taken also flags a conflict.
+            self.stats.stale_dropped += 1
             taken = self._taken.get(message.round, {}).get(message.sender)
             if taken is not None and taken != content_sample(message):
                 self.stats.identity_conflicts[message.sender] += 1
                 return "conflict"
-            self.stats.stale_dropped += 1
             return "stale"
         round_messages = self._by_round[message.round]
         if message.sender in round_messages:
