@@ -268,12 +268,19 @@ class Node:
         return bytes_sent
 
     def _mix(self, round_: int, outgoing: dict[str, torch.Tensor], gathered: Gathered) -> float | None:
-        """Fold in what arrived; returns this peer's distance to the mean of what arrived, before."""
+        """Fold in what arrived; returns this peer's distance to the mean of what arrived, before, on
+        evaluation rounds (None on others: it costs as much as the mixing itself)."""
         received = {sender: self.staging.to_device(m.tensors) for sender, m in gathered.messages.items()}
-        distance = _relative_distance_to_mean(self.algorithm.parameters_in(outgoing),
-                                              [self.algorithm.parameters_in(t) for t in received.values()])
+        distance = None
+        if self._evaluating(round_):
+            distance = _relative_distance_to_mean(self.algorithm.parameters_in(outgoing),
+                                                  [self.algorithm.parameters_in(t) for t in received.values()])
         self.algorithm.update(round_, received)
         return distance
+
+    def _evaluating(self, round_: int) -> bool:
+        """Every --eval-every rounds and the last: the rounds whose metrics line holds the evaluation."""
+        return (round_ + 1) % self.config.eval_every == 0 or round_ == self.config.rounds - 1
 
     def _metrics_line(self, round_: int, loss: float | None, lr: float | None, distance: float | None,
                       bytes_sent: int, gathered: Gathered) -> MetricsLine:
@@ -301,7 +308,7 @@ class Node:
         last_round = round_ == config.rounds - 1
         if config.trace_every and ((round_ + 1) % config.trace_every == 0 or last_round):
             record["traced"] = self._write_trace_row()
-        if (round_ + 1) % config.eval_every == 0 or last_round:
+        if self._evaluating(round_):
             self.evaluation = self.replica.evaluate()
             record |= self.evaluation
         self.metrics.write(record)
@@ -477,24 +484,28 @@ def _task_name(task) -> str | None:
 def _relative_distance_to_mean(own: dict[str, torch.Tensor], neighbours: list[dict[str, torch.Tensor]]) -> float | None:
     """||x_i - mean_j x_j|| / ||x_i|| over the neighbours heard this round, before mixing.
 
-    A diagnostic, computed every round, so it must cost little beside the round: tensor by tensor, in
-    each tensor's own precision (half precision widened to float32), with one temporary the size of
-    the largest tensor, instead of float64 copies of the whole model per message (performance.md).
-    The squares are summed across tensors in float64. Its value agrees with the all-float64 one to
-    about five significant digits."""
+    A diagnostic: tensor by tensor, in each tensor's own precision (half precision widened to float32),
+    with at most one temporary the size of the largest tensor, instead of float64 copies of the whole
+    model per message (performance.md). The squares are summed across tensors in float64. Its value
+    agrees with the all-float64 one to about five significant digits."""
     if not neighbours:
         return None
     squared_distance = squared_norm = 0.0
+    count = len(neighbours)
     for name, mine in own.items():
         if not mine.is_floating_point():
             continue
         mine = mine.detach()
         precision = torch.promote_types(mine.dtype, torch.float32)
-        difference = neighbours[0][name].to(precision, copy=True)
-        for other in neighbours[1:]:
-            difference.add_(other[name])
-        difference.div_(len(neighbours)).sub_(mine)
-        squared_distance += float(torch.linalg.vector_norm(difference)) ** 2
+        if count == 1 and mine.dtype == precision:
+            distance = torch.dist(neighbours[0][name], mine)  # one pass, no temporary
+        else:
+            total = neighbours[0][name].to(precision, copy=True)
+            for other in neighbours[1:]:
+                total.add_(other[name])
+            # ||sum_j x_j - k x_i|| / k = ||mean_j x_j - x_i||
+            distance = torch.linalg.vector_norm(total.sub_(mine, alpha=count)) / count
+        squared_distance += float(distance) ** 2
         squared_norm += float(torch.linalg.vector_norm(mine, dtype=precision)) ** 2
     return math.sqrt(squared_distance) / max(math.sqrt(squared_norm), 1e-30)
 
