@@ -40,8 +40,6 @@ from zmq.utils import z85
 # gossip keeps neighbours within a round or two of each other, so a deeper
 # queue only means stale parameters held in memory for a peer that is gone.
 SEND_QUEUE = 8
-# Frames smaller than this are copied when sent, larger ones sent zero-copy.
-COPY_BELOW_BYTES = 256 * 1024
 # A connection that answers no ping for HEARTBEAT_TIMEOUT_SECONDS is closed (and redialled).
 HEARTBEAT_SECONDS = 1
 HEARTBEAT_TIMEOUT_SECONDS = 5
@@ -372,9 +370,6 @@ def _sending_socket(sync_context: zmq.Context, endpoint: str, linger_seconds: fl
                     security: CurveSecurity | None, peer_id: str) -> zmq.Socket:
     sock = sync_context.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)
-    # A zero-copy frame costs pyzmq a tracker and a trip through its garbage-collector thread, more
-    # than copying a small frame does (performance.md): frames below this are copied.
-    sock.copy_threshold = COPY_BELOW_BYTES
     # Bounded: deliver what is queued to live neighbours, give up on dead ones.
     sock.setsockopt(zmq.LINGER, int(linger_seconds * 1000))
     _heartbeat(sock)
