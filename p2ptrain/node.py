@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import platform
 import signal
@@ -45,7 +46,7 @@ from .storage import (JsonLines, atomic_torch_save, atomic_write_bytes, atomic_w
                       remove_partial_writes, rewrite_json_lines)
 from .topology import Topology, TopologyError, load_topology, topology_digests
 from .training import to_device
-from .transport import Received, Transport, TransportError, ZmqTransport
+from .transport import MessageLimits, Received, Transport, TransportError, ZmqTransport
 
 # Seconds between a joining peer's state requests while no answer has come.
 STATE_REQUEST_INTERVAL = 0.5
@@ -309,13 +310,19 @@ class Node:
         return bytes_sent
 
     def _mix(self, round_: int, outgoing: dict[str, torch.Tensor], gathered: Gathered) -> float | None:
-        """Fold in what arrived; returns this peer's distance to the mean of what arrived, before."""
+        """Fold in what arrived; returns this peer's distance to the mean of what arrived, before, on
+        evaluation rounds (None on others: it costs as much as the mixing itself)."""
         received = {sender: self.staging.to_device(m.tensors) for sender, m in gathered.messages.items()}
-        distance = _relative_distance_to_mean(self.algorithm.parameters_in(outgoing),
-                                              [self.algorithm.parameters_in(t) for t in received.values()]
-                                              ) if self.algorithm.messages_hold_parameters else None
+        distance = None
+        if self._evaluating(round_) and self.algorithm.messages_hold_parameters:
+            distance = _relative_distance_to_mean(self.algorithm.parameters_in(outgoing),
+                                                  [self.algorithm.parameters_in(t) for t in received.values()])
         self.algorithm.update(round_, received)
         return distance
+
+    def _evaluating(self, round_: int) -> bool:
+        """Every --eval-every rounds and the last: the rounds whose metrics line holds the evaluation."""
+        return (round_ + 1) % self.config.eval_every == 0 or round_ == self.config.rounds - 1
 
     def _metrics_line(self, round_: int, loss: float | None, lr: float | None, distance: float | None,
                       bytes_sent: int, gathered: Gathered) -> MetricsLine:
@@ -343,7 +350,7 @@ class Node:
         last_round = round_ == config.rounds - 1
         if config.trace_every and ((round_ + 1) % config.trace_every == 0 or last_round):
             record["traced"] = self._write_trace_row()
-        if (round_ + 1) % config.eval_every == 0 or last_round:
+        if self._evaluating(round_):
             self.evaluation = self.replica.evaluate()
             record |= self.evaluation
         self.metrics.write(record)
@@ -389,6 +396,8 @@ class Node:
     def _check(self, received: Received) -> wire.Message | None:
         """The checked message, or None (counted by reason and source, and logged) if it must not be used."""
         try:
+            if received.excess is not None:
+                raise wire.FrameCountMismatch(received.excess)
             message = wire.decode(received.frames, self.contract)
             if self.transport.secure and message.sender != received.sender:
                 raise Impersonation(f"the header names {message.sender!r}, the connection's key is "
@@ -588,12 +597,32 @@ def _task_name(task) -> str | None:
 
 
 def _relative_distance_to_mean(own: dict[str, torch.Tensor], neighbours: list[dict[str, torch.Tensor]]) -> float | None:
-    """||x_i - mean_j x_j|| / ||x_i|| over the neighbours heard this round, before mixing."""
+    """||x_i - mean_j x_j|| / ||x_i|| over the neighbours heard this round, before mixing.
+
+    A diagnostic: tensor by tensor, in each tensor's own precision (half precision widened to float32),
+    with at most one temporary the size of the largest tensor, instead of float64 copies of the whole
+    model per message (performance.md). The squares are summed across tensors in float64. Its value
+    agrees with the all-float64 one to about five significant digits."""
     if not neighbours or not own:  # not own: the messages do not carry parameters (push-sum's running sums)
         return None
-    mine = flat_parameters(own)
-    mean = sum(flat_parameters(n) for n in neighbours) / len(neighbours)
-    return float(torch.linalg.vector_norm(mine - mean) / max(float(torch.linalg.vector_norm(mine)), 1e-30))
+    squared_distance = squared_norm = 0.0
+    count = len(neighbours)
+    for name, mine in own.items():
+        if not mine.is_floating_point():
+            continue
+        mine = mine.detach()
+        precision = torch.promote_types(mine.dtype, torch.float32)
+        if count == 1 and mine.dtype == precision:
+            distance = torch.dist(neighbours[0][name], mine)  # one pass, no temporary
+        else:
+            total = neighbours[0][name].to(precision, copy=True)
+            for other in neighbours[1:]:
+                total.add_(other[name])
+            # ||sum_j x_j - k x_i|| / k = ||mean_j x_j - x_i||
+            distance = torch.linalg.vector_norm(total.sub_(mine, alpha=count)) / count
+        squared_distance += float(distance) ** 2
+        squared_norm += float(torch.linalg.vector_norm(mine, dtype=precision)) ** 2
+    return math.sqrt(squared_distance) / max(math.sqrt(squared_norm), 1e-30)
 
 
 def _load_reference(path: str, model: torch.nn.Module) -> torch.Tensor:
@@ -635,17 +664,23 @@ def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topolo
     security = _security(config, topology, config.peer)  # refused before the data and model are built
     torch.set_num_threads(config.threads)
     replica = replica or build_replica(config, topology, config.peer)
-    largest = max(spec.nbytes for tensors in (*replica.algorithm.message_layouts(), replica.algorithm.state_tensors())
-                  for spec in wire.specs_of(tensors))
+    layouts = [wire.specs_of(tensors) for tensors in (*replica.algorithm.message_layouts(),
+                                                      replica.algorithm.state_tensors())]
+    largest = max(spec.nbytes for specs in layouts for spec in specs)
     transport = ZmqTransport(
         context,
         topology.peer(config.peer).bind,
         {j: topology.peer(j).endpoint for j in topology.out_neighbours(config.peer)},
         linger_seconds=min(config.recv_timeout, 5.0),
-        # ZeroMQ drops (and disconnects) any frame over twice the largest one a peer sends,
-        # before it is read into memory; the decoder checks exact sizes below that.
-        max_message_bytes=2 * max(wire.MAX_HEADER_BYTES, largest),
+        # ZeroMQ drops (and disconnects) any frame more than an eighth over the largest a message of
+        # this run holds (a header or its largest tensor) before it is read into memory; a frame
+        # less far over is read and rejected with its reason logged (the decoder checks exact sizes).
+        max_message_bytes=max(wire.MAX_HEADER_BYTES, largest) * 9 // 8,
         security=security,
+        # Read frame by frame: a message of more frames or bytes than this run's largest is
+        # discarded as it is read, however many frames it has (security.md).
+        limits=MessageLimits(frames=1 + max(len(specs) for specs in layouts),
+                             total_bytes=wire.MAX_HEADER_BYTES + max(sum(s.nbytes for s in specs) for specs in layouts)),
     )
     try:
         node = Node(config, topology, replica, transport)

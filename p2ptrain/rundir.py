@@ -28,7 +28,7 @@ class MetricsLine(TypedDict, total=False):
     unix_time: float
     lr: float | None  # the first parameter group's learning rate this round
     loss: float | None  # mean training loss of the round's local steps
-    neighbour_distance: float | None  # ||x_i - mean of the neighbours heard|| / ||x_i||, before mixing
+    neighbour_distance: float | None  # ||x_i - mean of the neighbours heard|| / ||x_i||, before mixing; evaluation rounds only
     bytes_sent: int
     bytes_received: int
     wait_seconds: float

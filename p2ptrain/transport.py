@@ -21,7 +21,10 @@ peer whose key its connection proved (``Received.sender``).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -58,6 +61,24 @@ class Received:
 
     frames: Sequence
     sender: str | None = None
+    # Why the message broke the transport's ``MessageLimits``, or None. Such a message is handed over
+    # only to be counted and rejected: ``frames`` then holds its first frame, the rest was discarded.
+    excess: str | None = None
+
+
+@dataclass(frozen=True)
+class MessageLimits:
+    """What one message may hold: at most ``frames`` frames and ``total_bytes`` bytes in all.
+
+    Checked as the frames are read: once a message is over either, the rest of its frames are read
+    and dropped one by one (none is kept) and the message is handed over as excessive.
+    ZeroMQ's own limit (``max_frame_bytes``, ZMQ_MAXMSGSIZE) caps each frame before it is read at all."""
+
+    frames: int
+    total_bytes: int
+
+
+UNLIMITED = MessageLimits(frames=2**62, total_bytes=2**62)
 
 
 class Transport(Protocol):
@@ -166,6 +187,7 @@ class ZmqTransport:
         linger_seconds: float = 2.0,
         max_message_bytes: int = -1,
         security: CurveSecurity | None = None,
+        limits: MessageLimits = UNLIMITED,
     ):
         self.secure = security is not None
         self.public_key = security.public_key if security is not None else None
@@ -180,6 +202,10 @@ class ZmqTransport:
         except BaseException:
             self._leave_admission()
             raise
+        # Reads of what is already queued go through a blocking-API view of the same socket: a
+        # read that needs no waiting then costs no future and no trip through the event loop.
+        self._reader = zmq.Socket.shadow(self._pull.underlying)
+        self.limits = limits
         # Sends use a blocking-API socket on the same context so that a full
         # queue raises zmq.Again at once instead of returning a pending future.
         sync_context = zmq.Context.shadow(context.underlying)
@@ -206,29 +232,56 @@ class ZmqTransport:
             return False
 
     async def receive(self, timeout: float) -> Received | None:
-        """The next message, or None if none arrives within the timeout."""
-        frames = await self._receive_frames(max(timeout, 0))
-        if frames is None:
+        """The next message, or None if none arrives within the timeout.
+
+        A message already queued is read at once, without awaiting anything; only an empty queue
+        waits, on the event loop, until something is readable or the deadline passes."""
+        received = self._read_queued()
+        deadline = time.monotonic() + max(timeout, 0)
+        while received is None and (remaining := deadline - time.monotonic()) > 0:
+            if not await self._pull.poll(timeout=math.ceil(remaining * 1000), flags=zmq.POLLIN):
+                return None
+            # After a ZAP handshake libzmq queues the connection's credential (its User-Id) just
+            # before the first message. When that message spans several reads, the credential alone
+            # becomes visible first: poll says readable and the read finds nothing yet. Then the
+            # loop waits again for the rest of the deadline.
+            received = self._read_queued()
+        return received
+
+    def _read_queued(self) -> Received | None:
+        """The message at the head of the queue, read frame by frame within the limits; None if the
+        queue is empty. ZeroMQ delivers a multipart message whole, so its later frames are all there."""
+        try:
+            first = self._reader.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
             return None
         # Without security there is no handshake to prove anything (inproc has none at all).
-        return Received(frames, _proven_sender(frames) if self.secure else None)
+        sender = _proven_sender([first]) if self.secure else None
+        frames, total = [first], len(first)
+        more = first.more
+        while more and len(frames) < self.limits.frames and total <= self.limits.total_bytes:
+            frame = self._reader.recv(zmq.NOBLOCK, copy=False)
+            frames.append(frame)
+            total += len(frame)
+            more = frame.more
+        if more or total > self.limits.total_bytes:
+            return Received(frames[:1], sender, self._discard_rest(len(frames), total, more))
+        return Received(frames, sender)
 
-    async def _receive_frames(self, timeout: float) -> list[zmq.Frame] | None:
-        deadline = time.monotonic() + timeout
-        while True:
-            events = await self._pull.poll(timeout=int(timeout * 1000), flags=zmq.POLLIN)
-            if not events:
-                return None
-            try:
-                return await self._pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                # After a ZAP handshake libzmq queues the connection's credential (its User-Id)
-                # just before the first message. When that message spans several reads, the
-                # credential alone becomes visible first: poll says readable, recv skips it and
-                # finds nothing yet. Wait again for the rest of the deadline.
-                if timeout == 0:
-                    return None
-                timeout = max(deadline - time.monotonic(), 0)
+    def _discard_rest(self, count: int, total: int, more: bool) -> str:
+        """Read the rest of an excessive message, keeping none of it; why it was excessive."""
+        while more:
+            # Each frame is dropped as soon as it is read: a frame object's cost is time, not memory,
+            # and reading one is faster than asking ZeroMQ whether more follow (recv_into + RCVMORE).
+            frame = self._reader.recv(zmq.NOBLOCK, copy=False)
+            total += len(frame)
+            count += 1
+            more = frame.more
+        # ZeroMQ held the whole message before the first frame could be read; the heap it
+        # freed now goes back to the system rather than staying in this process for good.
+        _return_freed_memory()
+        return (f"a message of {count} frames and {total} bytes; a message of this peer's run has at most "
+                f"{self.limits.frames} frames and {self.limits.total_bytes} bytes (the rest was read and dropped)")
 
     def close(self, abandon: Iterable[str] = ()) -> None:
         """Close the sockets. Messages queued for live neighbours are still delivered
@@ -271,6 +324,24 @@ def _listening_socket(context, bind: str, max_message_bytes: int, security: Curv
             "stop it, pick other ports in the topology file, or set bind = \"tcp://0.0.0.0:PORT\" for the peer"
         ) from None
     return pull
+
+
+def _return_freed_memory() -> None:
+    """Give the heap's free pages back to the system (glibc's malloc_trim), where there is one."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _glibc()
 
 
 def _heartbeat(sock: zmq.Socket) -> None:

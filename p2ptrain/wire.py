@@ -471,17 +471,27 @@ def _tensor_from(buffer: memoryview, spec: TensorSpec) -> torch.Tensor:
     return torch.frombuffer(buffer, dtype=dtype).reshape(spec.shape)
 
 
-# IEEE 754: a value is NaN or infinite exactly when all its exponent bits are set.
-_EXPONENT_BITS = {"float64": (np.uint64, 0x7FF0000000000000), "float32": (np.uint32, 0x7F800000),
-                  "float16": (np.uint16, 0x7C00), "bfloat16": (np.uint16, 0x7F80)}
+# Of the half-precision formats: the sign bit off, a value is NaN or infinite exactly when its bits
+# are at least those of the exponent field all set.
+_HALF_EXPONENT_BITS = {"float16": np.uint16(0x7C00), "bfloat16": np.uint16(0x7F80)}
+_HALF_ALL_BUT_SIGN = np.uint16(0x7FFF)
+
+
+_NUMPY_FLOATS = {"float64": np.float64, "float32": np.float32}
 
 
 def _holds_non_finite(buffer: memoryview, dtype: str) -> bool:
-    """On the raw bits, in numpy: the same for every float width (bfloat16 included, which numpy
-    lacks), and free of torch's thread pool, which makes a one-pass check slow on a small host."""
-    unsigned, exponent = _EXPONENT_BITS[dtype]
-    bits = np.frombuffer(buffer, dtype=unsigned)
-    return bool(np.any((bits & unsigned(exponent)) == unsigned(exponent)))
+    """In numpy, free of torch's thread pool, which makes a one-pass check slow on a small host.
+
+    float32 and float64: the largest and smallest values, two passes without a temporary (a NaN makes
+    both NaN, an Inf is one of them). The half-precision formats (bfloat16, which numpy lacks, and
+    float16, whose arithmetic numpy emulates slowly) on the raw bits (IEEE 754: a value is NaN or
+    infinite exactly when all its exponent bits are set)."""
+    if dtype in _NUMPY_FLOATS:
+        values = np.frombuffer(buffer, dtype=_NUMPY_FLOATS[dtype])
+        return not (np.isfinite(values.max()) and np.isfinite(values.min()))
+    bits = np.frombuffer(buffer, dtype=np.uint16)
+    return bool((bits & _HALF_ALL_BUT_SIGN).max(initial=0) >= _HALF_EXPONENT_BITS[dtype])
 
 
 def frame_bytes(frames: Iterable[Any]) -> int:

@@ -187,9 +187,9 @@ def main() -> None:
                 throughput[m].append(moved / seconds / 2**20)
                 print(f"trial {t + 1}/{args.trials} {name:<14} {throughput[m][-1]:9.1f} MiB/s", flush=True)
     median = {m: statistics.median(v) for m, v in throughput.items()}
-    print(f"\n{args.mib:g} MiB float32 tensor, {args.rounds} exchanges per trial, median of {args.trials} trials")
+    print(f"\n{args.mib:g} MiB float32 tensor, {args.rounds} exchanges per trial, median [range] of {args.trials} trials")
     for m in modes:
-        print(f"{MODES[m][0]:<14} {median[m]:9.1f} MiB/s")
+        print(f"{MODES[m][0]:<14} {median[m]:9.1f} MiB/s  [{min(throughput[m]):.1f} .. {max(throughput[m]):.1f}]")
     for label, top, bottom, note in RATIOS:
         if top in median and bottom in median:
             print(f"ratio {label:<22} = {median[top] / median[bottom]:.3f}  {note}".rstrip())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from p2ptrain import wire
-from p2ptrain.transport import SEND_QUEUE, TransportError, ZmqTransport
+from p2ptrain.transport import SEND_QUEUE, MessageLimits, TransportError, ZmqTransport
 
 from .conftest import free_port_block
 
@@ -96,3 +96,62 @@ async def test_ipc_socket_file_is_created(context, tmp_path):
     t = ZmqTransport(context, end, {})
     assert os.path.exists(end[len("ipc://"):])
     t.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_queued_messages_come_in_order_without_waiting(kind, context, tmp_path):
+    a_end, b_end = endpoints(kind, 2, tmp_path)
+    a = ZmqTransport(context, a_end, {"b": b_end})
+    b = ZmqTransport(context, b_end, {})
+    for i in range(5):
+        assert a.send("b", [b"%d" % i, b"x" * i])
+    first = await b.receive(timeout=10)  # waits for the first; the rest are queued behind it
+    rest = [await b.receive(timeout=0) for _ in range(4)]
+    assert [[f.bytes for f in got.frames] for got in [first, *rest]] == [[b"%d" % i, b"x" * i] for i in range(5)]
+    assert all(got.excess is None for got in [first, *rest])
+    assert await b.receive(timeout=0) is None
+    a.close()
+    b.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_message_over_the_limits_is_cut_off_and_the_next_one_arrives_whole(kind, context, tmp_path):
+    a_end, b_end = endpoints(kind, 2, tmp_path)
+    a = ZmqTransport(context, a_end, {"b": b_end})
+    b = ZmqTransport(context, b_end, {}, limits=MessageLimits(frames=3, total_bytes=1000))
+    assert a.send("b", [b"head"] + [b""] * 100_000)  # too many frames
+    assert a.send("b", [b"head", b"y" * 600, b"z" * 600])  # too many bytes, in few frames
+    assert a.send("b", [b"next", b"y" * 400, b"z" * 400])  # within both
+    many = await b.receive(timeout=10)
+    assert [f.bytes for f in many.frames] == [b"head"]
+    assert many.excess.startswith("a message of 100001 frames and 4 bytes;")
+    large = await b.receive(timeout=10)
+    assert large.excess.startswith("a message of 3 frames and 1204 bytes;")
+    within = await b.receive(timeout=10)
+    assert within.excess is None and [f.bytes for f in within.frames] == [b"next", b"y" * 400, b"z" * 400]
+    a.close()
+    b.close()
+
+
+def resident_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.asyncio
+async def test_a_message_of_many_empty_frames_leaves_no_memory_behind(context, tmp_path):
+    a_end, b_end = endpoints("tcp", 2, tmp_path)
+    a = ZmqTransport(context, a_end, {"b": b_end})
+    b = ZmqTransport(context, b_end, {}, limits=MessageLimits(frames=3, total_bytes=1 << 20))
+    assert a.send("b", [b"warm", b"up"])  # connections and buffers made before the first reading
+    assert (await b.receive(timeout=10)).excess is None
+    before = resident_mib()
+    assert a.send("b", [b"head"] + [b""] * 300_000)
+    got = await b.receive(timeout=60)
+    assert got.excess.startswith("a message of 300001 frames and 4 bytes;")
+    # ZeroMQ held the message (some 64 bytes a frame) until it was read; none of it stays.
+    assert resident_mib() - before < 10
+    a.close()
+    b.close()
