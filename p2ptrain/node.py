@@ -397,6 +397,12 @@ class Node:
         """The checked message, or None (counted by reason and source, and logged) if it must not be used."""
         try:
             if received.excess is not None:
+                # Its header was kept, and the header's checks come first: a neighbour of another model,
+                # algorithm or run is named as such; only a message that passes them is refused for its size.
+                try:
+                    wire.decode(received.frames[:1], self.contract)
+                except wire.FrameCountMismatch:
+                    pass
                 raise wire.FrameCountMismatch(received.excess)
             message = wire.decode(received.frames, self.contract)
             if self.transport.secure and message.sender != received.sender:
