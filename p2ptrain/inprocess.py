@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import signal
 import tempfile
@@ -57,8 +58,10 @@ async def run_in_process(topology: Topology, config: PeerConfig, out: Path) -> d
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
+        await _spare_the_collector_what_the_peers_built()
         results = await asyncio.gather(*tasks.values(), return_exceptions=True)
     finally:
+        gc.unfreeze()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         context.term()  # every peer closed its sockets; this waits out their lingers
@@ -70,3 +73,20 @@ async def run_in_process(topology: Topology, config: PeerConfig, out: Path) -> d
         else:
             codes[peer_id] = result
     return codes
+
+
+async def _spare_the_collector_what_the_peers_built() -> None:
+    """Exempt what is alive once the peers have started from Python's full garbage collections.
+
+    The libraries loaded (torch above all) and the peers' models, optimizers, data and sockets are
+    some 380,000 objects with 256 peers, all living as long as the run. Every full collection (of
+    the collector's oldest generation, triggered by the objects the rounds allocate) walked them
+    all, with every peer stopped: about 0.2 s each among the rounds of ring256 (performance.md).
+    Each peer opens its node before its first await, so once this task runs again every peer has
+    started; what is alive then is frozen (gc.freeze: still freed by reference counting, only no
+    longer scanned for cycles), after one collection of the start's own garbage. A peer still
+    starting would only be left unfrozen: nothing depends on it. ``run_in_process`` unfreezes at
+    the end."""
+    await asyncio.sleep(0)
+    gc.collect()
+    gc.freeze()

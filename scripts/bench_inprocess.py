@@ -10,6 +10,11 @@ per round leaves out the start (building the replicas, binding) and the first --
 it is the time from the end of round --warmup to the end of the last round, divided by the
 rounds in between (for the in-process run, as the last peer to finish each round saw it).
 
+The in-process run's last round also holds the end of the run: the peers that finish it first
+write their final model and result (each file synced to disk) on the event loop the others still
+need for that round. A second figure, "before the last round", stops at the end of the round
+before it: the cost of a round in a run that goes on.
+
     python scripts/bench_inprocess.py [--peers 256] [--rounds 30] [--trials 3]
 """
 
@@ -42,11 +47,13 @@ def swarm(peers: int, rounds: int, out: str):
     return config, topology
 
 
-def per_round(ends: list[float], warmup: int) -> float:
-    return (ends[-1] - ends[warmup]) / (len(ends) - 1 - warmup)
+def per_round(ends: list[float], warmup: int) -> dict[str, float]:
+    """Seconds per round after the warm-up: to the end of the last round, and to the end of the one before."""
+    return {"seconds": (ends[-1] - ends[warmup]) / (len(ends) - 1 - warmup),
+            "before_last": (ends[-2] - ends[warmup]) / (len(ends) - 2 - warmup)}
 
 
-def run_inprocess(peers: int, rounds: int, warmup: int) -> float:
+def run_inprocess(peers: int, rounds: int, warmup: int) -> dict[str, float]:
     from p2ptrain.inprocess import run_in_process
 
     with tempfile.TemporaryDirectory(prefix="bench-inprocess-") as out:
@@ -63,7 +70,7 @@ def run_inprocess(peers: int, rounds: int, warmup: int) -> float:
     return per_round(ends, warmup)
 
 
-def run_simulation(peers: int, rounds: int, warmup: int) -> float:
+def run_simulation(peers: int, rounds: int, warmup: int) -> dict[str, float]:
     from p2ptrain.simulate import simulate
 
     config, topology = swarm(peers, rounds, "")
@@ -94,10 +101,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--trial", choices=MODES, help=argparse.SUPPRESS)  # one trial, in this process
     args = parser.parse_args()
+    if args.rounds < args.warmup + 3:
+        parser.error(f"--rounds {args.rounds}: need at least --warmup + 3 = {args.warmup + 3} to time two figures")
     if args.trial:
-        seconds = MODES[args.trial](args.peers, args.rounds, args.warmup)
+        figures = MODES[args.trial](args.peers, args.rounds, args.warmup)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"seconds": seconds, "peak_mib": peak}))
+        print(json.dumps(figures | {"peak_mib": peak}))
         return
     results: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for trial in range(args.trials):
@@ -105,17 +114,21 @@ def main() -> None:
             result = one_trial(mode, args.peers, args.rounds, args.warmup)
             results[mode].append(result)
             print(f"trial {trial + 1}/{args.trials} {LABELS[mode]:<26} {1000 * result['seconds']:8.1f} ms/round  "
+                  f"({1000 * result['before_last']:.1f} before the last round)  "
                   f"peak {result['peak_mib']:6.0f} MiB", flush=True)
     print(f"\nring{args.peers}, logistic regression on digits, {args.rounds} rounds ({args.warmup} not timed), "
           f"median [range] of {args.trials} trials")
-    median = {}
+    median: dict[tuple[str, str], float] = {}
     for mode, trials in results.items():
-        ms = [1000 * t["seconds"] for t in trials]
         peaks = [t["peak_mib"] for t in trials]
-        median[mode] = statistics.median(ms)
-        print(f"{LABELS[mode]:<26} {median[mode]:8.1f} ms/round [{min(ms):.1f} .. {max(ms):.1f}]  "
-              f"peak {statistics.median(peaks):6.0f} MiB [{min(peaks):.0f} .. {max(peaks):.0f}]")
-    print(f"ratio in-process / simulation = {median['inprocess'] / median['simulation']:.2f}")
+        for figure, label in (("seconds", "to the end"), ("before_last", "before the last round")):
+            ms = [1000 * t[figure] for t in trials]
+            median[mode, figure] = statistics.median(ms)
+            print(f"{LABELS[mode]:<26} {label:<22} {median[mode, figure]:8.1f} ms/round [{min(ms):.1f} .. {max(ms):.1f}]")
+        print(f"{LABELS[mode]:<26} peak {statistics.median(peaks):6.0f} MiB [{min(peaks):.0f} .. {max(peaks):.0f}]")
+    for figure, label in (("seconds", "to the end"), ("before_last", "before the last round")):
+        print(f"ratio in-process / simulation, {label}: "
+              f"{median['inprocess', figure] / median['simulation', figure]:.2f}")
 
 
 if __name__ == "__main__":
