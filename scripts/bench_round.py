@@ -23,7 +23,6 @@ import argparse
 import multiprocessing as mp
 import os
 import queue
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,19 +36,11 @@ import torch  # noqa: E402
 
 from p2ptrain import keys, topology as topologies  # noqa: E402
 
+from bench_exchange import free_ports  # noqa: E402  (this script's folder is on the path)
+
 DEFAULT_GRAPHS = ["ring4", "ring8", "one-peer-exponential8"]
 SECURITY = ("plain", "curve")
 PROCESS_DEADLINE = 600  # seconds a trial may take before it is abandoned
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def model_of(mib: float) -> torch.nn.Module:
