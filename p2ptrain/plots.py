@@ -64,9 +64,9 @@ def sweep_figures(results: dict, rates: dict[str, float], metric: str, name: str
     widths = {p: max(2.4 - 1.2 * i, 0.6) for i, p in enumerate(partitions)}
     styles = {"gossip": "-", "admm": "--", "gradient-tracking": "-.", "push-sum": ":", "choco": (0, (6, 1, 1, 1, 1, 1))}
 
-    def line(run) -> tuple[str, dict]:
-        return "", {"color": colours[run.topology], "linewidth": widths[run.partition],
-                    "linestyle": styles.get(run.algo, "-")}
+    def line(run) -> dict:
+        return {"color": colours[run.topology], "linewidth": widths[run.partition],
+                "linestyle": styles.get(run.algo, "-")}
 
     figures = {"consensus": _consensus_figure(finished, rates, line)}
     for x_key, (suffix, _, _) in X_AXES.items():
@@ -74,8 +74,7 @@ def sweep_figures(results: dict, rates: dict[str, float], metric: str, name: str
         for run, rows in finished.items():
             points = metric_points(rows, x_key)
             if points:
-                fmt, look = line(run)
-                ax.plot(*zip(*points), fmt, label=run.label, **look)
+                ax.plot(*zip(*points), label=run.label, **line(run))
         ax.legend(fontsize=6, ncol=2)
         figures[f"{name}_{suffix}"] = fig
 
@@ -98,13 +97,12 @@ def _consensus_figure(finished: dict, rates: dict[str, float], line):
             continue
         x, y = zip(*points)
         lowest = min(lowest, min(v for v in y if v > 0))
-        fmt, look = line(run)
-        ax.semilogy(x, y, fmt, alpha=0.8, label=run.label, **look)
+        ax.semilogy(x, y, alpha=0.8, label=run.label, **line(run))
         rho = rates[run.topology]
         if run.topology not in predicted and 0 < rho < 1:
             predicted.add(run.topology)
             t = np.arange(x[0], x[-1] + 1)
-            ax.semilogy(t, y[0] * rho ** (t - x[0]), ":", color=look["color"], linewidth=1,
+            ax.semilogy(t, y[0] * rho ** (t - x[0]), ":", color=line(run)["color"], linewidth=1,
                         label=f"{run.topology} rho^t, rho={rho:.3f}")
     if math.isfinite(lowest):
         # With gradient steps disagreement stops shrinking; the prediction is for pure averaging
