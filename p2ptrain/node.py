@@ -97,6 +97,7 @@ class Node:
         self.fingerprint = wire.fingerprint(state_specs, replica.agreement)
         self.in_neighbours = topology.in_neighbours(self.id)
         self.out_neighbours = topology.out_neighbours(self.id)
+        self.answerers = topology.linked_both_ways(self.id)  # who can answer this peer's state request
         # What every message carries of this peer's graph and weights, per round of the period (PROTOCOL.md 2.6).
         self.topology_digests = topology_digests(topology)
         self.contract = message_contract(config.run_id, self.fingerprint, frozenset(self.in_neighbours),
@@ -448,11 +449,6 @@ class Node:
             self.log.debug("could not answer %s's state request: its queue is full; it will ask again", asker)
 
     # ---- joining a running swarm ------------------------------------------------------------
-
-    @property
-    def answerers(self) -> list[str]:
-        """The neighbours that can answer a state request: linked both ways."""
-        return [j for j in self.out_neighbours if j in self.in_neighbours]
 
     async def join(self) -> int:
         """Ask the neighbours for their state and load the first answer (PROTOCOL.md section 6).

@@ -92,14 +92,9 @@ def plan_resume(run_dir: RunDir, topology: Topology, config: PeerConfig) -> Resu
     rounds = {p: checkpoint_rounds(run_dir.peer(p)) for p in topology.ids if p not in done}
     anyone_has_one = any(rounds.values())
     joining = tuple(p for p, kept in rounds.items()
-                    if not kept and anyone_has_one and config.algo == "gossip" and _can_join(topology, p))
+                    if not kept and anyone_has_one and config.algo == "gossip" and topology.linked_both_ways(p))
     restarted = {p: kept for p, kept in rounds.items() if p not in joining}
     shared = set.intersection(*restarted.values()) if restarted and all(restarted.values()) else set()
     common = max(shared) if shared else None
     from_round = {p: common if common is not None else max(kept, default=0) for p, kept in restarted.items()}
     return ResumePlan(common, from_round, done, joining)
-
-
-def _can_join(topology: Topology, peer_id: str) -> bool:
-    # A state request needs a neighbour this peer sends to and hears from (node.Node.join).
-    return bool(set(topology.in_neighbours(peer_id)) & set(topology.out_neighbours(peer_id)))

@@ -133,6 +133,11 @@ class Topology:
         column = self._adjacency(round_)[:, self.index(peer_id)]
         return tuple(self.ids[i] for i in np.flatnonzero(column))
 
+    def linked_both_ways(self, peer_id: str) -> tuple[str, ...]:
+        """The neighbours ``peer_id`` both sends to and hears from: those that can answer its state request."""
+        heard = set(self.in_neighbours(peer_id))
+        return tuple(j for j in self.out_neighbours(peer_id) if j in heard)
+
     def mixing_row(self, peer_id: str, round_: int = 0) -> dict[str, float]:
         """Weights peer_id gives to itself and to each in-neighbour in round ``round_``; they sum to 1."""
         i = self.index(peer_id)
