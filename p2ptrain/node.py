@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import platform
 import signal
@@ -44,6 +43,7 @@ from .staging import Staging
 from .stats import PeerStats
 from .storage import (JsonLines, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json_lines,
                       remove_partial_writes, rewrite_json_lines)
+from .tensors import relative_distance_to_mean
 from .topology import Topology, TopologyError, load_topology, topology_digests
 from .training import to_device
 from .transport import MessageLimits, Received, Transport, TransportError, ZmqTransport
@@ -316,8 +316,8 @@ class Node:
         received = {sender: self.staging.to_device(m.tensors) for sender, m in gathered.messages.items()}
         distance = None
         if self._evaluating(round_) and self.algorithm.messages_hold_parameters:
-            distance = _relative_distance_to_mean(self.algorithm.parameters_in(outgoing),
-                                                  [self.algorithm.parameters_in(t) for t in received.values()])
+            distance = relative_distance_to_mean(self.algorithm.parameters_in(outgoing),
+                                                 [self.algorithm.parameters_in(t) for t in received.values()])
         self.algorithm.update(round_, received)
         return distance
 
@@ -596,35 +596,6 @@ def _figures(evaluation: dict[str, float]) -> str:
 
 def _task_name(task) -> str | None:
     return None if task is None else getattr(task, "name", type(task).__name__)
-
-
-def _relative_distance_to_mean(own: dict[str, torch.Tensor], neighbours: list[dict[str, torch.Tensor]]) -> float | None:
-    """||x_i - mean_j x_j|| / ||x_i|| over the neighbours heard this round, before mixing.
-
-    A diagnostic: tensor by tensor, in each tensor's own precision (half precision widened to float32),
-    with at most one temporary the size of the largest tensor, instead of float64 copies of the whole
-    model per message (performance.md). The squares are summed across tensors in float64. Its value
-    agrees with the all-float64 one to about five significant digits."""
-    if not neighbours or not own:  # not own: the messages do not carry parameters (push-sum's running sums)
-        return None
-    squared_distance = squared_norm = 0.0
-    count = len(neighbours)
-    for name, mine in own.items():
-        if not mine.is_floating_point():
-            continue
-        mine = mine.detach()
-        precision = torch.promote_types(mine.dtype, torch.float32)
-        if count == 1 and mine.dtype == precision:
-            distance = torch.dist(neighbours[0][name], mine)  # one pass, no temporary
-        else:
-            total = neighbours[0][name].to(precision, copy=True)
-            for other in neighbours[1:]:
-                total.add_(other[name])
-            # ||sum_j x_j - k x_i|| / k = ||mean_j x_j - x_i||
-            distance = torch.linalg.vector_norm(total.sub_(mine, alpha=count)) / count
-        squared_distance += float(distance) ** 2
-        squared_norm += float(torch.linalg.vector_norm(mine, dtype=precision)) ** 2
-    return math.sqrt(squared_distance) / max(math.sqrt(squared_norm), 1e-30)
 
 
 def _load_reference(path: str, model: torch.nn.Module) -> torch.Tensor:

@@ -35,6 +35,7 @@ from typing import Mapping
 import torch
 
 from ..compressors import build_compressor, digest, flatten, unflatten
+from ..tensors import relative_distance_to_mean
 from .base import Algorithm, Tensors, check_finite
 from .gossip import mix
 
@@ -128,7 +129,7 @@ class Choco(Algorithm):
         self._pending = None
         heard = self._take(round_, received)
         x = self._x()
-        self._copy_error = _relative_distance(x, self.own_copy)
+        self._copy_error = relative_distance_to_mean(x, [self.own_copy])
         m = mix(self.self_id, self.own_copy, {j: self.copies[j] for j in heard}, self.row)
         new = {n: (x[n] - self.own_copy[n]) + (self.own_copy[n] * (1 - self.gamma)).add_(m[n], alpha=self.gamma)
                for n in x}
@@ -180,8 +181,3 @@ class Choco(Algorithm):
                              "with the same --compressor, --choco-gamma and --choco-refresh-every")
         self.own_copy = dict(state["own_copy"])
         self.copies = {j: dict(state["copies"][j]) for j in self.copies}
-
-
-def _relative_distance(x: Tensors, y: Tensors) -> float:
-    difference = torch.linalg.vector_norm(flatten(x).double() - flatten(y).double())
-    return float(difference / max(float(torch.linalg.vector_norm(flatten(x).double())), 1e-30))

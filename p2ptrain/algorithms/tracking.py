@@ -39,6 +39,7 @@ from typing import Mapping
 
 import torch
 
+from ..tensors import norm
 from .base import Algorithm, Tensors, check_finite
 from .gossip import mix
 
@@ -95,7 +96,7 @@ class GradientTracking(Algorithm):
         y = {n: self._gradient_sum[n] / self._steps + self.correction[n] for n in self.correction}
         check_finite(y, "tracker y", round_, DIVERGENCE_ADVICE)
         self.running_sum = {n: self.running_sum[n] + y[n] for n in y}
-        self._tracker_norm = float(torch.sqrt(sum(torch.sum(t.double() ** 2) for t in y.values())))
+        self._tracker_norm = norm(y)
         return loss
 
     def outgoing(self, round_: int) -> Tensors:
