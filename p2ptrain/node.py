@@ -91,6 +91,9 @@ class Node:
         self.files = PeerDir(config.run_directory(self.id))
         self.model, self.algorithm = replica.model, replica.algorithm
         self.staging = Staging(replica.device, always=config.staging == "always")
+        # Over CurveZMQ large tensors travel in chunks, which libzmq encrypts and decrypts one by one
+        # (the sender encrypting the next while the receiver decrypts the last): wire.SECURE_CHUNK_BYTES.
+        self.chunk = wire.SECURE_CHUNK_BYTES if transport.secure else None
         self.reference = _load_reference(config.reference, self.model) if config.reference else None
         # The fingerprint covers the whole model in its own precision; the agreement says how it travels.
         state_specs = wire.specs_of(self.algorithm.state_tensors())
@@ -301,7 +304,8 @@ class Node:
         frames = wire.encode(kind="params", sender=self.id, run_id=self.config.run_id, round=round_,
                              fingerprint=self.fingerprint,
                              tensors=self.staging.to_host(self.replica.as_sent(outgoing, round_)),
-                             fragment=self.algorithm.fragment_at(round_), topology=self.topology_digest(round_))
+                             fragment=self.algorithm.fragment_at(round_), topology=self.topology_digest(round_),
+                             chunk=self.chunk)
         bytes_sent = 0
         for neighbour in self.topology.out_neighbours(self.id, round_):
             if self.transport.send(neighbour, frames, copy=self.staging.copy_on_send):
@@ -441,7 +445,7 @@ class Node:
             return
         frames = wire.encode(kind="state", sender=self.id, run_id=self.config.run_id, round=round_,
                              fingerprint=self.fingerprint, tensors=self.staging.to_host(self.algorithm.state_tensors()),
-                             topology=self.topology_digest(round_))
+                             topology=self.topology_digest(round_), chunk=self.chunk)
         if self.transport.send(asker, frames):
             self._answered[asker] = round_
             self.log.info("answered a state request from %s: continue from round %d", asker, round_)
@@ -650,9 +654,11 @@ def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topolo
         # less far over is read and rejected with its reason logged (the decoder checks exact sizes).
         max_message_bytes=max(wire.MAX_HEADER_BYTES, largest) * 9 // 8,
         security=security,
-        # Read frame by frame: a message of more frames or bytes than this run's largest is
-        # discarded as it is read, however many frames it has (security.md).
-        limits=MessageLimits(frames=1 + max(len(specs) for specs in layouts),
+        # Read frame by frame: a message of more frames or bytes than this run's largest (its tensors
+        # in the smallest chunks a sender may use) is discarded as it is read, however many frames it
+        # has (security.md).
+        limits=MessageLimits(frames=1 + max(sum(wire.frames_per_tensor(s.nbytes, wire.MIN_CHUNK_BYTES) for s in specs)
+                                            for specs in layouts),
                              total_bytes=wire.MAX_HEADER_BYTES + max(sum(s.nbytes for s in specs) for specs in layouts)),
     )
     try:

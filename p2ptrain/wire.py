@@ -1,4 +1,5 @@
-"""The wire format: one msgpack header frame, then one raw frame per tensor.
+"""The wire format: one msgpack header frame, then the raw bytes of each tensor in one frame or,
+when the header gives a ``chunk`` size, in consecutive frames of that size.
 
 Tensor bytes never pass through msgpack and are never pickled. ``encode``
 returns buffers that share memory with the tensors (the transport sends them
@@ -31,6 +32,14 @@ KINDS = frozenset({"params", "state_request", "state"})
 EMPTY_KINDS = frozenset({"state_request"})
 # A header describes at most a few thousand tensors; anything bigger is not ours.
 MAX_HEADER_BYTES = 1 << 20
+# The smallest chunk a message may split its tensors into (PROTOCOL.md section 2): it bounds the frames
+# a receiver must be ready to read for one message.
+MIN_CHUNK_BYTES = 1 << 16
+# The chunk a p2ptrain peer sends in over CurveZMQ. libzmq encrypts and decrypts a frame whole, on
+# one I/O thread at each end: a tensor in one frame is encrypted entirely before its first byte
+# leaves, and decrypted only once its last byte has arrived. In chunks, the receiver decrypts one
+# while the sender encrypts the next (performance.md measures the sizes).
+SECURE_CHUNK_BYTES = 1 << 20
 
 # Wire dtype names, all little-endian on the wire.
 DTYPES: dict[str, torch.dtype] = {
@@ -217,8 +226,10 @@ def encode(
     tensors: Mapping[str, torch.Tensor],
     fragment: int | None = None,
     topology: str | None = None,
+    chunk: int | None = None,
 ) -> list[bytes | memoryview]:
-    """Frames of one message. Tensor frames share memory with ``tensors``.
+    """Frames of one message. Tensor frames share memory with ``tensors``; with ``chunk``, a tensor of
+    more bytes travels in consecutive frames of ``chunk`` bytes, the last holding the rest.
 
     The caller must not modify those tensors in place until the frames are
     sent (the peer replaces parameter storage when it mixes, so it never does).
@@ -242,11 +253,24 @@ def encode(
         header["fragment"] = fragment
     if topology is not None:
         header["topology"] = topology  # the digest of the sender's graph of this round (section 2.6)
+    if chunk is not None:
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < MIN_CHUNK_BYTES:
+            raise ValueError(f"chunk is {chunk!r}; a chunk is a whole number of bytes, at least {MIN_CHUNK_BYTES}")
+        header["chunk"] = chunk
     frames: list[bytes | memoryview] = [msgpack.packb(header, use_bin_type=True)]
     for tensor in tensors.values():
         flat = tensor.detach().contiguous().reshape(-1)
-        frames.append(memoryview(flat.view(torch.uint8).numpy()))
+        data = memoryview(flat.view(torch.uint8).numpy())
+        if chunk is None or data.nbytes <= chunk:
+            frames.append(data)
+        else:
+            frames.extend(data[start:start + chunk] for start in range(0, data.nbytes, chunk))
     return frames
+
+
+def frames_per_tensor(nbytes: int, chunk: int | None) -> int:
+    """How many frames carry a tensor of ``nbytes`` bytes in a message of chunk size ``chunk``."""
+    return 1 if chunk is None else max(1, -(-nbytes // chunk))
 
 
 def _require(header: dict, key: str, kind: type | tuple[type, ...]) -> Any:
@@ -300,18 +324,26 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
     if contract.topology:
         _check_topology(header.get("topology"), sender, round_, contract.topology)
     _check_fragment(fragment, kind, round_, contract)
+    chunk = _chunk_of(header)
     expected_specs = contract.expected(kind, fragment)
     if len(specs) != len(expected_specs):
         raise TensorSpecMismatch(f"{len(specs)} tensors described, a {kind} message of this model has "
                                  f"{len(expected_specs)}")
-    if len(frames) != 1 + len(expected_specs):
-        raise FrameCountMismatch(f"{len(frames)} frames, expected 1 header + {len(expected_specs)} tensors")
+    counts = [frames_per_tensor(spec.nbytes, chunk) for spec in expected_specs]
+    if len(frames) != 1 + sum(counts):
+        carried = f"{len(expected_specs)} tensors"
+        if chunk is not None:
+            carried += f" in {sum(counts)} frames of at most {chunk} bytes"
+        raise FrameCountMismatch(f"{len(frames)} frames, expected 1 header + {carried}")
 
     tensors: dict[str, torch.Tensor] = {}
     nbytes = memoryview(getattr(frames[0], "buffer", frames[0])).nbytes
-    for described, expected, frame in zip(specs, expected_specs, frames[1:]):
+    first = 1
+    for described, expected, count in zip(specs, expected_specs, counts):
         _check_spec(described, expected)
-        buffer = memoryview(getattr(frame, "buffer", frame))
+        buffers = [memoryview(getattr(frame, "buffer", frame)) for frame in frames[first:first + count]]
+        first += count
+        buffer = buffers[0] if count == 1 else _joined(buffers, expected, chunk)
         if buffer.nbytes != expected.nbytes:
             raise FrameLengthMismatch(
                 f"tensor {expected.name!r}: frame of {buffer.nbytes} bytes, expected {expected.nbytes}"
@@ -319,6 +351,28 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
         nbytes += buffer.nbytes
         tensors[expected.name] = _tensor_from(buffer, expected)
     return Message(kind, sender, run_id, round_, fp, tensors, nbytes)
+
+
+def _chunk_of(header: dict) -> int | None:
+    if "chunk" not in header:
+        return None
+    chunk = _require(header, "chunk", int)
+    if chunk < MIN_CHUNK_BYTES:
+        raise MalformedHeader(f"chunk of {chunk} bytes; a chunk is at least {MIN_CHUNK_BYTES}")
+    return chunk
+
+
+def _joined(buffers: list[memoryview], spec: TensorSpec, chunk: int) -> memoryview:
+    """One buffer of a tensor's chunks, in order, each checked for its exact length first."""
+    for index, buffer in enumerate(buffers):
+        wanted = chunk if index < len(buffers) - 1 else spec.nbytes - chunk * (len(buffers) - 1)
+        if buffer.nbytes != wanted:
+            raise FrameLengthMismatch(f"tensor {spec.name!r}: chunk {index} of {buffer.nbytes} bytes, "
+                                      f"expected {wanted}")
+    joined = np.empty(spec.nbytes, dtype=np.uint8)
+    for index, buffer in enumerate(buffers):
+        joined[index * chunk:index * chunk + buffer.nbytes] = np.frombuffer(buffer, dtype=np.uint8)
+    return memoryview(joined)
 
 
 def _check_fragment(fragment: Any, kind: str, round_: int, contract: Contract) -> None:

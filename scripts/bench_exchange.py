@@ -97,7 +97,8 @@ def p2ptrain_side(me: str, other: str, elements: int, rounds: int, first: bool, 
         async def one_round(round_: int) -> None:
             nonlocal checksum
             frames = wire.encode(kind="params", sender=my_id, run_id="bench", round=round_,
-                                 fingerprint="fp", tensors=tensors)
+                                 fingerprint="fp", tensors=tensors,
+                                 chunk=wire.SECURE_CHUNK_BYTES if security else None)
             if first:
                 transport.send(other_id, frames)
                 got = await transport.receive(60)

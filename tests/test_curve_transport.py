@@ -378,3 +378,54 @@ async def test_a_large_first_message_arrives_whole_after_the_credential(context,
     finally:
         client.close()
         server.close()
+
+
+# ---- large tensors in chunks, through whole peers -------------------------------------------
+
+
+def test_two_secured_peers_average_a_model_larger_than_a_chunk_exactly(tmp_path):
+    # Over CurveZMQ the weight travels in three chunks; a peer whose limits or reassembly were wrong
+    # would reject it, miss its neighbour and keep its own model instead of the mean.
+    import threading
+
+    import p2ptrain
+    from p2ptrain import keys
+    from p2ptrain.topology import generate
+
+    from .conftest import free_port_block
+
+    topology = generate("complete", 2, base_port=free_port_block(2))
+    keys.generate(topology, tmp_path / "keys")
+    rows = 2 * wire.SECURE_CHUNK_BYTES // (4 * 256) + 1  # float32 [rows, 256]: two chunks and a row
+    models = {}
+    for index, peer_id in enumerate(topology.ids):
+        torch.manual_seed(index)
+        models[peer_id] = torch.nn.Linear(256, rows)
+    mean = {name: (models["p0"].state_dict()[name] + models["p1"].state_dict()[name]) / 2
+            for name in ("weight", "bias")}
+    peers = {peer_id: p2ptrain.Peer(topology, model, peer=peer_id, keys=str(tmp_path / "keys"),
+                                    out=str(tmp_path / peer_id), run_id="chunks", recv_timeout=20)
+             for peer_id, model in models.items()}
+    failures = []
+
+    def exchange(peer) -> None:
+        try:
+            peer.exchange()
+        except BaseException as error:  # reported below: a thread's exception would vanish
+            failures.append(error)
+
+    try:
+        threads = [threading.Thread(target=exchange, args=(peer,)) for peer in peers.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not failures and not any(thread.is_alive() for thread in threads)
+        for peer_id, peer in peers.items():
+            assert peer.node.chunk == wire.SECURE_CHUNK_BYTES and peer.node.stats.rejected == {}
+            assert peer.node.last["heard"] == [other for other in topology.ids if other != peer_id]
+            for name, expected in mean.items():
+                assert torch.equal(models[peer_id].state_dict()[name], expected), f"{peer_id} {name}"
+    finally:
+        for peer in peers.values():
+            peer.close()

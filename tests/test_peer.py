@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+import msgpack
 import pytest
 import torch
 
@@ -31,18 +32,18 @@ STARTUP_TIMEOUT = 4.0
 class Vector(torch.nn.Module):
     """A model of one parameter vector, so mixed values are easy to predict."""
 
-    def __init__(self, value: float):
+    def __init__(self, value: float, size: int = 2):
         super().__init__()
-        self.x = torch.nn.Parameter(torch.full((2,), value, dtype=torch.float64))
+        self.x = torch.nn.Parameter(torch.full((size,), value, dtype=torch.float64))
 
 
 def make_node(tmp_path: Path, topology: Topology, network: MemoryNetwork, peer_id: str = "p0", value: float = 0.0,
-              **options) -> Node:
+              size: int = 2, **options) -> Node:
     """A started Node of ``topology`` on ``network``, its model holding ``value`` everywhere."""
     options = {"run_id": RUN, "out": str(tmp_path / peer_id), "recv_timeout": RECV_TIMEOUT,
                "startup_timeout": STARTUP_TIMEOUT, "rounds": 10, "eval_every": 1000, "log_every": 1} | options
     config = PeerConfig(topology=topology.name, peer=peer_id, **options).validate()
-    model = Vector(value)
+    model = Vector(value, size)
     replica = Replica(peer_id, None, model, None, build_algorithm(config, topology, peer_id, model),
                       torch.device("cpu"), config.lr_at, config.local_steps, agreement(config, None))
     node = Node(config, topology, replica, network.transport(peer_id, topology.out_neighbours(peer_id)),
@@ -289,6 +290,30 @@ async def test_a_message_naming_another_sender_than_its_connection_proves_is_rej
     assert node.stats.rejected == {"impersonation": 1} and node.stats.rejected_from == {"p2": 1}
     assert node.stats.accepted_from == {"p1": 1, "p2": 1}
     assert torch.allclose(x_of(node), torch.full((2,), 3.0, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("secure", [True, False])
+async def test_over_curvezmq_a_node_sends_large_tensors_in_chunks_and_reads_them(tmp_path, complete3, secure):
+    size = wire.SECURE_CHUNK_BYTES // 8 * 2 + 3  # float64: two whole chunks and 24 bytes
+    network = MemoryNetwork(secure=secure)
+    node = make_node(tmp_path, complete3, network, size=size)
+    for sender, value in (("p1", 3.0), ("p2", 6.0)):
+        frames = wire.encode(kind="params", sender=sender, run_id=RUN, round=0, fingerprint=node.fingerprint,
+                             tensors={"x": torch.full((size,), value, dtype=torch.float64)},
+                             topology=node.topology_digest(0), chunk=wire.SECURE_CHUNK_BYTES)
+        network.deliver("p0", frames, sender=sender)
+    await node.exchange(0)
+    assert node.stats.rejected == {} and torch.equal(x_of(node), torch.full((size,), 3.0, dtype=torch.float64))
+    (sent,) = network.collect("p1")
+    header = msgpack.unpackb(bytes(sent.frames[0]))
+    if secure:
+        assert header["chunk"] == wire.SECURE_CHUNK_BYTES
+        assert [memoryview(f).nbytes for f in sent.frames[1:]] == [wire.SECURE_CHUNK_BYTES] * 2 + [24]
+    else:
+        assert "chunk" not in header and [memoryview(f).nbytes for f in sent.frames[1:]] == [size * 8]
+    as_a_neighbour_reads_it = wire.Contract(RUN, node.fingerprint, frozenset({"p0"}), node.contract.specs)
+    assert wire.decode(sent.frames, as_a_neighbour_reads_it).tensors["x"].equal(torch.zeros(size, dtype=torch.float64))
 
 
 @pytest.mark.asyncio

@@ -338,3 +338,88 @@ def test_a_message_of_round_r_must_carry_entry_r_mod_period_of_the_receivers_top
     with pytest.raises(wire.TopologyMismatch, match=r"topology digest \[1, 2\] from"):
         wire.decode(message(tensors, round=3, topology=[1, 2]), contract)
     assert wire.decode(message(tensors, round=3), contract_for(tensors)).round == 3  # a contract without: unchecked
+
+
+# ---- tensors in chunks (PROTOCOL.md section 2) ----------------------------------------------------
+
+CHUNK = wire.MIN_CHUNK_BYTES
+# Every case of a tensor against the chunk: none of it, less than one chunk, exactly one, several
+# with a rest, and several exactly.
+CHUNKED = {"empty": torch.zeros(0), "small": tensor_of(torch.float32, (7,)),
+           "one": tensor_of(torch.float64, (CHUNK // 8,), seed=1),
+           "rest": tensor_of(torch.float32, (3, CHUNK // 4 + 5), seed=2),
+           "exact": tensor_of(torch.int16, (2, CHUNK), seed=3), "half": tensor_of(torch.bfloat16, (CHUNK,), seed=4)}
+
+
+def test_tensors_in_chunks_round_trip_bit_exactly_and_each_chunk_is_at_most_the_chunk():
+    frames = message(CHUNKED, chunk=CHUNK)
+    sizes = [memoryview(f).nbytes for f in frames[1:]]
+    expected_frames = {"empty": 1, "small": 1, "one": 1, "rest": 4, "exact": 4, "half": 2}
+    assert len(sizes) == sum(expected_frames.values())
+    assert max(sizes) == CHUNK and sum(sizes) == sum(t.numel() * t.element_size() for t in CHUNKED.values())
+    assert msgpack.unpackb(bytes(frames[0]))["chunk"] == CHUNK
+    decoded = wire.decode(received(frames), contract_for(CHUNKED))
+    for name, original in CHUNKED.items():
+        assert decoded.tensors[name].dtype == original.dtype and decoded.tensors[name].shape == original.shape
+        assert raw_bytes(decoded.tensors[name]) == raw_bytes(original)
+    assert decoded.nbytes == sum(memoryview(f).nbytes for f in frames)
+
+
+def test_chunks_share_memory_with_the_tensor_they_come_from():
+    tensor = torch.zeros(CHUNK // 4 + 1)  # two chunks: CHUNK bytes, then 4
+    frames = message({"w": tensor}, chunk=CHUNK)
+    tensor[-1] = 5.0
+    assert np.frombuffer(frames[2], dtype=np.float32)[-1] == 5.0
+
+
+def test_a_message_without_a_chunk_is_read_as_one_frame_per_tensor_whatever_its_size():
+    frames = message(CHUNKED)
+    assert len(frames) == 1 + len(CHUNKED) and "chunk" not in msgpack.unpackb(bytes(frames[0]))
+    assert wire.decode(received(frames), contract_for(CHUNKED)).tensors["exact"].equal(CHUNKED["exact"])
+
+
+def chunked_with(**changes) -> list:
+    frames = received(message(CHUNKED, chunk=CHUNK))
+    header = msgpack.unpackb(bytes(frames[0])) | changes
+    return [bytearray(msgpack.packb(header))] + frames[1:]
+
+
+def rechunked(chunk: int) -> list:
+    """The chunked message with its tensors split by ``chunk`` while the header still says CHUNK."""
+    return chunked_with()[:1] + received(message(CHUNKED, chunk=chunk))[1:]
+
+
+@pytest.mark.parametrize("frames, error", [
+    (chunked_with(chunk=CHUNK - 1), wire.MalformedHeader),
+    (chunked_with(chunk=0), wire.MalformedHeader),
+    (chunked_with(chunk=True), wire.MalformedHeader),
+    (chunked_with(chunk=float(CHUNK)), wire.MalformedHeader),
+    (chunked_with(chunk=2 * CHUNK), wire.FrameCountMismatch),  # fewer frames than the header's chunk asks
+    (rechunked(2 * CHUNK), wire.FrameCountMismatch),
+    (received(message(CHUNKED, chunk=CHUNK))[:-1], wire.FrameCountMismatch),
+    (received(message(CHUNKED, chunk=CHUNK)) + [bytearray(4)], wire.FrameCountMismatch),
+])
+def test_a_bad_chunk_or_chunk_count_raises_its_typed_error(frames, error):
+    with pytest.raises(error):
+        wire.decode(frames, contract_for(CHUNKED))
+
+
+def test_every_chunk_must_have_its_exact_length():
+    frames = received(message(CHUNKED, chunk=CHUNK))
+    rest = 1 + 3  # the first frame of "rest": empty, small and one come before it
+    short_then_long = frames[:rest] + [frames[rest][:-4], frames[rest + 1] + bytearray(4)] + frames[rest + 2:]
+    with pytest.raises(wire.FrameLengthMismatch, match=r"'rest': chunk 0 of 65532 bytes, expected 65536"):
+        wire.decode(short_then_long, contract_for(CHUNKED))
+
+
+def test_a_nan_in_any_chunk_is_found():
+    tensors = {name: t.clone() for name, t in CHUNKED.items()}
+    tensors["rest"].view(-1)[-1] = float("nan")  # in the last chunk
+    with pytest.raises(wire.NonFinite, match="'rest'"):
+        wire.decode(received(message(tensors, chunk=CHUNK)), contract_for(CHUNKED))
+
+
+@pytest.mark.parametrize("chunk", [CHUNK - 1, 0, True, 2.5e6])
+def test_encode_refuses_a_chunk_below_the_smallest_or_not_a_whole_number(chunk):
+    with pytest.raises(ValueError, match=f"at least {CHUNK}"):
+        message(CHUNKED, chunk=chunk)
