@@ -11,6 +11,25 @@ import torch
 Tensors = dict[str, torch.Tensor]
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN and no Inf in ``tensor``: exactly ``isfinite(tensor).all()``, mostly in one pass of a sum.
+
+    A sum is NaN or infinite whenever one of its terms is (in IEEE 754 arithmetic nothing adds a NaN
+    or an infinity back to a finite value), so a finite sum proves every element finite. A non-finite
+    sum comes from a non-finite element or from finite ones too large to add up; only then are the
+    smallest and largest values looked at (a NaN makes both NaN, an Inf is one of them). float32 and
+    float64 are summed in their own precision; half precision goes straight to the extremes, its sums
+    overflowing too soon to be worth trying. On a 16 MiB float32 tensor the sum takes about a quarter
+    of the time of the extremes and ``isfinite`` writes a boolean tensor of the input's size first."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    tensor = tensor.detach()
+    if tensor.dtype in (torch.float32, torch.float64) and math.isfinite(tensor.sum()):
+        return True
+    smallest, largest = torch.aminmax(tensor)
+    return bool(torch.isfinite(smallest)) and bool(torch.isfinite(largest))
+
+
 def norm(tensors: Mapping[str, torch.Tensor]) -> float:
     """The Euclidean norm of the floating-point tensors taken as one vector: each reduced in its own
     precision (half precision widened to float32), the squares summed in float64, with no float64 copy

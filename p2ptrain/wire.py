@@ -23,6 +23,8 @@ import msgpack
 import numpy as np
 import torch
 
+from .tensors import all_finite
+
 PROTOCOL_VERSION = 1
 # params: a round's parameters. state_request: a peer joining a running swarm
 # asks a neighbour for its state; state: the answer, the neighbour's parameters
@@ -531,19 +533,13 @@ _HALF_EXPONENT_BITS = {"float16": np.uint16(0x7C00), "bfloat16": np.uint16(0x7F8
 _HALF_ALL_BUT_SIGN = np.uint16(0x7FFF)
 
 
-_NUMPY_FLOATS = {"float64": np.float64, "float32": np.float32}
-
-
 def _holds_non_finite(buffer: memoryview, dtype: str) -> bool:
-    """In numpy, free of torch's thread pool, which makes a one-pass check slow on a small host.
-
-    float32 and float64: the largest and smallest values, two passes without a temporary (a NaN makes
-    both NaN, an Inf is one of them). The half-precision formats (bfloat16, which numpy lacks, and
-    float16, whose arithmetic numpy emulates slowly) on the raw bits (IEEE 754: a value is NaN or
-    infinite exactly when all its exponent bits are set)."""
-    if dtype in _NUMPY_FLOATS:
-        values = np.frombuffer(buffer, dtype=_NUMPY_FLOATS[dtype])
-        return not (np.isfinite(values.max()) and np.isfinite(values.min()))
+    """float32 and float64: tensors.all_finite (one pass of a sum, the extremes only if it is not
+    finite). The half-precision formats (bfloat16, which numpy lacks, and float16, whose arithmetic
+    numpy emulates slowly) on the raw bits (IEEE 754: a value is NaN or infinite exactly when all its
+    exponent bits are set)."""
+    if dtype in ("float32", "float64"):
+        return not all_finite(torch.frombuffer(buffer, dtype=DTYPES[dtype]))
     bits = np.frombuffer(buffer, dtype=np.uint16)
     return bool((bits & _HALF_ALL_BUT_SIGN).max(initial=0) >= _HALF_EXPONENT_BITS[dtype])
 

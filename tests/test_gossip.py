@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from p2ptrain.algorithms import Gossip, effective_weights, mix
+from p2ptrain.algorithms.gossip import MIX_BLOCK, weighted_sum
 from p2ptrain.topology import generate
 
 
@@ -88,3 +89,18 @@ def test_mix_result_does_not_depend_on_arrival_order():
     backward = mix("a", own, {"c": c, "b": b}, row)["w"]
     assert torch.equal(forward, backward)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("elements", [3 * MIX_BLOCK + 5, 2 * MIX_BLOCK, MIX_BLOCK + 1])
+def test_mixing_in_blocks_is_bit_for_bit_mixing_whole_tensors(dtype, elements):
+    g = torch.Generator().manual_seed(elements)
+    own, a, b = (torch.randn(elements, generator=g, dtype=dtype) for _ in range(3))
+    whole = own * 0.3
+    whole.add_(a, alpha=1 / 3).add_(b, alpha=0.37)
+    got = weighted_sum(own, 0.3, [(a, 1 / 3), (b, 0.37)])
+    assert torch.equal(got, whole) and got.data_ptr() not in (own.data_ptr(), a.data_ptr(), b.data_ptr())
+    # A tensor that is not contiguous takes the whole-tensor path, with the same values.
+    matrix = torch.randn(2, MIX_BLOCK, generator=g, dtype=dtype)
+    transposed = weighted_sum(matrix.t(), 0.5, [(matrix.t(), 0.5)])
+    assert torch.equal(transposed, matrix.t() * 0.5 + matrix.t() * 0.5)

@@ -423,3 +423,10 @@ def test_a_nan_in_any_chunk_is_found():
 def test_encode_refuses_a_chunk_below_the_smallest_or_not_a_whole_number(chunk):
     with pytest.raises(ValueError, match=f"at least {CHUNK}"):
         message(CHUNKED, chunk=chunk)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_values_too_large_to_add_up_are_accepted(dtype):
+    tensors = {"w": torch.full((64,), torch.finfo(dtype).max, dtype=dtype)}
+    decoded = wire.decode(received(message(tensors)), contract_for(tensors))
+    assert torch.equal(decoded.tensors["w"], tensors["w"])
