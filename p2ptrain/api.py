@@ -93,7 +93,7 @@ class Peer:
         algorithm = build_algorithm(config, topology, peer_id, model, config.admm_penalty)
         replica = Replica(peer_id, None, model, None, algorithm, device, config.lr_at, config.local_steps,
                           agreement(config, None))
-        return open_node(config, self._context, topology, replica)
+        return open_node(config, self._context, topology, replica, alone_on_loop=True)  # the loop is ours
 
     @property
     def id(self) -> str:

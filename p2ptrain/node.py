@@ -632,10 +632,11 @@ def _prepare_output(files: PeerDir, overwrite: bool, resume: bool) -> None:
 
 
 def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topology | None = None,
-              replica: Replica | None = None) -> Node:
+              replica: Replica | None = None, alone_on_loop: bool = False) -> Node:
     """A started Node: the peer id resolved, its replica built (unless given), its port bound, its run
     directory prepared. Files are touched only once the port is ours: a peer that cannot start
-    leaves a run as it was."""
+    leaves a run as it was. ``alone_on_loop``: nothing else runs on the caller's event loop, so the
+    node may wait for messages in ZeroMQ's poll (transport.ZmqTransport.receive)."""
     topology = topology or load_topology(config.topology)
     config = config.for_peer(topology.name, resolve_peer_id(config.peer, topology.ids))
     security = _security(config, topology, config.peer)  # refused before the data and model are built
@@ -657,6 +658,7 @@ def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topolo
         # Read frame by frame: a message of more frames or bytes than this run's largest (its tensors
         # in the smallest chunks a sender may use) is discarded as it is read, however many frames it
         # has (security.md).
+        alone_on_loop=alone_on_loop,
         limits=MessageLimits(frames=1 + max(sum(wire.frames_per_tensor(s.nbytes, wire.MIN_CHUNK_BYTES) for s in specs)
                                             for specs in layouts),
                              total_bytes=wire.MAX_HEADER_BYTES + max(sum(s.nbytes for s in specs) for specs in layouts)),
@@ -698,7 +700,8 @@ async def run_peer(config: PeerConfig, context: zmq.asyncio.Context | None = Non
     try:
         with _stopped_by_signals(signals) as caught:
             try:
-                peer = open_node(config, context, topology)
+                # Its own context means its own loop: peers in one process share both.
+                peer = open_node(config, context, topology, alone_on_loop=own_context)
                 return await _run_to_the_end(peer)
             except asyncio.CancelledError:
                 if not caught:

@@ -21,6 +21,7 @@ peer whose key its connection proved (``Received.sender``).
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import itertools
@@ -40,6 +41,9 @@ from zmq.utils import z85
 # gossip keeps neighbours within a round or two of each other, so a deeper
 # queue only means stale parameters held in memory for a peer that is gone.
 SEND_QUEUE = 8
+# A transport alone on its event loop waits in ZeroMQ's poll at most this long before giving the loop
+# a turn: how late a signal handler or a cancellation may run while a peer waits for its neighbours.
+WAIT_SLICE_SECONDS = 0.05
 # A connection that answers no ping for HEARTBEAT_TIMEOUT_SECONDS is closed (and redialled).
 HEARTBEAT_SECONDS = 1
 HEARTBEAT_TIMEOUT_SECONDS = 5
@@ -188,8 +192,10 @@ class ZmqTransport:
         max_message_bytes: int = -1,
         security: CurveSecurity | None = None,
         limits: MessageLimits = UNLIMITED,
+        alone_on_loop: bool = False,
     ):
         self.secure = security is not None
+        self.alone_on_loop = alone_on_loop
         self.public_key = security.public_key if security is not None else None
         self._admission: _Admission | None = None
         if security is not None:
@@ -225,8 +231,21 @@ class ZmqTransport:
         so the caller must not change it afterwards. With ``copy`` True ZeroMQ
         copies the bytes now: for frames over buffers the caller reuses, such
         as ``Staging.to_host``'s."""
+        sock = self._push[peer_id]
         try:
-            self._push[peer_id].send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+            return True
+        except zmq.Again:
+            pass
+        # The queue may only look full. libzmq learns that the neighbour's end took messages from
+        # commands its I/O thread posts to the socket, and a send reads them only when about a
+        # millisecond has passed since it last did: at a thousand sends a second, a queue long
+        # drained stayed "full" and a round's message was dropped. Asking for ZMQ_EVENTS reads them
+        # all; if there is room then, the message goes.
+        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+            return False
+        try:
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
             return True
         except zmq.Again:
             return False
@@ -235,11 +254,21 @@ class ZmqTransport:
         """The next message, or None if none arrives within the timeout.
 
         A message already queued is read at once, without awaiting anything; only an empty queue
-        waits, on the event loop, until something is readable or the deadline passes."""
+        waits until something is readable or the deadline passes. A transport ``alone_on_loop`` (a
+        peer process, an API Peer: nothing else runs on its event loop) waits in ZeroMQ's own poll,
+        blocking the loop for at most WAIT_SLICE_SECONDS at a time and giving it a turn in between;
+        others (peers sharing one loop) await pyzmq's asyncio poll, which lets the loop run the other
+        peers meanwhile but costs a future, a timer, a reader registration and a trip through the
+        loop for every wake-up: about 70 µs, most of the fixed cost of a small message (performance.md)."""
         received = self._read_queued()
         deadline = time.monotonic() + max(timeout, 0)
         while received is None and (remaining := deadline - time.monotonic()) > 0:
-            if not await self._pull.poll(timeout=math.ceil(remaining * 1000), flags=zmq.POLLIN):
+            if self.alone_on_loop:
+                if not self._reader.poll(timeout=math.ceil(min(remaining, WAIT_SLICE_SECONDS) * 1000),
+                                         flags=zmq.POLLIN):
+                    await asyncio.sleep(0)  # the loop's turn: a signal's handler, a cancellation
+                    continue
+            elif not await self._pull.poll(timeout=math.ceil(remaining * 1000), flags=zmq.POLLIN):
                 return None
             # After a ZAP handshake libzmq queues the connection's credential (its User-Id) just
             # before the first message. When that message spans several reads, the credential alone

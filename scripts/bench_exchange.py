@@ -84,11 +84,14 @@ def raw_side(me: str, other: str, elements: int, rounds: int, first: bool, resul
 
 def p2ptrain_side(me: str, other: str, elements: int, rounds: int, first: bool, results,
                   keys_dir: str | None = None) -> None:
+    torch.set_num_threads(1)  # as a peer runs by default (--threads 1)
+
     async def run() -> None:
         context = zmq.asyncio.Context()
         my_id, other_id = ("p0", "p1") if first else ("p1", "p0")
         security = keys.load_security(pair(), my_id, keys_dir) if keys_dir else None
-        transport = ZmqTransport(context, me, {other_id: other}, linger_seconds=1.0, security=security)
+        transport = ZmqTransport(context, me, {other_id: other}, linger_seconds=1.0, security=security,
+                                 alone_on_loop=True)  # as in a peer process
         tensors = {"w": torch.from_numpy(np.random.default_rng(0).random(elements, dtype=np.float32))}
         specs = wire.specs_of(tensors)
         contract = wire.Contract("bench", "fp", frozenset({other_id}), specs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from p2ptrain import wire
-from p2ptrain.transport import SEND_QUEUE, MessageLimits, TransportError, ZmqTransport
+from p2ptrain.transport import SEND_QUEUE, WAIT_SLICE_SECONDS, MessageLimits, TransportError, ZmqTransport
 
 from .conftest import free_port_block
 
@@ -48,9 +49,10 @@ async def test_a_message_arrives_whole_and_decodes(kind, context, tmp_path):
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", KINDS)
-async def test_receive_returns_none_at_its_deadline(kind, context, tmp_path):
+@pytest.mark.parametrize("alone_on_loop", [False, True])
+async def test_receive_returns_none_at_its_deadline(kind, context, tmp_path, alone_on_loop):
     (end,) = endpoints(kind, 1, tmp_path)
-    t = ZmqTransport(context, end, {})
+    t = ZmqTransport(context, end, {}, alone_on_loop=alone_on_loop)
     started = time.monotonic()
     assert await t.receive(timeout=0.3) is None
     elapsed = time.monotonic() - started
@@ -155,3 +157,45 @@ async def test_a_message_of_many_empty_frames_leaves_no_memory_behind(context, t
     assert resident_mib() - before < 10
     a.close()
     b.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_queue_that_drained_takes_the_next_message_however_fast_they_come(kind, context, tmp_path):
+    # Ping-pong at thousands of messages a second: never more than one in flight, so no send may be
+    # refused. libzmq tells a socket its queue drained by commands a throttled send read only about
+    # once a millisecond, so once the queue had seen SEND_QUEUE messages it looked full.
+    a_end, b_end = endpoints(kind, 2, tmp_path)
+    a = ZmqTransport(context, a_end, {"b": b_end})
+    b = ZmqTransport(context, b_end, {"a": a_end})
+    try:
+        for index in range(50 * SEND_QUEUE):
+            payload = index.to_bytes(4, "little")
+            assert a.send("b", [payload]), f"message {index} refused with none in flight"
+            assert (await b.receive(timeout=10)).frames[0].bytes == payload
+            assert b.send("a", [payload]), f"reply {index} refused with none in flight"
+            assert (await a.receive(timeout=10)).frames[0].bytes == payload
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.asyncio
+async def test_a_transport_alone_on_its_loop_still_gives_the_loop_a_turn_while_it_waits(context, tmp_path):
+    # It waits in ZeroMQ's poll, blocking the loop a slice at a time: what the loop has to do (here,
+    # a cancellation, as a signal handler does) happens within a slice, not at the deadline.
+    a_end, b_end = endpoints("tcp", 2, tmp_path)
+    a = ZmqTransport(context, a_end, {"b": b_end}, alone_on_loop=True)
+    b = ZmqTransport(context, b_end, {"a": a_end})
+    try:
+        assert b.send("a", [b"first"])
+        assert (await a.receive(timeout=10)).frames[0].bytes == b"first"
+        waiting = asyncio.ensure_future(a.receive(timeout=30))
+        asyncio.get_running_loop().call_later(0.2, waiting.cancel)
+        started = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert time.monotonic() - started < 0.2 + 10 * WAIT_SLICE_SECONDS
+    finally:
+        a.close()
+        b.close()
