@@ -125,13 +125,25 @@ class Topology:
 
     def in_neighbours(self, peer_id: str, round_: int | None = None) -> tuple[str, ...]:
         """Peers whose parameters ``peer_id`` receives in round ``round_`` (None: in any round)."""
-        row = self._adjacency(round_)[self.index(peer_id)]
-        return tuple(self.ids[j] for j in np.flatnonzero(row))
+        key = ("in", peer_id, None if round_ is None else round_ % self.period)
+        if key not in self._neighbours:
+            row = self._adjacency(round_)[self.index(peer_id)]
+            self._neighbours[key] = tuple(self.ids[j] for j in np.flatnonzero(row))
+        return self._neighbours[key]
 
     def out_neighbours(self, peer_id: str, round_: int | None = None) -> tuple[str, ...]:
         """Peers that ``peer_id`` sends to in round ``round_`` (None: in any round)."""
-        column = self._adjacency(round_)[:, self.index(peer_id)]
-        return tuple(self.ids[i] for i in np.flatnonzero(column))
+        key = ("out", peer_id, None if round_ is None else round_ % self.period)
+        if key not in self._neighbours:
+            column = self._adjacency(round_)[:, self.index(peer_id)]
+            self._neighbours[key] = tuple(self.ids[i] for i in np.flatnonzero(column))
+        return self._neighbours[key]
+
+    @cached_property
+    def _neighbours(self) -> dict[tuple[str, str, int | None], tuple[str, ...]]:
+        # Asked by every peer in every round; a row scan of the adjacency each time would cost each
+        # round time in proportion to the size of the swarm. The graph never changes: remembering is safe.
+        return {}
 
     def linked_both_ways(self, peer_id: str) -> tuple[str, ...]:
         """The neighbours ``peer_id`` both sends to and hears from: those that can answer its state request."""
