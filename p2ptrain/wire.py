@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -478,18 +479,23 @@ _HALF_ALL_BUT_SIGN = np.uint16(0x7FFF)
 
 
 _NUMPY_FLOATS = {"float64": np.float64, "float32": np.float32}
+# Up to this many values a float tensor is checked in one call, with a temporary of a byte per value.
+_ONE_PASS_VALUES = 1 << 16
 
 
 def _holds_non_finite(buffer: memoryview, dtype: str) -> bool:
     """In numpy, free of torch's thread pool, which makes a one-pass check slow on a small host.
 
-    float32 and float64: the largest and smallest values, two passes without a temporary (a NaN makes
-    both NaN, an Inf is one of them). The half-precision formats (bfloat16, which numpy lacks, and
+    float32 and float64: a small tensor in one call (every value finite, through a temporary of a byte
+    per value); a larger one by its largest and smallest values, two passes without a temporary (a
+    NaN makes both NaN, an Inf is one of them). The half-precision formats (bfloat16, which numpy lacks, and
     float16, whose arithmetic numpy emulates slowly) on the raw bits (IEEE 754: a value is NaN or
     infinite exactly when all its exponent bits are set)."""
     if dtype in _NUMPY_FLOATS:
         values = np.frombuffer(buffer, dtype=_NUMPY_FLOATS[dtype])
-        return not (np.isfinite(values.max()) and np.isfinite(values.min()))
+        if values.size <= _ONE_PASS_VALUES:
+            return not np.isfinite(values).all()  # one call; its temporary is small
+        return not (math.isfinite(np.maximum.reduce(values)) and math.isfinite(np.minimum.reduce(values)))
     bits = np.frombuffer(buffer, dtype=np.uint16)
     return bool((bits & _HALF_ALL_BUT_SIGN).max(initial=0) >= _HALF_EXPONENT_BITS[dtype])
 
