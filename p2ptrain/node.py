@@ -304,10 +304,10 @@ class Node:
                              fingerprint=self.fingerprint,
                              tensors=self.staging.to_host(self.replica.as_sent(outgoing, round_)),
                              fragment=self.algorithm.fragment_at(round_), topology=self.topology_digest(round_))
-        bytes_sent = 0
+        bytes_sent, size, copy = 0, wire.frame_bytes(frames), self.staging.copy_on_send
         for neighbour in self.topology.out_neighbours(self.id, round_):
-            if self.transport.send(neighbour, frames, copy=self.staging.copy_on_send):
-                bytes_sent += wire.frame_bytes(frames)
+            if self.transport.send(neighbour, frames, copy=copy):
+                bytes_sent += size
             else:
                 self.stats.send_dropped += 1
         return bytes_sent
