@@ -593,8 +593,8 @@ async def _let_the_others_run() -> None:
     Peers sharing one loop (run_in_process) then take each step of a round one after the other,
     all of them training, then all sending, then all gathering and mixing: the same code in a
     row, as the lockstep simulation runs it, and a peer that gathers finds its neighbours'
-    messages already queued instead of waiting on its socket. Over ring256 this took a round from
-    148 to 100 ms (docs/performance.md, "In-process swarms")."""
+    messages already queued instead of waiting on its socket. Measured in docs/performance.md
+    ("In-process swarms"): a third of an in-process round of ring256."""
     await asyncio.sleep(0)
 
 

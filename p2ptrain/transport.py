@@ -25,6 +25,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import itertools
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -257,7 +258,7 @@ class ZmqTransport:
         callbacks per wait): with hundreds of peers on one loop that was a tenth of a round. The
         descriptor only says that the socket's state may have changed; EVENTS says whether a message
         is there, and asking it also clears the signal, so it is asked once the reader is in place
-        (nothing that arrives after is missed)."""
+        (nothing that arrives after is missed). One receive at a time: a peer has one reading task."""
         loop = asyncio.get_running_loop()
         woken = loop.create_future()
 
@@ -265,7 +266,10 @@ class ZmqTransport:
             if not woken.done():
                 woken.set_result(readable)
 
-        loop.add_reader(self._signal_fd, wake, True)
+        try:
+            loop.add_reader(self._signal_fd, wake, True)
+        except NotImplementedError:  # a loop without readers (Windows' proactor): pyzmq's poll copes
+            return bool(await self._pull.poll(timeout=math.ceil(timeout * 1000), flags=zmq.POLLIN))
         timer = loop.call_later(timeout, wake, False)
         try:
             if self._reader.get(zmq.EVENTS) & zmq.POLLIN:
