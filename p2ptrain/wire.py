@@ -17,6 +17,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
 
 import msgpack
@@ -122,7 +123,7 @@ class TensorSpec:
     dtype: str
     shape: tuple[int, ...]
 
-    @property
+    @cached_property  # asked twice per tensor of every message decoded
     def nbytes(self) -> int:
         count = 1
         for dim in self.shape:
