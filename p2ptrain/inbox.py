@@ -101,16 +101,15 @@ def content_sample(message: Message) -> bytes:
     processes' parameters apart, not a checksum."""
     parts = []
     for tensor in message.tensors.values():
-        # The values' bits, as integers of their size, sliced in numpy: two messages are sampled every
-        # round, and each torch call costs more than the whole slice.
-        bits = tensor.reshape(-1).view(_SAME_SIZE_INTEGERS[tensor.element_size()]).numpy()
-        step = max(1, bits.size // SAMPLED_VALUES)
-        parts.append(bits[::step][:SAMPLED_VALUES].tobytes())
+        # Sliced in numpy (bfloat16, which numpy lacks, as the integers of its bits): messages are
+        # sampled every round, and each torch call costs more than the whole slice.
+        if tensor.dtype is torch.bfloat16:
+            values = tensor.reshape(-1).view(torch.int16).numpy()
+        else:
+            values = tensor.numpy().reshape(-1)
+        step = max(1, values.size // SAMPLED_VALUES)
+        parts.append(values[::step][:SAMPLED_VALUES].tobytes())
     return b"".join(parts)
-
-
-# Of each element size the wire carries (wire.DTYPES), an integer type to see a tensor's bits as.
-_SAME_SIZE_INTEGERS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def same_content(first: Message, second: Message) -> bool:
