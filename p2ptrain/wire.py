@@ -495,7 +495,7 @@ def _holds_non_finite(buffer: memoryview, dtype: str) -> bool:
     if dtype in _NUMPY_FLOATS:
         values = np.frombuffer(buffer, dtype=_NUMPY_FLOATS[dtype])
         if values.size <= _ONE_PASS_VALUES:
-            return not np.isfinite(values).all()  # one call; its temporary is small
+            return not np.logical_and.reduce(np.isfinite(values))  # one pass; its temporary is small
         return not (math.isfinite(np.maximum.reduce(values)) and math.isfinite(np.minimum.reduce(values)))
     bits = np.frombuffer(buffer, dtype=np.uint16)
     return bool((bits & _HALF_ALL_BUT_SIGN).max(initial=0) >= _HALF_EXPONENT_BITS[dtype])
