@@ -108,9 +108,10 @@ class Gatherer(ABC):
         if received is None:
             return None
         message = self.accept(received)
-        if message is not None:
-            self.file(message)
-        return wire.frame_bytes(received.frames)
+        if message is None:
+            return wire.frame_bytes(received.frames)
+        self.file(message)
+        return message.nbytes  # the same count, made while decoding
 
     async def _read_while(self, waiting: Callable[[], set[str]], deadline: float) -> int:
         """Read while ``waiting()`` names someone and the deadline has not passed, then what else has

@@ -80,14 +80,20 @@ def rewrite_json_lines(path: str | Path, keep) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode())
 
 
+# One encoder for every line: json.dumps with its own separators builds a new one per call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 class JsonLines:
     """Append-only JSON lines, flushed per line so a reader (the launcher) sees every round as it ends."""
 
     def __init__(self, path: str | Path):
-        self._file = open(path, "a", encoding="utf-8", buffering=1)
+        # Bytes, flushed by hand: no text layer on the way, and the buffer still writes a line whole.
+        self._file = open(path, "ab")
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.write((_COMPACT_JSON.encode(record) + "\n").encode("utf-8"))
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()

@@ -215,6 +215,7 @@ class ZmqTransport:
         # Reads of what is already queued go through a blocking-API view of the same socket: a
         # read that needs no waiting then costs no future and no trip through the event loop.
         self._reader = zmq.Socket.shadow(self._pull.underlying)
+        self._signal_fd = self._reader.get(zmq.FD)
         self.limits = limits
         # Sends use a blocking-API socket on the same context so that a full
         # queue raises zmq.Again at once instead of returning a pending future.
@@ -261,10 +262,10 @@ class ZmqTransport:
         A message already queued is read at once, without awaiting anything; only an empty queue
         waits until something is readable or the deadline passes. A transport ``alone_on_loop`` (a
         peer process, an API Peer: nothing else runs on its event loop) waits in ZeroMQ's own poll,
-        blocking the loop for at most WAIT_SLICE_SECONDS at a time and giving it a turn in between;
-        others (peers sharing one loop) await pyzmq's asyncio poll, which lets the loop run the other
-        peers meanwhile but costs a future, a timer, a reader registration and a trip through the
-        loop for every wake-up: about 70 µs, most of the fixed cost of a small message (performance.md)."""
+        blocking the loop for at most WAIT_SLICE_SECONDS at a time and giving it a turn in between.
+        Others (peers sharing one loop) wait on the event loop (``_signalled``), which lets it run the
+        other peers meanwhile but costs a trip through the loop for every wake-up, the larger part of
+        the fixed cost of a small message (performance.md)."""
         received = self._read_queued()
         deadline = time.monotonic() + max(timeout, 0)
         while received is None and (remaining := deadline - time.monotonic()) > 0:
@@ -273,7 +274,7 @@ class ZmqTransport:
                                          flags=zmq.POLLIN):
                     await asyncio.sleep(0)  # the loop's turn: a signal's handler, a cancellation
                     continue
-            elif not await self._pull.poll(timeout=math.ceil(remaining * 1000), flags=zmq.POLLIN):
+            elif not await self._signalled(remaining):
                 return None
             # After a ZAP handshake libzmq queues the connection's credential (its User-Id) just
             # before the first message. When that message spans several reads, the credential alone
@@ -281,6 +282,35 @@ class ZmqTransport:
             # loop waits again for the rest of the deadline.
             received = self._read_queued()
         return received
+
+    async def _signalled(self, timeout: float) -> bool:
+        """Whether the socket signalled readable within ``timeout`` seconds (a message may be queued).
+
+        Waits on ZeroMQ's file descriptor of the socket directly, one reader callback and one timer on
+        the event loop, rather than through pyzmq's asyncio poll (a poller, two futures and their
+        callbacks per wait): with hundreds of peers on one loop that was a tenth of a round. The
+        descriptor only says that the socket's state may have changed; EVENTS says whether a message
+        is there, and asking it also clears the signal, so it is asked once the reader is in place
+        (nothing that arrives after is missed). One receive at a time: a peer has one reading task."""
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def wake(readable: bool) -> None:
+            if not woken.done():
+                woken.set_result(readable)
+
+        try:
+            loop.add_reader(self._signal_fd, wake, True)
+        except NotImplementedError:  # a loop without readers (Windows' proactor): pyzmq's poll copes
+            return bool(await self._pull.poll(timeout=math.ceil(timeout * 1000), flags=zmq.POLLIN))
+        timer = loop.call_later(timeout, wake, False)
+        try:
+            if self._reader.get(zmq.EVENTS) & zmq.POLLIN:
+                return True
+            return await woken
+        finally:
+            timer.cancel()
+            loop.remove_reader(self._signal_fd)
 
     def _read_queued(self) -> Received | None:
         """The message at the head of the queue, read frame by frame within the limits; None if the

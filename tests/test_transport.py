@@ -62,6 +62,27 @@ async def test_receive_returns_none_at_its_deadline(kind, context, tmp_path, alo
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", KINDS)
+async def test_a_receive_waiting_on_an_empty_queue_wakes_when_a_message_arrives(kind, context, tmp_path):
+    a_end, b_end = endpoints(kind, 2, tmp_path)
+    a = ZmqTransport(context, a_end, {"b": b_end})
+    b = ZmqTransport(context, b_end, {"a": a_end})
+    tensors = {"w": torch.randn(3, 4)}
+    contract = wire.Contract("r", "x", frozenset({"a"}), wire.specs_of(tensors))
+    for round_ in range(3):  # the socket's signal is cleared and set again each time
+        waiting = asyncio.create_task(b.receive(timeout=30))
+        await asyncio.sleep(0)  # the receive finds the queue empty and waits on the socket
+        assert not waiting.done()
+        assert a.send("b", wire.encode(kind="params", sender="a", run_id="r", round=round_, fingerprint="x",
+                                       tensors=tensors))
+        # Woken by the message, not by the deadline (at the deadline the receive returns None).
+        got = await asyncio.wait_for(waiting, timeout=30)
+        assert got is not None and wire.decode(got.frames, contract).round == round_
+    a.close()
+    b.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", KINDS)
 async def test_peers_may_start_in_any_order(kind, context, tmp_path):
     a_end, b_end = endpoints(kind, 2, tmp_path)
     a = ZmqTransport(context, a_end, {"b": b_end})

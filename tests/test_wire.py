@@ -323,6 +323,22 @@ def test_nan_and_inf_payloads_are_rejected(bad):
     assert raised.value.reason == "non_finite" and "'b'" in str(raised.value)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [wire._ONE_PASS_VALUES, wire._ONE_PASS_VALUES + 1])  # both ways of checking
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
+def test_large_and_small_tensors_are_checked_alike_for_nan_and_inf(dtype, size, bad):
+    values = torch.full((size,), torch.finfo(dtype).max, dtype=dtype)
+    values[::2] = torch.finfo(dtype).min  # finite however extreme: accepted
+    if bad is not None:
+        values[-1] = bad
+    tensors = {"w": values}
+    if bad is None:
+        assert torch.equal(wire.decode(received(message(tensors)), contract_for(tensors)).tensors["w"], values)
+    else:
+        with pytest.raises(wire.NonFinite, match="tensor 'w' holds NaN or Inf"):
+            wire.decode(received(message(tensors)), contract_for(tensors))
+
+
 def test_a_message_of_round_r_must_carry_entry_r_mod_period_of_the_receivers_topology_digests():
     tensors = {"w": torch.zeros(2)}
     contract = dataclasses.replace(contract_for(tensors), topology=("a" * 16, "b" * 16))  # a schedule of period 2

@@ -125,13 +125,26 @@ class Topology:
 
     def in_neighbours(self, peer_id: str, round_: int | None = None) -> tuple[str, ...]:
         """Peers whose parameters ``peer_id`` receives in round ``round_`` (None: in any round)."""
-        row = self._adjacency(round_)[self.index(peer_id)]
-        return tuple(self.ids[j] for j in np.flatnonzero(row))
+        key = ("in", peer_id, None if round_ is None else round_ % self.period)
+        if key not in self._remembered:
+            row = self._adjacency(round_)[self.index(peer_id)]
+            self._remembered[key] = tuple(self.ids[j] for j in np.flatnonzero(row))
+        return self._remembered[key]
 
     def out_neighbours(self, peer_id: str, round_: int | None = None) -> tuple[str, ...]:
         """Peers that ``peer_id`` sends to in round ``round_`` (None: in any round)."""
-        column = self._adjacency(round_)[:, self.index(peer_id)]
-        return tuple(self.ids[i] for i in np.flatnonzero(column))
+        key = ("out", peer_id, None if round_ is None else round_ % self.period)
+        if key not in self._remembered:
+            column = self._adjacency(round_)[:, self.index(peer_id)]
+            self._remembered[key] = tuple(self.ids[i] for i in np.flatnonzero(column))
+        return self._remembered[key]
+
+    @cached_property
+    def _remembered(self) -> dict[tuple[str, str, int | None], tuple[str, ...] | dict[str, float]]:
+        # Neighbours and mixing rows, asked by every peer in every round: a scan of a row of the
+        # adjacency or the weights each time would cost each round time in proportion to the size of
+        # the swarm. The graph never changes: remembering is safe.
+        return {}
 
     def linked_both_ways(self, peer_id: str) -> tuple[str, ...]:
         """The neighbours ``peer_id`` both sends to and hears from: those that can answer its state request."""
@@ -140,9 +153,12 @@ class Topology:
 
     def mixing_row(self, peer_id: str, round_: int = 0) -> dict[str, float]:
         """Weights peer_id gives to itself and to each in-neighbour in round ``round_``; they sum to 1."""
-        i = self.index(peer_id)
-        w = self.weights_at(round_)
-        return {self.ids[j]: float(w[i, j]) for j in np.flatnonzero(w[i])} | {peer_id: float(w[i, i])}
+        key = ("row", peer_id, round_ % self.period)
+        if key not in self._remembered:
+            i = self.index(peer_id)
+            w = self.weights_at(round_)
+            self._remembered[key] = {self.ids[j]: float(w[i, j]) for j in np.flatnonzero(w[i])} | {peer_id: float(w[i, i])}
+        return dict(self._remembered[key])  # a copy: the caller may change it
 
     def edges(self, round_: int | None = None) -> list[tuple[str, str]]:
         """Edges as written in a file: (a, b) once each if undirected, (sender, receiver) if directed."""
