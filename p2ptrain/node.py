@@ -668,10 +668,10 @@ def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topolo
         # less far over is read and rejected with its reason logged (the decoder checks exact sizes).
         max_message_bytes=max(wire.MAX_HEADER_BYTES, largest) * 9 // 8,
         security=security,
+        alone_on_loop=alone_on_loop,
         # Read frame by frame: a message of more frames or bytes than this run's largest (its tensors
         # in the smallest chunks a sender may use) is discarded as it is read, however many frames it
         # has (security.md).
-        alone_on_loop=alone_on_loop,
         limits=MessageLimits(frames=1 + max(sum(wire.frames_per_tensor(s.nbytes, wire.MIN_CHUNK_BYTES) for s in specs)
                                             for specs in layouts),
                              total_bytes=wire.MAX_HEADER_BYTES + max(sum(s.nbytes for s in specs) for specs in layouts)),

@@ -43,7 +43,7 @@ from zmq.utils import z85
 SEND_QUEUE = 8
 # Frames smaller than this are copied into ZeroMQ's message when sent rather than lent to it: pyzmq
 # keeps a lent buffer alive until libzmq releases it, through a thread of its own, which costs more
-# than copying a small frame (about 45 µs against 80 µs for a 64 KiB frame sent and received).
+# than copying a small frame (a 64 KiB message sent and received in one loop: 122 µs lent, 47 µs copied).
 COPY_BELOW_BYTES = 1 << 18
 # A transport alone on its event loop waits in ZeroMQ's poll at most this long before giving the loop
 # a turn: how late a signal handler or a cancellation may run while a peer waits for its neighbours.

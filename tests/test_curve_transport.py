@@ -19,7 +19,9 @@ import zmq.asyncio
 from zmq.auth.thread import AuthenticationThread
 from zmq.utils.monitor import recv_monitor_message
 
-from p2ptrain import wire
+import p2ptrain
+from p2ptrain import keys, wire
+from p2ptrain.topology import generate
 from p2ptrain.transport import CurveSecurity, Received, TransportError, ZmqTransport, _proven_sender
 
 from .conftest import free_port_block
@@ -386,14 +388,6 @@ async def test_a_large_first_message_arrives_whole_after_the_credential(context,
 def test_two_secured_peers_average_a_model_larger_than_a_chunk_exactly(tmp_path):
     # Over CurveZMQ the weight travels in three chunks; a peer whose limits or reassembly were wrong
     # would reject it, miss its neighbour and keep its own model instead of the mean.
-    import threading
-
-    import p2ptrain
-    from p2ptrain import keys
-    from p2ptrain.topology import generate
-
-    from .conftest import free_port_block
-
     topology = generate("complete", 2, base_port=free_port_block(2))
     keys.generate(topology, tmp_path / "keys")
     rows = 2 * wire.SECURE_CHUNK_BYTES // (4 * 256) + 1  # float32 [rows, 256]: two chunks and a row
