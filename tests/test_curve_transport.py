@@ -364,12 +364,13 @@ def bind_zap_endpoint(context) -> zmq.Socket:
 
 
 @pytest.mark.asyncio
-async def test_a_large_first_message_arrives_whole_after_the_credential(context, pairs):
+@pytest.mark.parametrize("alone_on_loop", [False, True])
+async def test_a_large_first_message_arrives_whole_after_the_credential(context, pairs, alone_on_loop):
     # libzmq queues an authenticated connection's credential (its User-Id) just before the first
     # message. When that message spans several reads, the credential alone is flushed first: poll
     # says readable, recv finds nothing yet. receive must wait on instead of failing.
     (end,) = endpoints("tcp", 1, Path())
-    server = ZmqTransport(context, end, {}, security=security("p0", pairs))
+    server = ZmqTransport(context, end, {}, security=security("p0", pairs), alone_on_loop=alone_on_loop)
     client = RawClient(context, end, pair=pairs["p1"], server_key=pairs["p0"][0])
     try:
         large = [b"h", bytes(4 << 20), bytes(range(256)) * 4096]
