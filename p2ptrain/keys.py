@@ -30,6 +30,7 @@ from typing import Iterable
 
 import zmq
 
+from .config import ConfigError, PeerConfig
 from .topology import Topology, TopologyError, dump_topology, load_topology, parse_topology
 from .transport import CurveSecurity, TransportError, curve_key_problem, require_curve_support
 
@@ -312,6 +313,19 @@ def _print_public_keys(public_keys: dict[str, str]) -> None:
     width = max(len(peer_id) for peer_id in public_keys)
     for peer_id, key in public_keys.items():
         print(f"{peer_id:<{width}}  {key}")
+
+
+def check_keys_or_insecure(config: PeerConfig, topology: Topology, peer_id: str) -> None:
+    """Secure by default: a peer without --keys starts only when told --insecure, since anyone who reaches its
+    port could then send it parameters under any peer's name. inproc:// endpoints never leave the process."""
+    bind = topology.peer(peer_id).bind
+    if config.keys or config.insecure or bind.startswith("inproc://"):
+        return
+    raise ConfigError(
+        f"no --keys: without keys anyone who can reach {bind} could send {peer_id} parameters in any peer's name. "
+        f"Make keys with python -m p2ptrain.keys generate --topology {config.topology or 'TOPOLOGY'} --dir KEYS "
+        "and pass --keys KEYS (in the Python API: keys=KEYS), or pass --insecure (insecure=True) to run "
+        "without, on a network you trust (docs/security.md)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,9 +33,8 @@ from . import __version__, wire
 from .algorithms import Diverged
 from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, resolve_peer_id
 from .gather import Gathered, gatherer_for
-from .keys import KeyFileError, load_security
+from .keys import KeyFileError, check_keys_or_insecure, load_security
 from .membership import Membership
-from .peer import check_keys_or_insecure
 from .replica import Replica, build_replica
 from .results import flat_parameters, relative_error
 from .rundir import MetricsLine, PeerDir
@@ -693,9 +692,11 @@ def _security(config: PeerConfig, topology: Topology, peer_id: str):
         raise ConfigError(f"{topology.name} pins the peers' public keys, so its swarm is secured: "
                           "pass --keys DIR with this peer's secret key")
     check_keys_or_insecure(config, topology, peer_id)
-    logging.LoggerAdapter(logging.getLogger("p2ptrain.peer"), {"peer": peer_id}).warning(
-        "no --keys: connections are neither encrypted nor authenticated; anyone who can reach %s can send this "
-        "peer messages (docs/security.md)", topology.peer(peer_id).bind)
+    bind = topology.peer(peer_id).bind
+    if not bind.startswith("inproc://"):  # inproc endpoints never leave the process: nobody else can reach them
+        logging.LoggerAdapter(logging.getLogger("p2ptrain.peer"), {"peer": peer_id}).warning(
+            "no --keys: connections are neither encrypted nor authenticated; anyone who can reach %s can send this "
+            "peer messages (docs/security.md)", bind)
     return None
 
 

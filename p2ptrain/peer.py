@@ -64,22 +64,11 @@ def check_command_line(explicit: dict):
     except TopologyError as error:
         raise ConfigError(str(error)) from None
     config.absent_peers(topology.ids)
+    from .keys import check_keys_or_insecure  # pyzmq, not torch
+
     check_keys_or_insecure(config, topology, peer_id)
     check_writable(config.for_peer(topology.name, peer_id).run_directory(peer_id))
     return topology
-
-
-def check_keys_or_insecure(config: PeerConfig, topology, peer_id: str) -> None:
-    """Secure by default: a peer without --keys starts only when told --insecure, since anyone who reaches its
-    port could then send it parameters under any peer's name. inproc:// endpoints never leave the process."""
-    bind = topology.peer(peer_id).bind
-    if config.keys or config.insecure or bind.startswith("inproc://"):
-        return
-    raise ConfigError(
-        f"no --keys: without keys anyone who can reach {bind} could send {peer_id} parameters in any peer's name. "
-        f"Make keys with python -m p2ptrain.keys generate --topology {config.topology or 'TOPOLOGY'} --dir KEYS "
-        "and pass --keys KEYS (in the Python API: keys=KEYS), or pass --insecure (insecure=True) to run "
-        "without, on a network you trust (docs/security.md)")
 
 
 def check_writable(out: Path) -> None:
