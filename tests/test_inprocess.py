@@ -28,7 +28,7 @@ def assert_same_models(out, expected):
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["inproc", "ipc"])
 @pytest.mark.parametrize("algo, dataset", [("gossip", "digits"), ("admm", "synthetic-lstsq")])
-async def test_peers_in_one_process_compute_exactly_the_lockstep_simulation(kind, algo, dataset, tmp_path):
+async def test_peers_in_one_process_compute_exactly_the_lockstep_simulation(kind, algo, dataset, tmp_path, caplog):
     topology = local_endpoints(generate("torus", 9), f"t-{kind}-{algo}", kind, tmp_path)
     # ipc sockets are files other local users may reach: without keys a peer must be told it is on purpose.
     config = PeerConfig(topology="-", algo=algo, dataset=dataset, rounds=25, run_id="t", eval_every=5,
@@ -38,6 +38,10 @@ async def test_peers_in_one_process_compute_exactly_the_lockstep_simulation(kind
     assert_same_models(tmp_path / "peers", simulate(config, topology))
     records = read_json_lines(tmp_path / "peers" / "p4" / "metrics.jsonl")
     assert len(records) == 25 and all(len(r["heard"]) == 4 and not r["missing"] for r in records)
+    # Each peer without keys says anyone reaching its endpoint can send it messages; nobody outside the
+    # process can reach an inproc endpoint, so there it says nothing.
+    unsecured = [r for r in caplog.records if r.getMessage().startswith("no --keys: connections are neither")]
+    assert len(unsecured) == (len(topology.ids) if kind == "ipc" else 0)
 
 
 def test_launcher_in_process_mode_matches_the_simulation_like_process_mode(topology_file, tmp_path):
