@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import queue
-import socket
 import statistics
 import tempfile
 import time
@@ -31,19 +30,15 @@ import zmq
 import zmq.asyncio
 
 from p2ptrain import keys, topology, wire
+from p2ptrain.ports import free_port_block
 from p2ptrain.transport import ZmqTransport
 
 WARMUP_ROUNDS = 3
 
 
 def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+    base = free_port_block(count)
+    return list(range(base, base + count))
 
 
 def pair() -> topology.Topology:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import zmq  # noqa: E402
 
 from p2ptrain import keys  # noqa: E402
 from p2ptrain.config import PeerConfig  # noqa: E402
+from p2ptrain.ports import free_port_block  # noqa: E402
 from p2ptrain.simulate import simulate  # noqa: E402
 from p2ptrain.topology import dump_topology, generate, load_topology  # noqa: E402
 
@@ -43,27 +43,6 @@ ROUNDS = 1200  # long enough for both messages to arrive while the peers train
 SETTLE_ROUNDS = 3  # rounds p0 runs after a rejection before its memory is read
 UNSEEN_ROUNDS = 40  # rounds after which a message never counted is taken as never read
 DEADLINE = 180  # seconds any wait of this script may take
-
-
-def free_port_block(count: int) -> int:
-    for _ in range(50):
-        sockets = []
-        try:
-            first = socket.socket()
-            first.bind(("127.0.0.1", 0))
-            base = first.getsockname()[1]
-            sockets.append(first)
-            for i in range(1, count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no block of free ports on 127.0.0.1")
 
 
 def memory_mib(pid: int) -> dict[str, float]:

@@ -6,7 +6,6 @@ import os
 import re
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -110,16 +109,6 @@ def process_state(pid: int) -> str | None:
 def alive(pid: int) -> bool:
     # A zombie has released its memory and sockets; only its exit status waits for a parent to read it.
     return process_state(pid) not in (None, "Z", "X")
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def poll(condition, timeout: float) -> bool:

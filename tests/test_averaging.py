@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from p2ptrain.averaging import averaging_config, disagreement, initial_parameters, measured_rate, run_averaging
+from p2ptrain.ports import free_port_block
 from p2ptrain.topology import generate
 
-from .conftest import free_port_block
 
 pytestmark = pytest.mark.swarm  # every test here runs peers
 

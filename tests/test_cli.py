@@ -17,9 +17,9 @@ import pytest
 
 from p2ptrain import peer, swarm
 from p2ptrain.config import ConfigError, PeerConfig, build_parser, given_options, resolve_peer_id
+from p2ptrain.ports import free_port_block
 from p2ptrain.replica import resolve_config
 
-from .conftest import free_port_block
 from .processes import ROOT
 
 RING8 = str(ROOT / "topologies" / "ring8.toml")

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from p2ptrain import keys
+from p2ptrain.ports import free_port_block
 from p2ptrain.topology import dump_topology, load_topology, topology_digest
 
-from .conftest import free_port_block
 from .processes import LoggedProcess
 
 pytestmark = pytest.mark.swarm

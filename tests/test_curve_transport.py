@@ -19,12 +19,12 @@ import zmq.asyncio
 from zmq.auth.thread import AuthenticationThread
 from zmq.utils.monitor import recv_monitor_message
 
+from p2ptrain.ports import free_port_block
 import p2ptrain
 from p2ptrain import keys, wire
 from p2ptrain.topology import generate
 from p2ptrain.transport import CurveSecurity, Received, TransportError, ZmqTransport, _proven_sender
 
-from .conftest import free_port_block
 
 HANDSHAKE_SECONDS = 10  # generous: a loaded machine may be slow, a passing run is not
 QUIET_SECONDS = 0.5  # how long "nothing more arrives" is watched after a rejection was proved

@@ -12,9 +12,9 @@ try:
 except ImportError as missing:
     pytest.skip(f"dask.distributed is not installed ({missing})", allow_module_level=True)
 
+from p2ptrain.ports import free_port_block
 from p2ptrain.simulate import simulate
 
-from .conftest import free_port_block
 
 # Four worker processes that each import torch, and the simulation: 2-3 minutes on a loaded 2-core machine.
 pytestmark = [pytest.mark.swarm, pytest.mark.timeout(600)]

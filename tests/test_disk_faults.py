@@ -22,10 +22,10 @@ import pytest
 import torch
 
 from p2ptrain.node import EXIT_WRITE_FAILED
+from p2ptrain.ports import free_port_block
 from p2ptrain.storage import read_json_lines
 from p2ptrain.topology import PeerSpec, build_topology, dump_topology
 
-from .conftest import free_port_block
 from .processes import LoggedProcess
 
 pytestmark = pytest.mark.swarm  # every test here runs peers

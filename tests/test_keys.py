@@ -15,10 +15,10 @@ import pytest
 import zmq
 
 from p2ptrain import keys
+from p2ptrain.ports import free_port_block
 from p2ptrain.topology import TopologyError, dump_topology, generate, parse_topology
 from p2ptrain.transport import ZmqTransport
 
-from .conftest import free_port_block
 from .test_curve_transport import receive_one
 
 

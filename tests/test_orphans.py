@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from p2ptrain.lifeline import LAUNCHER_PID
+from p2ptrain.ports import free_port_block, port_free
 from p2ptrain.topology import PeerSpec, build_topology, dump_topology, load_topology
 
-from .conftest import free_port_block
-from .processes import ROOT, LoggedProcess, alive, poll, port_free, process_state
+from .processes import ROOT, LoggedProcess, alive, poll, process_state
 
 pytestmark = pytest.mark.swarm
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from p2ptrain.config import PeerConfig
+from p2ptrain.ports import free_port_block
 from p2ptrain.simulate import simulate
 from p2ptrain.storage import read_json_lines
 from p2ptrain.topology import PeerSpec, build_topology, dump_topology, load_topology
 
-from .conftest import free_port_block
 from .processes import run_launcher
 
 pytestmark = pytest.mark.swarm

@@ -15,11 +15,11 @@ import pytest
 
 from p2ptrain.config import LAUNCHER_RANKS, RESTART_COUNTS
 from p2ptrain.keys import generate as generate_keys
+from p2ptrain.ports import free_port_block
 from p2ptrain.results import consensus_distance, load_model
 from p2ptrain.storage import read_json_lines
 from p2ptrain.topology import dump_topology, generate
 
-from .conftest import free_port_block
 from .processes import ROOT, LoggedProcess
 
 # Four workers importing torch, twice (before and after the restart), on a machine others share.

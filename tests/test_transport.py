@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from p2ptrain import wire
+from p2ptrain.ports import free_port_block
 from p2ptrain.transport import SEND_QUEUE, WAIT_SLICE_SECONDS, MessageLimits, TransportError, ZmqTransport
 
-from .conftest import free_port_block
 
 _names = itertools.count()
 
