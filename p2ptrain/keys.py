@@ -315,11 +315,16 @@ def _print_public_keys(public_keys: dict[str, str]) -> None:
         print(f"{peer_id:<{width}}  {key}")
 
 
+def reachable_by_others(bind: str) -> bool:
+    """Whether anything outside this process can connect to ``bind``: inproc:// endpoints never leave it."""
+    return not bind.startswith("inproc://")
+
+
 def check_keys_or_insecure(config: PeerConfig, topology: Topology, peer_id: str) -> None:
     """Secure by default: a peer without --keys starts only when told --insecure, since anyone who reaches its
     port could then send it parameters under any peer's name. inproc:// endpoints never leave the process."""
     bind = topology.peer(peer_id).bind
-    if config.keys or config.insecure or bind.startswith("inproc://"):
+    if config.keys or config.insecure or not reachable_by_others(bind):
         return
     raise ConfigError(
         f"no --keys: without keys anyone who can reach {bind} could send {peer_id} parameters in any peer's name. "

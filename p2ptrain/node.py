@@ -33,7 +33,7 @@ from . import __version__, wire
 from .algorithms import Diverged
 from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, resolve_peer_id
 from .gather import Gathered, gatherer_for
-from .keys import KeyFileError, check_keys_or_insecure, load_security
+from .keys import KeyFileError, check_keys_or_insecure, load_security, reachable_by_others
 from .membership import Membership
 from .replica import Replica, build_replica
 from .results import flat_parameters, relative_error
@@ -693,7 +693,7 @@ def _security(config: PeerConfig, topology: Topology, peer_id: str):
                           "pass --keys DIR with this peer's secret key")
     check_keys_or_insecure(config, topology, peer_id)
     bind = topology.peer(peer_id).bind
-    if not bind.startswith("inproc://"):  # inproc endpoints never leave the process: nobody else can reach them
+    if reachable_by_others(bind):
         logging.LoggerAdapter(logging.getLogger("p2ptrain.peer"), {"peer": peer_id}).warning(
             "no --keys: connections are neither encrypted nor authenticated; anyone who can reach %s can send this "
             "peer messages (docs/security.md)", bind)

@@ -287,7 +287,7 @@ def _require(header: dict, key: str, kind: type | tuple[type, ...]) -> Any:
 
 
 def decode_header(frame: Any) -> dict:
-    raw = memoryview(getattr(frame, "buffer", frame))
+    raw = _view(frame)
     if raw.nbytes > MAX_HEADER_BYTES:
         raise MalformedHeader(f"header frame of {raw.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
     try:
@@ -340,17 +340,19 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
         raise FrameCountMismatch(f"{len(frames)} frames, expected 1 header + {carried}")
 
     tensors: dict[str, torch.Tensor] = {}
-    nbytes = memoryview(getattr(frames[0], "buffer", frames[0])).nbytes
+    nbytes = _view(frames[0]).nbytes
     first = 1
     for described, expected, count in zip(specs, expected_specs, counts):
         _check_spec(described, expected)
-        buffers = [memoryview(getattr(frame, "buffer", frame)) for frame in frames[first:first + count]]
+        if count == 1:
+            buffer = _view(frames[first])
+            if buffer.nbytes != expected.nbytes:
+                raise FrameLengthMismatch(
+                    f"tensor {expected.name!r}: frame of {buffer.nbytes} bytes, expected {expected.nbytes}"
+                )
+        else:
+            buffer = _joined([_view(frame) for frame in frames[first:first + count]], expected, chunk)
         first += count
-        buffer = buffers[0] if count == 1 else _joined(buffers, expected, chunk)
-        if buffer.nbytes != expected.nbytes:
-            raise FrameLengthMismatch(
-                f"tensor {expected.name!r}: frame of {buffer.nbytes} bytes, expected {expected.nbytes}"
-            )
         nbytes += buffer.nbytes
         tensors[expected.name] = _tensor_from(buffer, expected)
     return Message(kind, sender, run_id, round_, fp, tensors, nbytes)
@@ -554,4 +556,9 @@ def _holds_non_finite(buffer: memoryview, dtype: str) -> bool:
 
 
 def frame_bytes(frames: Iterable[Any]) -> int:
-    return sum(memoryview(getattr(f, "buffer", f)).nbytes for f in frames)
+    return sum(_view(f).nbytes for f in frames)
+
+
+def _view(frame: Any) -> memoryview:
+    """The bytes of a frame: a ZeroMQ frame's buffer, or any buffer given directly (tests, encode's output)."""
+    return memoryview(getattr(frame, "buffer", frame))
