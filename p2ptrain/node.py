@@ -122,6 +122,10 @@ class Node:
         self.last: dict = {}  # the last round's metrics record
         self.write_error: OSError | None = None  # a final output that could not be written
         self.evaluation: dict[str, float] = {}  # the task's latest held-out figures
+        # The round whose books took ``evaluation`` (None once a neighbour's state replaced the model), and
+        # whether ``run`` went on to the last round: then the result reuses that round's evaluation.
+        self._evaluated_round: int | None = None
+        self._run_completed = False
         self.metrics: JsonLines | None = None
         self._trace = None
         self.started = clock()
@@ -276,6 +280,7 @@ class Node:
             await self.run_round(round_)
             self.rounds_completed = round_ + 1
             round_ = await self.catch_up(self.gatherer.next_round(round_))
+        self._run_completed = True
 
     async def run_round(self, round_: int) -> None:
         """One round of the command-line peer: the task's local steps, then the exchange."""
@@ -358,6 +363,7 @@ class Node:
             record["traced"] = self._write_trace_row()
         if self._evaluating(round_):
             self.evaluation = self.replica.evaluate()
+            self._evaluated_round = round_
             record |= self.evaluation
         self.metrics.write(record)
         self.last = record
@@ -495,6 +501,7 @@ class Node:
             # A copy: on the CPU the received tensor lives in the message's frame buffer.
             tensor.data = state[name].clone()
         self.rounds_completed = self.round_now = answer.round
+        self._evaluated_round = None  # of the model just replaced
         self.gatherer.start_at(answer.round, joined=True)
 
     # ---- catching up ------------------------------------------------------------------------
@@ -583,11 +590,21 @@ class Node:
             # Readers look these up by name; a task that measures neither leaves them null.
             "test_accuracy": None,
             "test_loss": None,
-        } | self.replica.evaluate() | {
+        } | self._final_evaluation() | {
             "train_loss": self.last.get("loss"),
             "wall_seconds": self.clock() - self.started,
             "secure": self.transport.secure,
         } | self.stats.state_dict()
+
+
+    def _final_evaluation(self) -> dict[str, float]:
+        """The task's figures for the model as the run leaves it. A run that ran every round evaluated it in
+        its last round's books (the last round always evaluates), and an evaluation can cost as much as a
+        round (a language model's); anything else (an interrupted run, an API Peer whose script may have
+        stepped its optimizer since) is evaluated now."""
+        if self._run_completed and self._evaluated_round == self.config.rounds - 1:
+            return self.evaluation
+        return self.replica.evaluate()
 
 
 async def _let_the_others_run() -> None:

@@ -58,6 +58,7 @@ DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+FLOATING = frozenset(name for name, dtype in DTYPES.items() if dtype.is_floating_point)
 
 if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for is little-endian
     raise ImportError("p2ptrain's wire format is little-endian; this host is not")
@@ -207,6 +208,19 @@ class Contract:
             return self.state_specs
         return self.specs if fragment is None else self.fragments[fragment]
 
+    def described(self, kind: str, fragment: int | None) -> str:
+        """The repr of the ``tensors`` list ``encode`` writes for this kind (and fragment) of message, as
+        msgpack reads it back: a header whose list has this very repr needs no spec checked one by one."""
+        key = (kind, fragment)
+        text = self._described.get(key)
+        if text is None:
+            text = self._described[key] = repr(_header_tensors(self.expected(kind, fragment)))
+        return text
+
+    @cached_property
+    def _described(self) -> dict[tuple[str, int | None], str]:
+        return {}
+
 
 @dataclass
 class Message:
@@ -250,7 +264,7 @@ def encode(
         "run_id": run_id,
         "round": round,
         "fingerprint": fingerprint,
-        "tensors": [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in specs],
+        "tensors": _header_tensors(specs),
     }
     if fragment is not None:
         header["fragment"] = fragment
@@ -269,6 +283,10 @@ def encode(
         else:
             frames.extend(data[start:start + chunk] for start in range(0, data.nbytes, chunk))
     return frames
+
+
+def _header_tensors(specs: Sequence[TensorSpec]) -> list[dict]:
+    return [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in specs]
 
 
 def frames_per_tensor(nbytes: int, chunk: int | None) -> int:
@@ -339,11 +357,29 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
             carried += f" in {sum(counts)} frames of at most {chunk} bytes"
         raise FrameCountMismatch(f"{len(frames)} frames, expected 1 header + {carried}")
 
-    tensors: dict[str, torch.Tensor] = {}
-    nbytes = _view(frames[0]).nbytes
+    buffers = _checked_buffers(frames, specs, expected_specs, counts, chunk,
+                               specs_known=repr(specs) == contract.described(kind, fragment))
+    # Step 12, once every tensor passed step 11. One NaN or Inf mixed in would spread to every peer
+    # within a diameter's worth of rounds.
+    for buffer, expected in zip(buffers, expected_specs):
+        if expected.dtype in FLOATING and expected.nbytes and _holds_non_finite(buffer, expected.dtype):
+            raise NonFinite(f"tensor {expected.name!r} holds NaN or Inf")
+    tensors = {expected.name: _tensor_from(buffer, expected) for buffer, expected in zip(buffers, expected_specs)}
+    nbytes = _view(frames[0]).nbytes + sum(buffer.nbytes for buffer in buffers)
+    return Message(kind, sender, run_id, round_, fp, tensors, nbytes)
+
+
+def _checked_buffers(frames: Sequence[Any], specs: list, expected_specs: tuple[TensorSpec, ...], counts: list[int],
+                     chunk: int | None, specs_known: bool) -> list[memoryview]:
+    """Step 11 of PROTOCOL.md section 3, tensor by tensor: its spec, its frames' lengths, a bool tensor's
+    bytes; returns each tensor's bytes, writable. ``specs_known``: the header's list is the very one a peer
+    of this model writes (its repr, which tells 1 from 1.0 and True, though they compare equal), so its
+    specs need no checking one by one; any other list, even a valid one, has each checked."""
+    buffers = []
     first = 1
     for described, expected, count in zip(specs, expected_specs, counts):
-        _check_spec(described, expected)
+        if not specs_known:
+            _check_spec(described, expected)
         if count == 1:
             buffer = _view(frames[first])
             if buffer.nbytes != expected.nbytes:
@@ -353,9 +389,14 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
         else:
             buffer = _joined([_view(frame) for frame in frames[first:first + count]], expected, chunk)
         first += count
-        nbytes += buffer.nbytes
-        tensors[expected.name] = _tensor_from(buffer, expected)
-    return Message(kind, sender, run_id, round_, fp, tensors, nbytes)
+        if buffer.readonly and expected.nbytes:
+            # Frames from ZeroMQ are writable and used in place; a read-only buffer
+            # (bytes from a test or a file) is copied once rather than aliased.
+            buffer = memoryview(bytearray(buffer))
+        if expected.dtype == "bool" and expected.nbytes and np.frombuffer(buffer, dtype=np.uint8).max() > 1:
+            raise DtypeMismatch(f"tensor {expected.name!r} is bool but holds bytes other than 0 and 1")
+        buffers.append(buffer)
+    return buffers
 
 
 def _chunk_of(header: dict) -> int | None:
@@ -515,19 +556,12 @@ def _check_spec(described: Any, expected: TensorSpec) -> None:
 
 
 def _tensor_from(buffer: memoryview, spec: TensorSpec) -> torch.Tensor:
+    """The tensor over a checked, writable buffer."""
     dtype = DTYPES[spec.dtype]
     if spec.nbytes == 0:
         return torch.empty(spec.shape, dtype=dtype)
-    if buffer.readonly:
-        # Frames from ZeroMQ are writable and used in place; a read-only buffer
-        # (bytes from a test or a file) is copied once rather than aliased.
-        buffer = memoryview(bytearray(buffer))
-    if dtype is torch.bool and np.frombuffer(buffer, dtype=np.uint8).max() > 1:
-        raise DtypeMismatch(f"tensor {spec.name!r} is bool but holds bytes other than 0 and 1")
-    # One NaN or Inf mixed in would spread to every peer within a diameter's worth of rounds.
-    if dtype.is_floating_point and _holds_non_finite(buffer, spec.dtype):
-        raise NonFinite(f"tensor {spec.name!r} holds NaN or Inf")
-    return torch.frombuffer(buffer, dtype=dtype).reshape(spec.shape)
+    flat = torch.frombuffer(buffer, dtype=dtype)
+    return flat if len(spec.shape) == 1 else flat.reshape(spec.shape)
 
 
 # Of the half-precision formats: the sign bit off, a value is NaN or infinite exactly when its bits

@@ -146,9 +146,12 @@ def test_peer_id_comes_from_rank_then_slurm_procid():
         resolve_peer_id("", ids, environ={})
 
 
-def test_peer_will_not_overwrite_an_earlier_run(tmp_path, capsys):
+def test_peer_will_not_overwrite_an_earlier_run(topology_file, tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"round": 0}\n')
-    code = peer.main(["--topology", RING8, "--peer", "p0", "--out", str(tmp_path), "--insecure"])
+    # Free ports: the peer binds before it looks at its files, and a swarm running beside the tests
+    # may hold the ports of topologies/ring8.toml.
+    code = peer.main(["--topology", str(topology_file("ring", 3)), "--peer", "p0", "--out", str(tmp_path),
+                      "--insecure"])
     assert code == 2
     assert "pass another --out, --resume to continue it, or --overwrite" in capsys.readouterr().err
     assert (tmp_path / "metrics.jsonl").read_text() == '{"round": 0}\n'

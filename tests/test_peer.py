@@ -15,6 +15,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from p2ptrain import wire
 from p2ptrain.config import ConfigError, PeerConfig
@@ -23,6 +24,7 @@ from p2ptrain.memory import MemoryNetwork
 from p2ptrain.node import Node
 from p2ptrain.replica import Replica, agreement, build_algorithm
 from p2ptrain.topology import PeerSpec, Topology, build_topology, generate
+from p2ptrain.training import Batches, LocalTrainer
 
 RUN = "unit"
 RECV_TIMEOUT = 1.5  # binary fractions: waits add up exactly on the clock
@@ -403,6 +405,42 @@ async def test_a_peer_without_neighbours_is_not_isolated(tmp_path, network):
     await node.exchange(0)
     node.finish("completed")
     assert json.loads((tmp_path / "p0" / "result.json").read_text())["status"] == "completed"
+
+
+class CountingTask:
+    """A task whose every evaluation gives a new figure, so a figure shows which evaluation it came from."""
+
+    def __init__(self):
+        self.evaluations = 0
+
+    def loss(self, model, batch) -> torch.Tensor:
+        return (model.x - batch[0]).pow(2).sum()
+
+    def evaluate(self, model) -> dict[str, float]:
+        self.evaluations += 1
+        return {"test_loss": float(self.evaluations)}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("run_by", ["run", "exchange"])
+async def test_a_run_to_its_end_reports_the_last_rounds_evaluation_and_any_other_end_evaluates_anew(
+        tmp_path, network, run_by):
+    solo = build_topology("solo", [PeerSpec("p0", "tcp://127.0.0.1:1", "tcp://127.0.0.1:1")], [])
+    node = make_node(tmp_path, solo, network, rounds=4, eval_every=2)
+    node.replica.task = task = CountingTask()
+    if run_by == "run":
+        batches = Batches(TensorDataset(torch.ones(4, 2, dtype=torch.float64)), batch_size=2, seed=0)
+        node.replica.trainer = LocalTrainer(node.model, task, batches, torch.optim.SGD(node.model.parameters(), lr=0.1),
+                                            torch.device("cpu"))
+        await node.run()
+    else:  # as an API Peer does: its script may step the optimizer after the last exchange
+        for round_ in range(4):
+            await node.exchange(round_)
+    node.finish("completed")
+    result = json.loads((tmp_path / "p0" / "result.json").read_text())
+    metrics = [json.loads(line) for line in (tmp_path / "p0" / "metrics.jsonl").read_text().splitlines()]
+    assert [m.get("test_loss") for m in metrics] == [None, 1.0, None, 2.0]  # rounds 2 and 4 evaluate
+    assert (task.evaluations, result["test_loss"]) == ((2, 2.0) if run_by == "run" else (3, 3.0))
 
 
 def test_a_run_directory_that_cannot_be_written_is_a_configuration_error(tmp_path, network, complete3):

@@ -323,6 +323,29 @@ def test_nan_and_inf_payloads_are_rejected(bad):
     assert raised.value.reason == "non_finite" and "'b'" in str(raised.value)
 
 
+@pytest.mark.parametrize("shape", [[True, 3], [2.0, 3], [2, 3.0]])
+def test_a_shape_of_equal_but_not_integer_values_is_rejected(shape):
+    # 2.0 == 2 and True == 1 in Python: the list a peer writes is recognised by more than equality.
+    with pytest.raises(wire.ShapeMismatch):
+        wire.decode(spec_changed(shape=shape), contract_for(TENSORS))
+
+
+def test_specs_written_with_their_keys_in_another_order_are_accepted():
+    # PROTOCOL.md fixes the keys, not their order: another implementation may write them otherwise.
+    specs = [{"shape": [2, 3], "name": "w", "dtype": "float32"}, {"dtype": "float32", "shape": [3], "name": "b"}]
+    decoded = wire.decode(with_header(tensors=specs), contract_for(TENSORS))
+    assert all(torch.equal(decoded.tensors[name], t) for name, t in TENSORS.items())
+
+
+def test_every_tensor_passes_step_11_before_any_is_checked_for_nan():
+    # PROTOCOL.md section 3: a later tensor's wrong length (step 11) is the reason, not an earlier NaN (step 12).
+    tensors = {"w": torch.full((2, 3), float("nan")), "b": torch.zeros(3)}
+    frames = received(message(tensors))
+    frames[2] = frames[2][:-4]
+    with pytest.raises(wire.FrameLengthMismatch, match="tensor 'b'"):
+        wire.decode(frames, contract_for(tensors))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("size", [wire._ONE_PASS_VALUES, wire._ONE_PASS_VALUES + 1])  # both ways of checking
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
