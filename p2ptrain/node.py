@@ -596,12 +596,11 @@ class Node:
             "secure": self.transport.secure,
         } | self.stats.state_dict()
 
-
     def _final_evaluation(self) -> dict[str, float]:
-        """The task's figures for the model as the run leaves it. A run that ran every round evaluated it in
-        its last round's books (the last round always evaluates), and an evaluation can cost as much as a
-        round (a language model's); anything else (an interrupted run, an API Peer whose script may have
-        stepped its optimizer since) is evaluated now."""
+        """The task's figures for the model as the run leaves it. A run that went to its last round evaluated
+        that model in the round's books (the last round always evaluates), and an evaluation can cost as much
+        as a round (a language model's); any other end (an interrupted run, an API Peer whose script may have
+        stepped its optimizer since its last exchange) is evaluated now."""
         if self._run_completed and self._evaluated_round == self.config.rounds - 1:
             return self.evaluation
         return self.replica.evaluate()
