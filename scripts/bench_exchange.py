@@ -11,7 +11,10 @@ the raw mode the same bytes go through a bare PUSH/PULL pair with copy=False.
 Trials of the modes alternate, so a noisy machine slows all of them alike, and
 the script prints the median throughput of each and their ratios.
 
-    python scripts/bench_exchange.py [--mib 16] [--rounds 20] [--trials 5] [--modes raw p2ptrain curve]
+    python scripts/bench_exchange.py [--mib 16] [--rounds N] [--trials 5] [--modes raw p2ptrain curve]
+
+By default a trial has as many exchanges as move 320 MiB each way (20 at 16 MiB, 320 at 1 MiB,
+5120 at 64 KiB): short trials flatter the small sizes, as raw pyzmq is faster over long ones.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from p2ptrain.ports import free_port_block
 from p2ptrain.transport import ZmqTransport
 
 WARMUP_ROUNDS = 3
+# A trial's exchanges by default move this much each way: enough for every mode to reach its pace.
+TRIAL_MIB = 320
 
 
 def free_ports(count: int) -> list[int]:
@@ -172,12 +177,17 @@ def plain_target(mib: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=float, default=16, help="tensor size in MiB (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=20, help="exchanges per trial (default: %(default)s)")
+    parser.add_argument("--rounds", type=int,
+                        help=f"exchanges per trial (default: as many as move {TRIAL_MIB} MiB each way, at least 20)")
     parser.add_argument("--trials", type=int, default=5, help="trials per mode, alternating (default: %(default)s)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                         help="modes to measure (default: all)")
     args = parser.parse_args()
     modes = [m for m in MODES if m in args.modes]
+    if args.mib <= 0 or (args.rounds is not None and args.rounds < 1) or args.trials < 1:
+        parser.error("--mib must be positive, and --rounds and --trials at least 1")
+    if args.rounds is None:
+        args.rounds = max(20, round(TRIAL_MIB / args.mib))
     elements = int(args.mib * 2**20) // 4
     moved = 2 * args.rounds * elements * 4  # both directions
     throughput: dict[str, list[float]] = {m: [] for m in modes}
