@@ -29,7 +29,8 @@ import torch
 import zmq.asyncio
 
 from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, after_launcher_restart, resolve_peer_id
-from .node import Node, open_node
+from .node import Node
+from .running import open_node
 from .peer import configure_logging
 from .replica import Replica, agreement, build_algorithm, check_run
 from .topology import Topology, load_topology

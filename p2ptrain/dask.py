@@ -31,7 +31,7 @@ import torch
 
 from .config import PeerConfig
 from .keys import generate_own, pin
-from .node import USER_ERRORS, run_peer
+from .running import USER_ERRORS, run_peer
 from .peer import log_handler
 from .replica import check_run, resolve_config, resolve_task
 from .results import consensus_distance, load_model

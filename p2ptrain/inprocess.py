@@ -19,7 +19,7 @@ from pathlib import Path
 import zmq.asyncio
 
 from .config import PeerConfig
-from .node import run_peer
+from .running import run_peer
 from .topology import Topology, relocate
 
 log = logging.getLogger("p2ptrain.inprocess")

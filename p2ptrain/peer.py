@@ -1,10 +1,10 @@
 """python -m p2ptrain.peer: one peer of a swarm, from the command line.
 
-This module reads and checks the command line; node.py is the engine that
-runs the rounds. Everything that can be refused without loading torch (the
-options, the topology, this peer's place in it, --absent, --out) is refused
-here, in one line with exit code 2, before the seconds torch takes to load;
-``--help`` never loads it.
+This module reads and checks the command line; running.py starts the peer,
+and node.py is the engine that runs its rounds. Everything that can be
+refused without loading torch (the options, the topology, this peer's place
+in it, --absent, --out) is refused here, in one line with exit code 2,
+before the seconds torch takes to load; ``--help`` never loads it.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         return _refuse(error)
     if restarted:
         logging.getLogger("p2ptrain.peer").info(restarted)
-    from . import node, replica  # torch and ZeroMQ: only for a peer that is going to run
+    from . import replica, running  # torch and ZeroMQ: only for a peer that is going to run
 
     try:
-        return asyncio.run(node.run_peer(replica.resolve_config(explicit), topology=topology))
-    except node.USER_ERRORS as error:
+        return asyncio.run(running.run_peer(replica.resolve_config(explicit), topology=topology))
+    except running.USER_ERRORS as error:
         return _refuse(error)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from p2ptrain.node import EXIT_WRITE_FAILED
+from p2ptrain.running import EXIT_WRITE_FAILED
 from p2ptrain.ports import free_port_block
 from p2ptrain.storage import read_json_lines
 from p2ptrain.topology import PeerSpec, build_topology, dump_topology

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from p2ptrain.builtin_tasks import DatasetTask, task_from_options
 from p2ptrain.config import ConfigError, PeerConfig
 from p2ptrain.inprocess import local_endpoints, run_in_process
-from p2ptrain.node import run_peer
+from p2ptrain.running import run_peer
 from p2ptrain.replica import build_replica, exchanged_tensors
 from p2ptrain.simulate import simulate
 from p2ptrain.storage import read_json_lines
