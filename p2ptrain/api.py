@@ -30,9 +30,9 @@ import zmq.asyncio
 
 from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, after_launcher_restart, resolve_peer_id
 from .node import Node
-from .running import open_node
 from .peer import configure_logging
 from .replica import Replica, agreement, build_algorithm, check_run
+from .running import open_node
 from .topology import Topology, load_topology
 
 

@@ -31,11 +31,11 @@ import torch
 
 from .config import PeerConfig
 from .keys import generate_own, pin
-from .running import USER_ERRORS, run_peer
 from .peer import log_handler
 from .replica import check_run, resolve_config, resolve_task
 from .results import consensus_distance, load_model
 from .rundir import PeerDir
+from .running import USER_ERRORS, run_peer
 from .topology import Topology, TopologyError, generate, relocate
 
 try:
