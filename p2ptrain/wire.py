@@ -208,17 +208,17 @@ class Contract:
             return self.state_specs
         return self.specs if fragment is None else self.fragments[fragment]
 
-    def described(self, kind: str, fragment: int | None) -> str:
-        """The repr of the ``tensors`` list ``encode`` writes for this kind (and fragment) of message, as
-        msgpack reads it back: a header whose list has this very repr needs no spec checked one by one."""
+    def header_tensors(self, kind: str, fragment: int | None) -> list[dict]:
+        """The ``tensors`` list ``encode`` writes for this kind (and fragment) of message, as msgpack reads
+        it back (kept: it is compared with every message's)."""
         key = (kind, fragment)
-        text = self._described.get(key)
-        if text is None:
-            text = self._described[key] = repr(_header_tensors(self.expected(kind, fragment)))
-        return text
+        described = self._header_tensors.get(key)
+        if described is None:
+            described = self._header_tensors[key] = _header_tensors(self.expected(kind, fragment))
+        return described
 
     @cached_property
-    def _described(self) -> dict[tuple[str, int | None], str]:
+    def _header_tensors(self) -> dict[tuple[str, int | None], list[dict]]:
         return {}
 
 
@@ -358,7 +358,7 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
         raise FrameCountMismatch(f"{len(frames)} frames, expected 1 header + {carried}")
 
     buffers = _checked_buffers(frames, specs, expected_specs, counts, chunk,
-                               specs_known=repr(specs) == contract.described(kind, fragment))
+                               specs_known=_as_written(specs, contract.header_tensors(kind, fragment)))
     # Step 12, once every tensor passed step 11. One NaN or Inf mixed in would spread to every peer
     # within a diameter's worth of rounds.
     for buffer, expected in zip(buffers, expected_specs):
@@ -369,12 +369,19 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
     return Message(kind, sender, run_id, round_, fp, tensors, nbytes)
 
 
+def _as_written(specs: list, written: list[dict]) -> bool:
+    """Whether a header's tensor list is the very one ``encode`` writes for this message: equal, and every
+    dimension an int (1.0 and True equal 1). The comparison stops at the first difference, however deep
+    what a sender nested there."""
+    return specs == written and all(type(dim) is int for spec in specs for dim in spec["shape"])
+
+
 def _checked_buffers(frames: Sequence[Any], specs: list, expected_specs: tuple[TensorSpec, ...], counts: list[int],
                      chunk: int | None, specs_known: bool) -> list[memoryview]:
     """Step 11 of PROTOCOL.md section 3, tensor by tensor: its spec, its frames' lengths, a bool tensor's
     bytes; returns each tensor's bytes, writable. ``specs_known``: the header's list is the very one a peer
-    of this model writes (its repr, which tells 1 from 1.0 and True, though they compare equal), so its
-    specs need no checking one by one; any other list, even a valid one, has each checked."""
+    of this model writes (``_as_written``), so its specs need no checking one by one; any other list, even
+    a valid one, has each checked."""
     buffers = []
     first = 1
     for described, expected, count in zip(specs, expected_specs, counts):

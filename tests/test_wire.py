@@ -330,6 +330,16 @@ def test_a_shape_of_equal_but_not_integer_values_is_rejected(shape):
         wire.decode(spec_changed(shape=shape), contract_for(TENSORS))
 
 
+@pytest.mark.parametrize("depth", [10, 1000])  # msgpack packs up to about 1,400 levels
+def test_a_spec_nested_deeper_than_the_interpreter_recurses_is_a_malformed_header(depth):
+    nested = 0
+    for _ in range(depth):
+        nested = [nested]
+    with pytest.raises(wire.MalformedHeader):
+        wire.decode(with_header(tensors=[nested, {"name": "b", "dtype": "float32", "shape": [3]}]),
+                    contract_for(TENSORS))
+
+
 def test_specs_written_with_their_keys_in_another_order_are_accepted():
     # PROTOCOL.md fixes the keys, not their order: another implementation may write them otherwise.
     specs = [{"shape": [2, 3], "name": "w", "dtype": "float32"}, {"dtype": "float32", "shape": [3], "name": "b"}]
