@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -332,11 +333,11 @@ def decode(frames: Sequence[Any], contract: Contract) -> Message:
     fp = _require(header, "fingerprint", str)
     specs = _require(header, "tensors", list)
     if kind not in contract.kinds:
-        raise UnknownKind(f"message kind {kind!r} is not one of {sorted(contract.kinds)}")
+        raise UnknownKind(f"message kind {_shown(kind)} is not one of {sorted(contract.kinds)}")
     if sender not in contract.senders:
-        raise UnknownSender(f"sender {sender!r} is not an in-neighbour of this peer")
+        raise UnknownSender(f"sender {_shown(sender)} is not an in-neighbour of this peer")
     if run_id != contract.run_id:
-        raise RunMismatch(f"run id {run_id!r} from {sender!r}, this peer runs {contract.run_id!r}")
+        raise RunMismatch(f"run id {_shown(run_id)} from {sender!r}, this peer runs {contract.run_id!r}")
     if round_ < 0:
         raise MalformedHeader(f"negative round {round_}")
     fragment = header.get("fragment")
@@ -467,7 +468,8 @@ def _fingerprint_mismatch(fp: str, sender: str, kind: str, described: list, cont
     The header's tensor list comes from the sender and is not checked yet (that is step 9), so
     nothing in it is trusted: a malformed list only leaves the reason unexplained.
     """
-    head = f"model fingerprint {fp} from {sender!r}, this peer's is {contract.fingerprint}"
+    shown = fp if len(fp) <= 32 else _shown(fp)
+    head = f"model fingerprint {shown} from {sender!r}, this peer's is {contract.fingerprint}"
     if kind in EMPTY_KINDS:
         return FingerprintMismatch(f"{head}: the peers' models or algorithm settings differ "
                                    f"(a {kind} carries no tensors to compare)")
@@ -513,9 +515,19 @@ def _algorithm_named(specs: Sequence[TensorSpec]) -> str:
     return "gossip"
 
 
+# How a sender's containers are shown: a few levels and items of each. repr or str would recurse as deep as
+# the sender nested them (msgpack reads a thousand levels) and raise RecursionError instead of a rejection.
+_SENDERS_VALUE = reprlib.Repr()
+_SENDERS_VALUE.maxlevel, _SENDERS_VALUE.maxlist, _SENDERS_VALUE.maxdict = 3, 6, 4
+_SENDERS_VALUE.maxstring = _SENDERS_VALUE.maxother = 80
+
+
 def _shown(value: Any) -> str:
-    # The sender's strings may be long (the header may be 1 MiB); a log line need not be.
-    text = repr(value) if isinstance(value, str) else str(value)
+    """A value of a sender's header for an error message: short (the header may be 1 MiB), whatever it is."""
+    if isinstance(value, (list, dict)):
+        text = _SENDERS_VALUE.repr(value)
+    else:
+        text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -555,11 +567,11 @@ def _check_spec(described: Any, expected: TensorSpec) -> None:
     dtype = _require(described, "dtype", str)
     shape = _require(described, "shape", list)
     if name != expected.name:
-        raise TensorSpecMismatch(f"tensor {name!r} where {expected.name!r} was expected")
+        raise TensorSpecMismatch(f"tensor {_shown(name)} where {expected.name!r} was expected")
     if dtype != expected.dtype:
-        raise DtypeMismatch(f"tensor {name!r} has dtype {dtype}, expected {expected.dtype}")
+        raise DtypeMismatch(f"tensor {name!r} has dtype {_shown(dtype)}, expected {expected.dtype}")
     if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape) or tuple(shape) != expected.shape:
-        raise ShapeMismatch(f"tensor {name!r} has shape {shape}, expected {list(expected.shape)}")
+        raise ShapeMismatch(f"tensor {name!r} has shape {_shown(shape)}, expected {list(expected.shape)}")
 
 
 def _tensor_from(buffer: memoryview, spec: TensorSpec) -> torch.Tensor:

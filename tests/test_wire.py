@@ -340,6 +340,36 @@ def test_a_spec_nested_deeper_than_the_interpreter_recurses_is_a_malformed_heade
                     contract_for(TENSORS))
 
 
+B_SPEC = {"name": "b", "dtype": "float32", "shape": [3]}  # TENSORS' second tensor, as encode writes it
+
+
+def nested(depth: int):
+    value = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("changes", [
+    *({field: nested(1000)} for field in ("version", "kind", "sender", "run_id", "round", "fingerprint", "tensors",
+                                          "fragment", "topology", "chunk")),
+    *({"tensors": [{"name": "w", "dtype": "float32", "shape": [2, 3]} | {key: nested(1000)}, B_SPEC]}
+      for key in ("name", "dtype")),
+    {"fingerprint": "0" * 100_000},
+    {"tensors": [{"name": "w", "dtype": "float32", "shape": nested(1000)}, B_SPEC]},
+    {"tensors": [{"name": "w", "dtype": "float32", "shape": [nested(1000), 3]}, B_SPEC]},
+    {"tensors": [{"name": "w" * 100_000, "dtype": "float32", "shape": [2, 3]}, B_SPEC]},
+    {"tensors": [{"name": "w", "dtype": "f" * 100_000, "shape": [2, 3]}, B_SPEC]},
+    {"run_id": "r" * 100_000}, {"sender": "s" * 100_000},
+])
+def test_whatever_a_sender_nests_or_lengthens_is_rejected_in_a_short_message(changes):
+    # A deeply nested value once made the error message itself raise RecursionError, which no peer catches.
+    contract = dataclasses.replace(contract_for(TENSORS), topology=("a" * 16,))
+    with pytest.raises(wire.WireError) as raised:
+        wire.decode(with_header(**({"topology": "a" * 16} | changes)), contract)
+    assert len(str(raised.value)) < 600
+
+
 def test_specs_written_with_their_keys_in_another_order_are_accepted():
     # PROTOCOL.md fixes the keys, not their order: another implementation may write them otherwise.
     specs = [{"shape": [2, 3], "name": "w", "dtype": "float32"}, {"dtype": "float32", "shape": [3], "name": "b"}]
