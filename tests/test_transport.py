@@ -30,12 +30,28 @@ def endpoints(kind: str, count: int, tmp_path) -> list[str]:
 KINDS = ["tcp", "ipc", "inproc"]
 
 
+@pytest.fixture
+def pair(context, tmp_path):
+    """make(kind) -> (a, b): a transport that sends to b, and b, which sends back to a if ``replies``;
+    ``a_options`` and the other keywords go to a's and b's constructors. Both are closed after the test."""
+    made = []
+
+    def make(kind: str, replies: bool = True, a_options: dict | None = None, **b_options):
+        a_end, b_end = endpoints(kind, 2, tmp_path)
+        a = ZmqTransport(context, a_end, {"b": b_end}, **(a_options or {}))
+        b = ZmqTransport(context, b_end, {"a": a_end} if replies else {}, **b_options)
+        made.extend((a, b))
+        return a, b
+
+    yield make
+    for transport in made:
+        transport.close()
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", KINDS)
-async def test_a_message_arrives_whole_and_decodes(kind, context, tmp_path):
-    a_end, b_end = endpoints(kind, 2, tmp_path)
-    a = ZmqTransport(context, a_end, {"b": b_end})
-    b = ZmqTransport(context, b_end, {"a": a_end})
+async def test_a_message_arrives_whole_and_decodes(kind, pair):
+    a, b = pair(kind)
     tensors = {"w": torch.randn(256, 64), "b": torch.arange(10, dtype=torch.int64)}
     frames = wire.encode(kind="params", sender="a", run_id="r", round=0, fingerprint="x", tensors=tensors)
     assert a.send("b", frames)
@@ -43,8 +59,6 @@ async def test_a_message_arrives_whole_and_decodes(kind, context, tmp_path):
     assert got.sender is None  # no security: nothing but the header names the sender
     message = wire.decode(got.frames, wire.Contract("r", "x", frozenset({"a"}), wire.specs_of(tensors)))
     assert all(torch.equal(message.tensors[k], tensors[k]) for k in tensors)
-    a.close()
-    b.close()
 
 
 @pytest.mark.asyncio
@@ -62,10 +76,8 @@ async def test_receive_returns_none_at_its_deadline(kind, context, tmp_path, alo
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", KINDS)
-async def test_a_receive_waiting_on_an_empty_queue_wakes_when_a_message_arrives(kind, context, tmp_path):
-    a_end, b_end = endpoints(kind, 2, tmp_path)
-    a = ZmqTransport(context, a_end, {"b": b_end})
-    b = ZmqTransport(context, b_end, {"a": a_end})
+async def test_a_receive_waiting_on_an_empty_queue_wakes_when_a_message_arrives(kind, pair):
+    a, b = pair(kind)
     tensors = {"w": torch.randn(3, 4)}
     contract = wire.Contract("r", "x", frozenset({"a"}), wire.specs_of(tensors))
     for round_ in range(3):  # the socket's signal is cleared and set again each time
@@ -77,8 +89,6 @@ async def test_a_receive_waiting_on_an_empty_queue_wakes_when_a_message_arrives(
         # Woken by the message, not by the deadline (at the deadline the receive returns None).
         got = await asyncio.wait_for(waiting, timeout=30)
         assert got is not None and wire.decode(got.frames, contract).round == round_
-    a.close()
-    b.close()
 
 
 @pytest.mark.asyncio
@@ -123,10 +133,8 @@ async def test_ipc_socket_file_is_created(context, tmp_path):
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", KINDS)
-async def test_queued_messages_come_in_order_without_waiting(kind, context, tmp_path):
-    a_end, b_end = endpoints(kind, 2, tmp_path)
-    a = ZmqTransport(context, a_end, {"b": b_end})
-    b = ZmqTransport(context, b_end, {})
+async def test_queued_messages_come_in_order_without_waiting(kind, pair):
+    a, b = pair(kind, replies=False)
     for i in range(5):
         assert a.send("b", [b"%d" % i, b"x" * i])
     first = await b.receive(timeout=10)  # waits for the first; the rest are queued behind it
@@ -134,16 +142,12 @@ async def test_queued_messages_come_in_order_without_waiting(kind, context, tmp_
     assert [[f.bytes for f in got.frames] for got in [first, *rest]] == [[b"%d" % i, b"x" * i] for i in range(5)]
     assert all(got.excess is None for got in [first, *rest])
     assert await b.receive(timeout=0) is None
-    a.close()
-    b.close()
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", KINDS)
-async def test_a_message_over_the_limits_is_cut_off_and_the_next_one_arrives_whole(kind, context, tmp_path):
-    a_end, b_end = endpoints(kind, 2, tmp_path)
-    a = ZmqTransport(context, a_end, {"b": b_end})
-    b = ZmqTransport(context, b_end, {}, limits=MessageLimits(frames=3, total_bytes=1000))
+async def test_a_message_over_the_limits_is_cut_off_and_the_next_one_arrives_whole(kind, pair):
+    a, b = pair(kind, replies=False, limits=MessageLimits(frames=3, total_bytes=1000))
     assert a.send("b", [b"head"] + [b""] * 100_000)  # too many frames
     assert a.send("b", [b"head", b"y" * 600, b"z" * 600])  # too many bytes, in few frames
     assert a.send("b", [b"next", b"y" * 400, b"z" * 400])  # within both
@@ -154,8 +158,6 @@ async def test_a_message_over_the_limits_is_cut_off_and_the_next_one_arrives_who
     assert large.excess.startswith("a message of 3 frames and 1204 bytes;")
     within = await b.receive(timeout=10)
     assert within.excess is None and [f.bytes for f in within.frames] == [b"next", b"y" * 400, b"z" * 400]
-    a.close()
-    b.close()
 
 
 def resident_mib() -> float:
@@ -164,10 +166,8 @@ def resident_mib() -> float:
 
 
 @pytest.mark.asyncio
-async def test_a_message_of_many_empty_frames_leaves_no_memory_behind(context, tmp_path):
-    a_end, b_end = endpoints("tcp", 2, tmp_path)
-    a = ZmqTransport(context, a_end, {"b": b_end})
-    b = ZmqTransport(context, b_end, {}, limits=MessageLimits(frames=3, total_bytes=1 << 20))
+async def test_a_message_of_many_empty_frames_leaves_no_memory_behind(pair):
+    a, b = pair("tcp", replies=False, limits=MessageLimits(frames=3, total_bytes=1 << 20))
     assert a.send("b", [b"warm", b"up"])  # connections and buffers made before the first reading
     assert (await b.receive(timeout=10)).excess is None
     before = resident_mib()
@@ -176,47 +176,33 @@ async def test_a_message_of_many_empty_frames_leaves_no_memory_behind(context, t
     assert got.excess.startswith("a message of 300001 frames and 4 bytes;")
     # ZeroMQ held the message (some 64 bytes a frame) until it was read; none of it stays.
     assert resident_mib() - before < 10
-    a.close()
-    b.close()
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", KINDS)
-async def test_a_queue_that_drained_takes_the_next_message_however_fast_they_come(kind, context, tmp_path):
+async def test_a_queue_that_drained_takes_the_next_message_however_fast_they_come(kind, pair):
     # Ping-pong at thousands of messages a second: never more than one in flight, so no send may be
     # refused. libzmq tells a socket its queue drained by commands a throttled send read only about
     # once a millisecond, so once the queue had seen SEND_QUEUE messages it looked full.
-    a_end, b_end = endpoints(kind, 2, tmp_path)
-    a = ZmqTransport(context, a_end, {"b": b_end})
-    b = ZmqTransport(context, b_end, {"a": a_end})
-    try:
-        for index in range(50 * SEND_QUEUE):
-            payload = index.to_bytes(4, "little")
-            assert a.send("b", [payload]), f"message {index} refused with none in flight"
-            assert (await b.receive(timeout=10)).frames[0].bytes == payload
-            assert b.send("a", [payload]), f"reply {index} refused with none in flight"
-            assert (await a.receive(timeout=10)).frames[0].bytes == payload
-    finally:
-        a.close()
-        b.close()
+    a, b = pair(kind)
+    for index in range(50 * SEND_QUEUE):
+        payload = index.to_bytes(4, "little")
+        assert a.send("b", [payload]), f"message {index} refused with none in flight"
+        assert (await b.receive(timeout=10)).frames[0].bytes == payload
+        assert b.send("a", [payload]), f"reply {index} refused with none in flight"
+        assert (await a.receive(timeout=10)).frames[0].bytes == payload
 
 
 @pytest.mark.asyncio
-async def test_a_transport_alone_on_its_loop_still_gives_the_loop_a_turn_while_it_waits(context, tmp_path):
+async def test_a_transport_alone_on_its_loop_still_gives_the_loop_a_turn_while_it_waits(pair):
     # It waits in ZeroMQ's poll, blocking the loop a slice at a time: what the loop has to do (here,
     # a cancellation, as a signal handler does) happens within a slice, not at the deadline.
-    a_end, b_end = endpoints("tcp", 2, tmp_path)
-    a = ZmqTransport(context, a_end, {"b": b_end}, alone_on_loop=True)
-    b = ZmqTransport(context, b_end, {"a": a_end})
-    try:
-        assert b.send("a", [b"first"])
-        assert (await a.receive(timeout=10)).frames[0].bytes == b"first"
-        waiting = asyncio.ensure_future(a.receive(timeout=30))
-        asyncio.get_running_loop().call_later(0.2, waiting.cancel)
-        started = time.monotonic()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        assert time.monotonic() - started < 0.2 + 10 * WAIT_SLICE_SECONDS
-    finally:
-        a.close()
-        b.close()
+    a, b = pair("tcp", a_options={"alone_on_loop": True})
+    assert b.send("a", [b"first"])
+    assert (await a.receive(timeout=10)).frames[0].bytes == b"first"
+    waiting = asyncio.ensure_future(a.receive(timeout=30))
+    asyncio.get_running_loop().call_later(0.2, waiting.cancel)
+    started = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert time.monotonic() - started < 0.2 + 10 * WAIT_SLICE_SECONDS
