@@ -12,35 +12,20 @@ the relative error of every peer to the exact average after log2 n rounds.
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from p2ptrain.averaging import averaging_config, initial_parameters, measured_rate, run_averaging
+from p2ptrain.ports import free_port_block
 from p2ptrain.topology import TopologyError, generate, generate_named
-
-
-def free_base_port(count: int) -> int:
-    # Below the usual ephemeral range (32768 and up), from which the peers' own outgoing
-    # connections take ports that a peer about to listen would then find in use.
-    for base in range(20000, 32768 - count, 97):
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise SystemExit("no block of free ports on 127.0.0.1")
 
 
 def graph(name: str):
     try:
         size = generate_named(name).size  # validates the name before looking for ports
-        return generate_named(name, base_port=free_base_port(size))
+        return generate_named(name, base_port=free_port_block(size))
     except TopologyError as error:
         raise SystemExit(str(error)) from None
 
@@ -61,7 +46,7 @@ def main() -> None:
     print("\n| one-peer exponential | rounds | max relative error to the exact average |")
     print("|---|---|---|")
     for n in (int(v) for v in args.one_peer.split(",")):
-        topology = generate("one-peer-exponential", n, base_port=free_base_port(n))
+        topology = generate("one-peer-exponential", n, base_port=free_port_block(n))
         rounds = n.bit_length() - 1
         mean = initial_parameters(topology, averaging_config(rounds)).mean(axis=0)
         final = run_averaging(topology, rounds, work / f"one-peer{n}")
