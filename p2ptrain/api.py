@@ -143,8 +143,9 @@ class Peer:
         if self.closed:
             raise RuntimeError("this Peer is closed; make a new one to train again")
         self._loop.run_until_complete(self.node.exchange(self.round, loss, lr))
-        self.round += 1
-        self.node.rounds_completed = self.round
+        self.node.rounds_completed = self.round + 1
+        # The next round; in async mode a peer left too far behind its neighbours jumps to their round.
+        self.round = self.node.gatherer.next_round(self.round)
 
     def close(self, status: str = "completed") -> None:
         """Write the final model and result to the run directory and leave the swarm. If they cannot be written

@@ -25,10 +25,13 @@ from .membership import Membership, RoundOutcome
 from .stats import PeerStats
 from .transport import Received, Transport
 
-# Messages read per round beyond those waited for. Reading what has arrived keeps a peer aware of
-# its neighbours' rounds; reading *everything* would let a flood of garbage stretch one round past
-# the neighbours' deadlines (they would then drop this peer from their mix).
+# Messages read per round beyond those waited for, and the share of the round deadline (--recv-timeout)
+# that reading them may take. Reading what has arrived keeps a peer aware of its neighbours' rounds;
+# reading *everything* would let a flood of garbage stretch one round past the neighbours' deadlines
+# (they would then drop this peer from their mix). An honest message is read in microseconds, but a
+# header built to be slow to parse takes tens of milliseconds to refuse: the time bound holds then.
 DRAIN_LIMIT = 256
+DRAIN_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -110,12 +113,19 @@ class Gatherer(ABC):
         message = self.accept(received)
         if message is None:
             return wire.frame_bytes(received.frames)
-        self.file(message)
+        if message.round >= self.rounds:
+            # No honest peer sends a round past the run's end (PROTOCOL.md section 4), so nothing of it is
+            # believed: not that its sender is alive or has moved on, nor its parameters. Believed, it would
+            # stop a sync peer waiting for that sender, and make an async peer jump to the end of the run.
+            self.stats.too_far_ahead += 1
+        else:
+            self.file(message)
         return message.nbytes  # the same count, made while decoding
 
     async def _read_while(self, waiting: Callable[[], set[str]], deadline: float) -> int:
         """Read while ``waiting()`` names someone and the deadline has not passed, then what else has
-        already arrived (up to DRAIN_LIMIT messages); returns the bytes read."""
+        already arrived (up to DRAIN_LIMIT messages, for up to DRAIN_SHARE of --recv-timeout); returns
+        the bytes read."""
         bytes_received = 0
         while waiting() and (remaining := deadline - self.clock()) > 0:
             read = await self.receive(remaining)
@@ -124,7 +134,10 @@ class Gatherer(ABC):
             bytes_received += read
         # When nobody is awaited (all suspected, or moved on) the loop above reads nothing, and a
         # peer that never reads would never learn that its neighbours are back or where they are.
+        drain_until = self.clock() + DRAIN_SHARE * self.deadlines.recv_timeout
         for _ in range(DRAIN_LIMIT):
+            if self.clock() > drain_until:
+                break
             read = await self.receive(0)
             if read is None:
                 break
@@ -158,7 +171,7 @@ class RoundGatherer(Gatherer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.inbox = Inbox(rounds=self.rounds, stats=self.stats)
+        self.inbox = Inbox(stats=self.stats)
 
     def start_at(self, round_: int, joined: bool = False) -> None:
         super().start_at(round_, joined)

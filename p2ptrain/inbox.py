@@ -29,8 +29,6 @@ class Inbox:
     # How far ahead a message may be and still be kept. A neighbour more
     # rounds ahead than this is not following the protocol (or is replaying).
     max_rounds_ahead: int = 64
-    # Rounds in the run, if known: no honest message has a round beyond them.
-    rounds: int | None = None
     stats: PeerStats = field(default_factory=PeerStats)
     _by_round: dict[int, dict[str, Message]] = field(default_factory=lambda: defaultdict(dict))
     # The highest round each sender has sent us so far.
@@ -40,11 +38,6 @@ class Inbox:
 
     def put(self, message: Message) -> str:
         """File a message; returns 'kept', 'stale', 'duplicate', 'conflict' or 'too_far_ahead'."""
-        if self.rounds is not None and message.round >= self.rounds:
-            # Not believed at all: a claim to be past the run's end would otherwise stop this
-            # peer waiting for that sender (moved_on), and its real messages would arrive stale.
-            self.stats.too_far_ahead += 1
-            return "too_far_ahead"
         # A neighbour far ahead is not waited for (a peer catching up after a restart needs that),
         # even when its message is too far ahead to keep.
         self._latest[message.sender] = max(message.round, self._latest.get(message.sender, -1))

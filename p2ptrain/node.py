@@ -36,7 +36,7 @@ from .rundir import MetricsLine, PeerDir
 from .staging import Staging
 from .stats import PeerStats
 from .storage import (JsonLines, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json_lines,
-                      remove_partial_writes, rewrite_json_lines)
+                      remove_partial_writes, replace_durably, rewrite_json_lines)
 from .tensors import relative_distance_to_mean
 from .topology import Topology, topology_digests
 from .training import to_device
@@ -95,13 +95,14 @@ class Node:
         self.contract = message_contract(config.run_id, self.fingerprint, frozenset(self.in_neighbours),
                                          self.algorithm, topology.period, state_specs, self.topology_digests)
         # Peers known not to be running yet are suspected from the start, so round 0 does not wait for them.
-        absent = config.absent_peers(topology.ids)
-        self.membership = Membership(frozenset(self.in_neighbours), suspected=set(absent & set(self.in_neighbours)))
+        self.absent = config.absent_peers(topology.ids) & set(self.in_neighbours)
+        self.membership = Membership(frozenset(self.in_neighbours), suspected=set(self.absent))
         self.stats = PeerStats()
         self.gatherer = gatherer_for(config, topology.diameter, transport, clock, self.membership, self._accept,
                                      self.stats, self.log)
         self._answered: dict[str, int] = {}  # state requests answered: asker -> round
-        self._awaiting_state = False  # joining: the first state answer is this peer's
+        self._awaiting_state = False  # joining or catching up: the first state answer is this peer's
+        self._joining = False  # from --join's first request until an answer is taken: no state of its own
         self._state_answer: wire.Message | None = None
         self._next_catch_up = 0  # the first round at which a peer behind may ask for a state (again)
         self._state_after = -1  # a state answer is taken only for a round after this one
@@ -194,13 +195,24 @@ class Node:
         torch.set_rng_state(state["torch_rng"])
         # Checkpoints written before the counters had a key of their own kept three of them at the top.
         self.stats.load_state_dict(state.get("stats", state))
-        self.membership.suspected = set(state["suspected"])
+        # --absent still holds: a neighbour that finished, or that joins anew, sends nothing in this round.
+        self.membership.suspected = set(state["suspected"]) | self.absent
         self.rounds_completed = state["round"]
         self.last, self.evaluation = state["last"], state["evaluation"]
+        if state["round"] < max(checkpoints):
+            self._rewind_checkpoints(state["round"], max(checkpoints))
         # Rounds after the checkpoint will run again; their old lines would be duplicates.
         rewrite_json_lines(self.files.metrics, lambda record: record["round"] < state["round"])
         self.log.info("resumed from the checkpoint of round %d", state["round"])
         return state["round"]
+
+    def _rewind_checkpoints(self, resumed: int, newer: int) -> None:
+        """Resuming from the previous checkpoint: the newest belongs to the rounds being abandoned. The one
+        resumed from takes its place, so that a later --resume cannot load the abandoned rounds and the next
+        checkpoint keeps two rounds of this run (the launcher looks for a round every peer kept)."""
+        replace_durably(self.files.previous_checkpoint, self.files.checkpoint)
+        self.log.warning("--resume-round %d: the checkpoint of round %d belonged to the rounds now run again; "
+                         "the checkpoint of round %d replaced it", resumed, newer, resumed)
 
     def _open_trace(self):
         path = self.files.trace
@@ -383,13 +395,22 @@ class Node:
         message = self._check(received)
         if message is None or message.kind == "params":
             return message
+        if message.kind == "state" and message.round > self.config.rounds:
+            # An honest answer's round is at most the run's end (an answer given in the last round), so this
+            # one is believed in nothing; taken, it would end the joiner's run before it trained.
+            self.stats.too_far_ahead += 1
+            return None
         if message.kind == "state" and self._awaiting_state and message.round > self._state_after:
             self._awaiting_state, self._state_answer = False, message
             return None
         # A state request, or a state answer to a peer no longer joining: its sender is alive.
         self.membership.saw(message.sender)
         if message.kind == "state_request":
-            self._answer_state_request(message.sender)
+            if self._joining:
+                # Its model is not the swarm's yet: a joining neighbour would take it and train from scratch.
+                self.log.debug("state request from %s not answered: this peer is joining itself", message.sender)
+            else:
+                self._answer_state_request(message.sender)
         else:
             # Only a joining peer asks (and reads the answer itself); a second answer comes too late.
             self.log.debug("ignored a state message from %s: not joining", message.sender)
@@ -443,7 +464,7 @@ class Node:
         frames = wire.encode(kind="state", sender=self.id, run_id=self.config.run_id, round=round_,
                              fingerprint=self.fingerprint, tensors=self.staging.to_host(self.algorithm.state_tensors()),
                              topology=self.topology_digest(round_), chunk=self.chunk)
-        if self.transport.send(asker, frames):
+        if self.transport.send(asker, frames, copy=self.staging.copy_on_send):  # staged frames are reused
             self._answered[asker] = round_
             self.log.info("answered a state request from %s: continue from round %d", asker, round_)
         else:
@@ -458,7 +479,11 @@ class Node:
             raise ConfigError(f"--join: {self.id} has no neighbour linked both ways in {self.topology.name}, so "
                               "nobody could answer a state request; start it without --join")
         self.log.info("joining: asking %s for their state", ",".join(self.answerers))
-        answer = await self._ask_for_state(self.config.startup_timeout)
+        self._joining = True
+        try:
+            answer = await self._ask_for_state(self.config.startup_timeout)
+        finally:
+            self._joining = False
         if answer is None:
             raise ConfigError(f"--join: no answer from {', '.join(self.answerers)} within "
                               f"{self.config.startup_timeout}s (--startup-timeout). Is the swarm running, with run "
@@ -475,13 +500,17 @@ class Node:
         request = wire.encode(kind="state_request", sender=self.id, run_id=self.config.run_id, round=0,
                               fingerprint=self.fingerprint, tensors={}, topology=self.topology_digest(0))
         self._awaiting_state, self._state_answer, self._state_after = True, None, after
-        deadline = self.clock() + timeout
+        now = self.clock()
+        deadline, ask_at = now + timeout, now
         while self._awaiting_state and (remaining := deadline - self.clock()) > 0:
-            # Ask again now and then: a neighbour's queue towards this peer may have been full of the
-            # parameters it sent while this peer was not running, and then its answer was dropped.
-            for neighbour in self.answerers:
-                self.transport.send(neighbour, request)
-            await self.gatherer.receive(min(remaining, STATE_REQUEST_INTERVAL))
+            # Ask again every STATE_REQUEST_INTERVAL, not after every message read: a neighbour's queue
+            # towards this peer may have been full of the parameters it sent while this peer was not
+            # running (then its answer was dropped), and those are read here one by one.
+            if self.clock() >= ask_at:
+                for neighbour in self.answerers:
+                    self.transport.send(neighbour, request)
+                ask_at = self.clock() + STATE_REQUEST_INTERVAL
+            await self.gatherer.receive(max(0.0, min(remaining, ask_at - self.clock())))
         self._awaiting_state = False
         return self._state_answer
 

@@ -48,7 +48,17 @@ def _write_and_replace(path: Path, data: bytes, before_rename: Callable[[], None
         except OSError:
             pass  # the directory itself went away; the next start of the peer removes what is left
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
+    _sync_directory(path.parent)
+
+
+def replace_durably(source: str | Path, path: str | Path) -> None:
+    """Rename ``source`` over ``path``, the rename itself synced to disk."""
+    os.replace(source, path)
+    _sync_directory(Path(path).parent)
+
+
+def _sync_directory(directory_path: Path) -> None:
+    directory = os.open(directory_path, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:

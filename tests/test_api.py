@@ -6,11 +6,15 @@ import json
 
 import pytest
 import torch
+import zmq
 
+import p2ptrain
+from p2ptrain import wire
 from p2ptrain.config import PeerConfig
+from p2ptrain.ports import free_port_block
 from p2ptrain.simulate import simulate
 from p2ptrain.storage import read_json_lines
-from p2ptrain.topology import load_topology
+from p2ptrain.topology import generate, load_topology
 
 from .processes import ROOT, LoggedProcess, run_launcher
 
@@ -63,3 +67,27 @@ def test_training_scripts_using_the_python_api_end_where_the_simulation_does(top
         assert [r["round"] for r in records] == list(range(rounds))
         assert all(not r["missing"] for r in records)
         assert json.loads((tmp_path / f"p{rank}" / "result.json").read_text())["status"] == "completed"
+
+
+def test_an_async_api_peer_left_behind_jumps_to_its_neighbours_round(tmp_path):
+    # PROTOCOL.md section 7: a peer more than max_staleness rounds behind its neighbours continues from
+    # their round, under the API as on the command line; p1 is played by two sockets of this test.
+    topology = generate("complete", 2, base_port=free_port_block(2))
+    context = zmq.Context()
+    p1_inbox = context.socket(zmq.PULL)
+    p1_inbox.bind(topology.peer("p1").bind)
+    p1_outbox = context.socket(zmq.PUSH)
+    p1_outbox.connect(topology.peer("p0").endpoint)
+    peer = p2ptrain.Peer(topology, torch.nn.Linear(2, 1), peer="p0", mode="async", max_staleness=2, insecure=True,
+                         out=str(tmp_path / "p0"), run_id="async", recv_timeout=20)
+    try:
+        node = peer.node
+        p1_outbox.send_multipart(wire.encode(kind="params", sender="p1", run_id="async", round=9,
+                                             fingerprint=node.fingerprint, tensors=node.algorithm.outgoing(9),
+                                             topology=node.topology_digest(9)))
+        peer.exchange()  # round 0, which waits until p1 was heard once
+        assert node.last["heard"] == ["p1"] and peer.round == 9 and node.rounds_completed == 1
+        assert p1_inbox.poll(20_000) and wire.decode_header(p1_inbox.recv_multipart()[0])["round"] == 0
+    finally:
+        peer.close()
+        context.destroy(linger=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
 import torch
@@ -177,6 +178,18 @@ def test_the_decoder_takes_the_fragment_its_round_carries_and_refuses_any_other(
     with pytest.raises(wire.FragmentMismatch, match="names fragment 1"):
         wire.decode(encode(9, whole, 1, kind="state"), contract)
     assert wire.FragmentMismatch.reason == "fragment"
+
+
+def test_a_fragment_field_holding_nil_is_named_all_the_same():
+    # PROTOCOL.md section 3, step 9: absent from every other message; nil is not absent.
+    whole = (wire.TensorSpec("w", "float32", (1,)),)
+    frames = wire.encode(kind="params", sender="p1", run_id="r", round=0, fingerprint="f" * 16,
+                         tensors={"w": torch.tensor([1.0])})
+    header = msgpack.unpackb(frames[0])
+    contract = wire.Contract("r", "f" * 16, frozenset({"p1"}), whole)
+    assert wire.decode(frames, contract).tensors["w"].item() == 1.0
+    with pytest.raises(wire.FragmentMismatch, match="names fragment None"):
+        wire.decode([msgpack.packb(header | {"fragment": None}), *frames[1:]], contract)
 
 
 def test_a_whole_model_peer_refuses_a_fragment_and_says_so():

@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 
 from p2ptrain import wire
 from p2ptrain.config import ConfigError, PeerConfig
-from p2ptrain.gather import DRAIN_LIMIT, Deadlines
+from p2ptrain.gather import DRAIN_LIMIT, DRAIN_SHARE, Deadlines
 from p2ptrain.memory import MemoryNetwork
 from p2ptrain.node import Node
 from p2ptrain.replica import Replica, agreement, build_algorithm
@@ -183,6 +183,27 @@ async def test_a_round_reads_at_most_drain_limit_messages_beyond_those_it_waits_
     assert node.stats.rejected == {"malformed_header": DRAIN_LIMIT + 44} and node.last["missing"] == []
 
 
+@pytest.mark.asyncio
+async def test_a_round_stops_reading_beyond_its_neighbours_after_its_share_of_the_deadline(tmp_path, network,
+                                                                                          complete3):
+    node = make_node(tmp_path, complete3, network)
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 0)
+    for _ in range(100):
+        network.deliver("p0", [b"garbage"])
+    accept = node.gatherer.accept
+
+    def slowly(received):  # as a header built to be slow to parse is: here 1/8 s each, on the node's clock
+        network.clock.advance_to(network.clock() + 0.125)
+        return accept(received)
+
+    node.gatherer.accept = slowly
+    await node.exchange(0)
+    # p1 and p2 were read by 0.25 s; then reading goes on until DRAIN_SHARE of RECV_TIMEOUT has passed.
+    assert DRAIN_SHARE * RECV_TIMEOUT == 0.375 and node.last["heard"] == ["p1", "p2"]
+    assert node.stats.rejected == {"malformed_header": 4} and network.clock() == 0.25 + 4 * 0.125
+
+
 # ---- asynchronous rounds -----------------------------------------------------------------------
 
 
@@ -222,6 +243,34 @@ async def test_an_async_peer_too_far_behind_jumps_to_its_neighbours_round(tmp_pa
     with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
         assert node.gatherer.next_round(2) == 9
     assert "round 3 is more than 2 rounds behind the neighbours (newest: p1@3,p2@9); jumping to round 9" in caplog.text
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_round_past_the_runs_end_is_believed_in_nothing(tmp_path, network, complete3, mode):
+    node = make_node(tmp_path, complete3, network, mode=mode, max_staleness=2)  # a run of 10 rounds
+    send(network, node, "p1", 0, 3.0)
+    send(network, node, "p2", 10, 600.0)  # no honest p2 sends round 10 of a 10-round run
+    send(network, node, "p2", 0, 6.0, at=0.5)
+    await node.exchange(0)
+    # p2 is still awaited (it has not moved on, nor been heard), its round-10 parameters are not mixed,
+    # and the next round is the next one (an async peer does not jump to the end of the run).
+    assert node.last["wait_seconds"] == 0.5 and node.last["heard"] == ["p1", "p2"]
+    assert torch.equal(x_of(node), torch.full((2,), 3.0, dtype=torch.float64))  # (0 + 3 + 6) / 3
+    assert node.stats.too_far_ahead == 1 and node.gatherer.next_round(0) == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_round_past_the_runs_end_does_not_make_a_suspected_neighbour_awaited(tmp_path, network, complete3,
+                                                                                    mode):
+    node = make_node(tmp_path, complete3, network, mode=mode, absent="p2")  # p2 is not running
+    send(network, node, "p1", 0)
+    network.deliver("p0", params(node, "p2", 10, 1.0))  # in p2's name, on a swarm without keys
+    await node.exchange(0)
+    send(network, node, "p1", 1)
+    await node.exchange(1)
+    assert node.last["wait_seconds"] == 0 and node.membership.suspected == {"p2"}
 
 
 # ---- joining a running swarm -------------------------------------------------------------------
@@ -276,6 +325,64 @@ async def test_a_join_nobody_answers_ends_at_the_startup_deadline(tmp_path, netw
         await joiner.join()
     assert network.clock() == STARTUP_TIMEOUT
     assert len(network.collect("p0")) == STARTUP_TIMEOUT / 0.5  # asked again every half second
+
+
+@pytest.mark.asyncio
+async def test_a_state_answer_past_the_runs_end_is_not_taken(tmp_path, network):
+    joiner = make_node(tmp_path, generate("complete", 2), network, "p1", join=True)  # a run of 10 rounds
+    network.deliver("p1", state_answer(joiner, "p0", 11, 9.0), sender="p0")  # no honest answer is past 10
+    network.deliver("p1", state_answer(joiner, "p0", 7, 5.0), sender="p0", at=0.25)
+    assert await joiner.join() == 7 and joiner.stats.too_far_ahead == 1
+    assert torch.equal(x_of(joiner), torch.full((2,), 5.0, dtype=torch.float64))
+
+
+@pytest.mark.asyncio
+async def test_a_state_answer_from_staged_buffers_is_copied_as_it_is_sent(tmp_path, network):
+    # Staged frames live in buffers the next round refills; a lent answer still queued would carry them.
+    running = make_node(tmp_path, generate("complete", 2), network, "p0", absent="p1", staging="always")
+    sent, send_ = [], running.transport.send
+
+    def recording(peer_id, frames, copy=False):
+        sent.append((wire.decode_header(frames[0])["kind"], copy))
+        return send_(peer_id, frames, copy)
+
+    running.transport.send = recording
+    network.deliver("p0", wire.encode(kind="state_request", sender="p1", run_id=RUN, round=0,
+                                      fingerprint=running.fingerprint, tensors={},
+                                      topology=running.topology_digest(0)), sender="p1")
+    await running.exchange(3)
+    assert sent == [("params", True), ("state", True)]
+
+
+@pytest.mark.asyncio
+async def test_state_requests_go_every_half_second_however_many_messages_are_read_meanwhile(tmp_path, network):
+    joiner = make_node(tmp_path, generate("complete", 2), network, "p1", join=True, rounds=1000)
+    for round_ in range(200, 300):  # p0's parameters, queued towards p1 before it was up
+        send(network, joiner, "p0", round_, 5.0)
+    network.deliver("p1", state_answer(joiner, "p0", 301, 5.0), sender="p0", at=0.75)
+    assert await joiner.join() == 301 and network.clock() == 0.75
+    asked = [wire.decode_header(m.frames[0])["kind"] for m in network.collect("p0")]
+    assert asked == ["state_request"] * 2  # at 0 and at 0.5 s, not once per message read
+
+
+@pytest.mark.asyncio
+async def test_a_joining_peer_answers_no_state_request_until_it_has_taken_a_state(tmp_path, network, complete3):
+    joiner = make_node(tmp_path, complete3, network, "p1", value=0.0, join=True, rounds=100)
+    request = wire.encode(kind="state_request", sender="p2", run_id=RUN, round=0, fingerprint=joiner.fingerprint,
+                          tensors={}, topology=joiner.topology_digest(0))
+    network.deliver("p1", request, sender="p2")  # p2 joins too, at the same time
+    network.deliver("p1", state_answer(joiner, "p0", 41, 5.0), sender="p0", at=0.25)
+    assert await joiner.join() == 41
+    # p2 was not handed p1's untrained model (nor its round 1) to start from.
+    sent_to_p2 = [wire.decode_header(m.frames[0])["kind"] for m in network.collect("p2")]
+    assert "state" not in sent_to_p2
+    network.deliver("p1", request, sender="p2")  # p2 asks again, as a joiner does every half second
+    send(network, joiner, "p0", 41)
+    await joiner.exchange(41)
+    answers = [m for m in (wire.decode(a.frames, wire.Contract(RUN, joiner.fingerprint, frozenset({"p1"}),
+                                                                joiner.contract.specs)) for a in network.collect("p2"))
+               if m.kind == "state"]
+    assert [(a.round, a.tensors["x"].tolist()) for a in answers] == [(42, [5.0, 5.0])]
 
 
 # ---- who sent it -------------------------------------------------------------------------------
@@ -378,6 +485,53 @@ async def test_a_resumed_peer_reports_the_counters_of_an_uninterrupted_one(tmp_p
     assert torch.equal(x_of(uninterrupted), x_of(resumed))
     metrics = (tmp_path / "resumed" / "p0" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(metrics[-1])["duplicates"] == 10  # every counter in every metrics line too
+
+
+@pytest.mark.asyncio
+async def test_a_resumed_peer_does_not_wait_for_a_neighbour_named_absent(tmp_path, network, complete3):
+    options = {"rounds": 10, "checkpoint_every": 2}
+    node = make_node(tmp_path, complete3, network, **options)
+    for round_ in range(4):
+        send(network, node, "p1", round_)
+        send(network, node, "p2", round_)
+        await node.exchange(round_)
+    network = MemoryNetwork()  # resumed by the launcher, p2 having finished: --resume --absent p2
+    resumed = make_node(tmp_path, complete3, network, resume=True, absent="p2", **options)
+    assert resumed.start_round == 4
+    send(network, resumed, "p1", 4)
+    await resumed.exchange(4)
+    assert resumed.last["wait_seconds"] == 0 and resumed.last["heard"] == ["p1"]
+
+
+async def run_rounds(node: Node, network: MemoryNetwork, rounds: range, value: float) -> None:
+    for round_ in rounds:
+        send(network, node, "p1", round_, value)
+        await node.exchange(round_)
+
+
+def kept_checkpoint_rounds(node: Node) -> list[int]:
+    paths = (node.files.previous_checkpoint, node.files.checkpoint)
+    return [torch.load(path, weights_only=True)["round"] for path in paths if path.exists()]
+
+
+@pytest.mark.asyncio
+async def test_resuming_from_the_previous_checkpoint_leaves_none_of_the_rounds_run_again(tmp_path, network):
+    pair, options = generate("complete", 2), {"rounds": 100, "checkpoint_every": 10}
+    first = make_node(tmp_path, pair, network, **options)
+    await run_rounds(first, network, range(65), 1.0)  # checkpoints of rounds 50 and 60; stopped in round 65
+    assert kept_checkpoint_rounds(first) == [50, 60]
+    network = MemoryNetwork()  # the launcher resumes the swarm from round 50, which every peer kept
+    second = make_node(tmp_path, pair, network, resume=True, resume_round=50, **options)
+    at_50 = x_of(second).clone()
+    assert kept_checkpoint_rounds(second) == [50]  # round 60's is of the rounds now run again
+    await run_rounds(second, network, range(50, 57), 2.0)  # stopped again, before its next checkpoint
+    network = MemoryNetwork()
+    third = make_node(tmp_path, pair, network, resume=True, **options)
+    assert third.start_round == 50 and torch.equal(x_of(third), at_50)
+    metrics = (tmp_path / "p0" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in metrics] == list(range(50))
+    await run_rounds(third, network, range(50, 61), 2.0)
+    assert kept_checkpoint_rounds(third) == [50, 60]  # two rounds of this run to resume from
 
 
 # ---- the end of a run --------------------------------------------------------------------------
