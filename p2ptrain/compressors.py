@@ -161,6 +161,10 @@ class TopK(Compressor):
         index = message["index"].long()
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.total):
             raise ValueError(f"top-k indices from {sender} outside 0..{self.total - 1}")
+        # Distinct: an index written twice with two values would leave whichever write came last, which
+        # torch does not define, so receivers' copies of the sender could differ.
+        if not bool((index[1:] > index[:-1]).all()):
+            raise ValueError(f"top-k indices from {sender} not distinct and ascending")
         decoded = torch.zeros(self.total, dtype=self.dtype, device=message["value"].device)
         decoded[index] = message["value"]
         return decoded

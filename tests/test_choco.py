@@ -61,6 +61,9 @@ def test_top_k_sends_the_largest_entries_with_indices_in_the_smallest_dtype():
     assert sample_size(0.01, 4810) == 48 and sample_size(1e-9, 10) == 1 and sample_size(1.0, 10) == 10
     with pytest.raises(ValueError, match="outside"):
         compressor.decode({"index": torch.tensor([1, 3, 200], dtype=torch.uint8), "value": message["value"]}, "p1", 0)
+    for index in ([1, 1, 6], [6, 3, 1]):  # PROTOCOL.md 10.2: k distinct indices in ascending order
+        with pytest.raises(ValueError, match="not distinct and ascending"):
+            compressor.decode({"index": torch.tensor(index, dtype=torch.uint8), "value": message["value"]}, "p1", 0)
 
 
 def splitmix64_indices(seed: int, sender: str, round_: int, count: int, total: int) -> list[int]:
