@@ -541,7 +541,9 @@ def after_launcher_restart(options: dict, environ=os.environ) -> tuple[dict, str
         if not value.isdigit():
             raise ConfigError(f"${variable}={value!r} is not a restart count (a whole number)")
         if int(value) > 0 and not options.get("join") and "resume" not in options:
-            return options | {"resume": True}, (
+            # The whole group restarts: without a checkpoint every peer runs again from round 0, over its
+            # own earlier outputs even if it had finished (--resume alone refuses that).
+            return options | {"resume": True, "overwrite": True}, (
                 f"restart {value} (${variable}): resuming from this peer's checkpoint (--resume); without "
                 "one (no --checkpoint-every) it starts again from round 0")
     return options, ""

@@ -32,7 +32,7 @@ from .gather import Gathered, gatherer_for
 from .membership import Membership
 from .replica import Replica
 from .results import flat_parameters, relative_error
-from .rundir import MetricsLine, PeerDir
+from .rundir import FINISHED, MetricsLine, PeerDir
 from .staging import Staging
 from .stats import PeerStats
 from .storage import (JsonLines, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json_lines,
@@ -662,14 +662,23 @@ def _load_reference(path: str, model: torch.nn.Module) -> torch.Tensor:
 
 def _prepare_output(files: PeerDir, overwrite: bool, resume: bool) -> None:
     files.path.mkdir(parents=True, exist_ok=True)
+    checkpointed = files.checkpoint.exists() or files.previous_checkpoint.exists()
     if resume:
+        # Without a checkpoint --resume starts again from round 0 (a launcher's restart of a peer that
+        # had not written one yet), but never over a run that finished.
+        result = files.read_result()
+        if not checkpointed and not overwrite and result is not None and result["status"] in FINISHED:
+            raise ConfigError(f"--resume: {files.path} holds a finished run and no checkpoint to continue it from; "
+                              "pass another --out, or --overwrite to run it again from round 0 (in the Python API: "
+                              "out=... or overwrite=True)")
         return
     existing = [path for path in files.outputs() if path.exists()]
     if existing and not overwrite:
+        also = ("--resume to continue it from its checkpoint, ", "resume=True, ") if checkpointed else ("", "")
         raise ConfigError(
             f"{files.path} already holds the outputs of a run ({', '.join(path.name for path in existing)}); "
-            "pass another --out, --resume to continue it, or --overwrite to replace it (in the Python API: "
-            "out=..., resume=True or overwrite=True)"
+            f"pass another --out, {also[0]}or --overwrite to replace it (in the Python API: out=..., {also[1]}"
+            "or overwrite=True)"
         )
     for path in existing:
         path.unlink()

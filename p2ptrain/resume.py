@@ -18,13 +18,12 @@ round 0.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import torch
 
 from .config import PeerConfig
-from .rundir import PeerDir, RunDir
+from .rundir import FINISHED, PeerDir, RunDir
 from .topology import Topology
 
 
@@ -81,10 +80,8 @@ def checkpoint_rounds(files: PeerDir) -> set[int]:
 
 
 def finished(files: PeerDir, rounds: int) -> bool:
-    if not files.result.exists():
-        return False
-    result = json.loads(files.result.read_text())
-    return result["status"] in ("completed", "isolated") and result["rounds_completed"] == rounds
+    result = files.read_result()
+    return result is not None and result["status"] in FINISHED and result["rounds_completed"] == rounds
 
 
 def plan_resume(run_dir: RunDir, topology: Topology, config: PeerConfig) -> ResumePlan:

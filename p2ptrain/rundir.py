@@ -11,6 +11,7 @@ under ``runs/`` beside its table, CSV and plots; a message study
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -40,9 +41,20 @@ class MetricsLine(TypedDict, total=False):
     rel_error: float  # with --reference: ||x - x*|| / ||x*||
 
 
+# The statuses in result.json of a peer that went to its last round.
+FINISHED = frozenset({"completed", "isolated"})
+
+
 @dataclass(frozen=True)
 class PeerDir:
     path: Path
+
+    def read_result(self) -> dict | None:
+        """result.json (written atomically, so whole), or None before the peer ended."""
+        try:
+            return json.loads(self.result.read_text())
+        except FileNotFoundError:
+            return None
 
     @property
     def id(self) -> str:

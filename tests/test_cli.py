@@ -153,7 +153,8 @@ def test_peer_will_not_overwrite_an_earlier_run(topology_file, tmp_path, capsys)
     code = peer.main(["--topology", str(topology_file("ring", 3)), "--peer", "p0", "--out", str(tmp_path),
                       "--insecure"])
     assert code == 2
-    assert "pass another --out, --resume to continue it, or --overwrite" in capsys.readouterr().err
+    # No checkpoint there: --resume could only start again from round 0, so it is not offered.
+    assert "pass another --out, or --overwrite to replace it" in capsys.readouterr().err
     assert (tmp_path / "metrics.jsonl").read_text() == '{"round": 0}\n'
 
 

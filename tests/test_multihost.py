@@ -160,6 +160,8 @@ def test_a_rank_beyond_the_topology_and_no_rank_at_all_are_refused_with_the_fix(
 def test_a_restart_counted_by_the_launcher_resumes(environ, options, resumes):
     changed, why = after_launcher_restart(options, environ=environ)
     assert changed.get("resume", False) is resumes
+    # The group restarts together: a peer without a checkpoint runs again from round 0, even one that finished.
+    assert changed.get("overwrite", False) is resumes
     assert bool(why) is resumes
 
 

@@ -503,6 +503,23 @@ async def test_a_resumed_peer_does_not_wait_for_a_neighbour_named_absent(tmp_pat
     assert resumed.last["wait_seconds"] == 0 and resumed.last["heard"] == ["p1"]
 
 
+@pytest.mark.asyncio
+async def test_resume_without_a_checkpoint_will_not_run_over_a_finished_run(tmp_path, network):
+    pair = generate("complete", 2)
+    finished = make_node(tmp_path, pair, network, rounds=2)
+    await run_rounds(finished, network, range(2), 1.0)
+    finished.finish("completed")
+    kept = {path.name: path.read_bytes() for path in (tmp_path / "p0").iterdir()}
+    with pytest.raises(ConfigError, match="holds a finished run and no checkpoint to continue it from; pass "
+                                          "another --out, or --overwrite to run it again from round 0"):
+        make_node(tmp_path, pair, MemoryNetwork(), rounds=2, resume=True)
+    assert {path.name: path.read_bytes() for path in (tmp_path / "p0").iterdir()} == kept
+    with pytest.raises(ConfigError, match="pass another --out, or --overwrite to replace it"):  # no --resume offered
+        make_node(tmp_path, pair, MemoryNetwork(), rounds=2)
+    again = make_node(tmp_path, pair, MemoryNetwork(), rounds=2, resume=True, overwrite=True)  # a launcher's restart
+    assert again.start_round == 0 and not (tmp_path / "p0" / "metrics.jsonl").read_text()
+
+
 async def run_rounds(node: Node, network: MemoryNetwork, rounds: range, value: float) -> None:
     for round_ in rounds:
         send(network, node, "p1", round_, value)
