@@ -26,12 +26,13 @@ from .choices import ALGORITHMS
 from .data import parse_partition
 from .plots import save, sweep_figures
 from .replica import check_run, resolve_config, resolve_task
+from .resume import finished
 from .progress import figure_label
 from .task import headline_figure
 from .results import consensus_of_rows, read_trace
 from .rundir import RunDir, SweepDir
 from .storage import read_json_lines
-from .swarm import LaunchOptions, launch
+from .swarm import LaunchOptions, launch, portable_task
 from .topology import Topology, TopologyError, dump_topology, generate_named, load_topology
 
 PEER_FIELDS = {f.name for f in dataclasses.fields(PeerConfig)}
@@ -81,6 +82,22 @@ def unsupported(run: Run, topology: Topology, options: PeerConfig) -> str | None
     except ConfigError as error:
         return str(error).split(";")[0]
     return None
+
+
+# What the launcher sets in the configuration it hands the peers (swarm.prepare), beside the sweep's options.
+SET_BY_THE_LAUNCHER = frozenset({"topology", "run_id", "keys", "insecure", "reference", "absent"})
+
+
+def finished_earlier(run_dir: RunDir, config: PeerConfig, topology: Topology) -> bool:
+    """Whether ``run_dir`` holds this very run, made with the same options and finished by every peer: then
+    it is not made again. An interrupted or failed run, or one made with other options, is."""
+    if not (run_dir.summary.exists() and run_dir.peer_config.exists()):
+        return False
+    earlier = PeerConfig.from_file(run_dir.peer_config).to_dict()
+    now = config.replace(task=portable_task(config.task)).to_dict()
+    if any(earlier.get(name) != value for name, value in now.items() if name not in SET_BY_THE_LAUNCHER):
+        return False
+    return all(finished(run_dir.peer(peer_id), config.rounds) for peer_id in topology.ids)
 
 
 def run_rows(run: Run, run_dir: RunDir, attacker: str = "", metric: str = DEFAULT_METRIC) -> list[dict]:
@@ -232,18 +249,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{k}/{len(runs)}] {run.name}: skipped, {reason}", flush=True)
             results[run] = f"n/a ({reason})"
             continue
-        if run_dir.summary.exists():
+        config = options.replace(algo=run.algo, partition=run.partition, seed=run.seed, aggregator=run.aggregator)
+        if finished_earlier(run_dir, config, topology):
             print(f"[{k}/{len(runs)}] {run.name}: done earlier", flush=True)
         else:
             sweep.topology(run.topology).write_text(dump_topology(topology))
             elapsed = time.monotonic() - started
-            print(f"[{k}/{len(runs)}] {run.name} ({elapsed:.0f}s so far)", flush=True)
-            config = options.replace(algo=run.algo, partition=run.partition, seed=run.seed, aggregator=run.aggregator)
+            again = " again: the earlier one is unfinished or had other options" if run_dir.holds_a_run() else ""
+            print(f"[{k}/{len(runs)}] {run.name}{again} ({elapsed:.0f}s so far)", flush=True)
             code = launch(config, topology, LaunchOptions(
                 out=str(run_dir.path), overwrite=True, in_process="inproc" if args["launch"] == "in-process" else ""))
             if code >= 128:
-                print("topology_experiment: interrupted; run it again with the same --out to resume", file=sys.stderr)
+                print("topology_experiment: interrupted; run it again with the same --out to go on (the runs that "
+                      "finished are kept)", file=sys.stderr)
                 return code
+            if code != 0:
+                results[run] = f"failed (exit {code}; see {run_dir.path})"
+                continue
         results[run] = run_rows(run, run_dir, attacker=options.attack.split(":")[0], metric=metric)
     write_results(sweep, results, {name: topology.consensus_rate for name, topology in topologies.items()},
                   target, metric)

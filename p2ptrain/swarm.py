@@ -251,7 +251,7 @@ def prepare(config: PeerConfig, topology: Topology, options: LaunchOptions) -> P
     config = config.replace(topology=str(run_dir.topology), run_id=run_id, keys=str(keys_dir or ""),
                             insecure=keys_dir is None,
                             reference=str(run_dir.reference) if reference is not None else "",
-                            task=_portable_task(config.task))
+                            task=portable_task(config.task))
     atomic_write_json(run_dir.peer_config, config.to_dict())
     return PreparedRun(config, topology, options, run_dir, task, faults, reference)
 
@@ -345,7 +345,9 @@ def claim_run_dir(options: LaunchOptions, topology: Topology, config: PeerConfig
     try:
         if run_dir.holds_a_run():
             shutil.rmtree(run_dir.peers, ignore_errors=True)
-            run_dir.summary.unlink(missing_ok=True)
+            # Everything else of the earlier run that is not written anew (a later --resume would read it).
+            for earlier in (run_dir.summary, run_dir.reference, run_dir.peers_log, run_dir.launch):
+                earlier.unlink(missing_ok=True)
         run_dir.path.mkdir(parents=True, exist_ok=True)
         # mkdir accepts a directory that exists but cannot be written: a file made and dropped at once tells.
         tempfile.TemporaryFile(dir=run_dir.path).close()
@@ -377,7 +379,7 @@ def swarm_keys(options: LaunchOptions, topology: Topology, run_dir: RunDir) -> P
     return run_dir.keys
 
 
-def _portable_task(task: str) -> str:
+def portable_task(task: str) -> str:
     """A task file named relative to here, made absolute: the peers may run elsewhere."""
     path, _, attribute = task.rpartition(":")
     if path.endswith(".py"):

@@ -19,6 +19,8 @@ from p2ptrain import peer, swarm
 from p2ptrain.config import ConfigError, PeerConfig, build_parser, given_options, resolve_peer_id
 from p2ptrain.ports import free_port_block
 from p2ptrain.replica import resolve_config
+from p2ptrain.rundir import RunDir
+from p2ptrain.topology import generate
 
 from .processes import ROOT
 
@@ -173,6 +175,19 @@ def test_launcher_names_a_taken_port_and_the_way_around_it(topology_file, tmp_pa
     err = capsys.readouterr().err
     assert f"port {taken} for peer p1" in err and "--base-port" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_launcher_overwrite_leaves_nothing_of_the_earlier_run_that_a_resume_would_read(tmp_path):
+    run_dir = RunDir(tmp_path / "run")
+    (run_dir.peers / "p0").mkdir(parents=True)
+    earlier = (run_dir.summary, run_dir.reference, run_dir.peers_log, run_dir.launch)
+    for path in earlier:
+        path.write_text("of the earlier run")
+    (tmp_path / "run" / "notes.txt").write_text("the user's")
+    claimed = swarm.claim_run_dir(swarm.LaunchOptions(out=str(run_dir.path), overwrite=True), generate("ring", 3),
+                                  PeerConfig(topology="-"))
+    assert claimed == run_dir and not run_dir.peers.exists() and not any(path.exists() for path in earlier)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "the user's"  # only what a run writes goes
 
 
 def test_launcher_will_not_replace_an_earlier_run(topology_file, tmp_path, capsys):

@@ -58,6 +58,17 @@ def test_a_sweep_writes_results_summary_and_plots_and_resumes(tmp_path, capsys):
     assert "ring4-gossip-iid-s0: done earlier" in capsys.readouterr().out
     assert marker.stat().st_mtime_ns == before
 
+    # But a run a peer of which did not finish (interrupted), or one made with other options, is made again.
+    result = out / "runs" / "ring4-gossip-iid-s0" / "peers" / "p2" / "result.json"
+    result.write_text(result.read_text().replace('"status": "completed"', '"status": "interrupted"'))
+    assert experiment(argv) == 0
+    printed = capsys.readouterr().out
+    assert "ring4-gossip-iid-s0 again: the earlier one is unfinished or had other options" in printed
+    assert printed.count("done earlier") == 5 and '"status": "completed"' in result.read_text()
+    one = ["--topologies", "ring4", "--algos", "gossip", "--partition", "iid"]
+    assert experiment(argv + one + ["--lr", "0.3"]) == 0
+    assert "ring4-gossip-iid-s0 again" in capsys.readouterr().out
+
 
 def test_bad_sweep_options_are_refused(tmp_path, capsys):
     assert experiment(["--topologies", "moebius8", "--out", str(tmp_path)]) == 2
