@@ -168,7 +168,9 @@ def check_choco(config: PeerConfig, topology: Topology) -> None:
 
 
 def uses_exact_solver(config: PeerConfig, task) -> bool:
-    return config.admm_solver == "exact" or (config.admm_solver == "auto" and hasattr(task, "local_problem"))
+    """ADMM with the closed-form local solve; other algorithms ignore --admm-solver, as any ADMM option."""
+    return config.algo == "admm" and (config.admm_solver == "exact" or
+                                      (config.admm_solver == "auto" and hasattr(task, "local_problem")))
 
 
 def admm_penalty(config: PeerConfig, task) -> float:

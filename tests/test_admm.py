@@ -161,6 +161,15 @@ def test_incremental_duals_under_the_same_losses_converge_to_the_wrong_point():
     assert run_with_losses(topology, config, lambda *_: False, IncrementalDualADMM) <= 1e-8
 
 
+@pytest.mark.parametrize("dataset", ["digits", "synthetic-lstsq"])
+def test_other_algorithms_ignore_the_admm_solver(dataset):
+    # As every ADMM option: --admm-solver exact beside gossip made each peer fail building a local
+    # problem the digits task does not have, or build one gossip never uses.
+    config = PeerConfig(topology="-", algo="gossip", admm_solver="exact", dataset=dataset).validate()
+    replica = build_replica(config, generate("ring", 4), "p0")
+    assert replica.algorithm.name == "gossip" and replica.train(0) is not None
+
+
 def test_admm_messages_carry_x_and_the_running_sum():
     topology = generate("ring", 4)
     replica = build_replica(admm_config(rounds=3), topology, "p0")
