@@ -237,7 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"topology_experiment: error: {error}", file=sys.stderr)
         return 2
 
-    sweep.topologies.mkdir(parents=True, exist_ok=True)
+    try:
+        sweep.topologies.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        why = error.strerror or error
+        print(f"topology_experiment: error: cannot make the experiment directory {sweep.path} ({why}); pass an "
+              "--out you can write to", file=sys.stderr)
+        return 2
     runs = [Run(t, a, p, s, g) for t, a, g, p, s in itertools.product(names, algos, aggregators, partitions, seeds)]
     results: dict[Run, list[dict] | str] = {}
     started = time.monotonic()

@@ -341,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyFileError, TopologyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(f"error: cannot write {error.filename} ({error.strerror or error}); pass a path in a directory that "
+              "exists and that you can write to", file=sys.stderr)
+        return 2
     return 0
 
 

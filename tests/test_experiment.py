@@ -74,6 +74,21 @@ def test_bad_sweep_options_are_refused(tmp_path, capsys):
     assert experiment(["--topologies", "moebius8", "--out", str(tmp_path)]) == 2
     assert "KIND+PEERS" in capsys.readouterr().err
     assert experiment(["--partition", "noniid", "--out", str(tmp_path)]) == 2
+    (tmp_path / "a-file").write_text("")
+    assert experiment(["--topologies", "ring4", "--out", str(tmp_path / "a-file")]) == 2
+    assert "cannot make the experiment directory" in capsys.readouterr().err
+
+
+def test_paths_that_cannot_be_read_or_written_are_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00")
+    for argv, message in [(["info", str(tmp_path)], "is a directory; pass a topology file"),
+                          (["info", str(tmp_path / "binary.toml")], "is not UTF-8 text"),
+                          (["generate", "ring", "--peers", "4", "-o", str(tmp_path / "no" / "x.toml")],
+                           "cannot write"),
+                          (["generate", "ring", "--peers", "4", "-o", str(tmp_path)], "cannot write")]:
+        assert topology_cli(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("kind, n, expected", [("ring", 8, 4), ("line", 5, 4), ("complete", 6, 1), ("star", 7, 2),

@@ -206,6 +206,9 @@ def test_the_command_line_generates_shows_and_pins_without_printing_a_secret(rin
     for secret in secrets_in(directory):
         assert secret not in output.out + output.err
         assert secret not in pinned_file.read_text()
+    unwritable = tmp_path / "no" / "pinned.toml"
+    assert keys.main(["pin", "--topology", str(topology_file), "--dir", str(directory), "-o", str(unwritable)]) == 2
+    assert f"cannot write {unwritable} (No such file or directory)" in capsys.readouterr().err
 
 
 def test_python_dash_m_keys_runs_and_prints_no_secret(ring4, tmp_path):

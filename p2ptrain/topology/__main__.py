@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     except TopologyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the files read raise TopologyError: this is -o
+        print(f"error: cannot write {error.filename or args.output} ({error.strerror or error}); pass -o a file "
+              "in a directory that exists and that you can write to", file=sys.stderr)
+        return 2
     return 0
 
 

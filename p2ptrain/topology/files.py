@@ -22,6 +22,13 @@ def load_topology(path: str | Path) -> Topology:
             f"topology file {path} does not exist; pass a file from topologies/ or write one "
             "(format: topologies/README.md)"
         ) from None
+    except IsADirectoryError:
+        raise TopologyError(f"{path} is a directory; pass a topology file (a .toml file, as in topologies/)") from None
+    except UnicodeDecodeError as error:
+        raise TopologyError(f"topology file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                            "pass a TOML topology file (format: topologies/README.md)") from None
+    except OSError as error:
+        raise TopologyError(f"cannot read topology file {path}: {error.strerror or error}") from None
     return parse_topology(text, where=str(path), default_name=path.stem)
 
 
