@@ -203,9 +203,13 @@ def build_algorithm(config: PeerConfig, topology: Topology, peer_id: str, model:
     """The algorithm of ``config.algo`` over ``model``'s tensors (ADMM: ``penalty`` c, and ``problem``
     for exact local solves)."""
     if config.algo == "gossip":
-        return Gossip(peer_id, lambda round_: topology.mixing_row(peer_id, round_), exchanged_tensors(model),
-                      aggregator=config.aggregator, robust_b=config.robust_b, fragments=config.fragments,
-                      period=topology.period, wire_dtype=getattr(torch, config.wire_dtype) if config.wire_dtype else None)
+        try:
+            return Gossip(peer_id, lambda round_: topology.mixing_row(peer_id, round_), exchanged_tensors(model),
+                          aggregator=config.aggregator, robust_b=config.robust_b, fragments=config.fragments,
+                          period=topology.period,
+                          wire_dtype=getattr(torch, config.wire_dtype) if config.wire_dtype else None)
+        except ValueError as error:  # a fragment count the model cannot be cut into
+            raise ConfigError(f"--fragments {config.fragments}: {error}") from None
     if config.algo == "gradient-tracking":
         # The parameters only: floating buffers (BatchNorm's statistics) have no gradient to track.
         return GradientTracking(peer_id, topology.mixing_row(peer_id), dict(model.named_parameters()))

@@ -26,11 +26,11 @@ import torch
 from .config import (ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder,
                      read_config_file)
 from .faults import FaultPlan, FaultSpecError
-from .keys import KeyFileError
+from .keys import KeyFileError, load_security
 from .keys import generate as generate_keys
 from .inprocess import local_endpoints
 from .progress import Progress
-from .replica import check_run, resolve_config, resolve_task
+from .replica import build_algorithm, check_run, resolve_config, resolve_task
 from .resume import ResumePlan, plan_resume
 from .task import headline_figure
 from .rundir import RunDir
@@ -229,6 +229,11 @@ def prepare(config: PeerConfig, topology: Topology, options: LaunchOptions) -> P
     faults = fault_plan(options, topology)
     check_launch_options(options, topology)
     if options.join:
+        config.replace(join=True).validate()  # what the joining peers will be told: refused now, not then
+    if config.fragments > 1:
+        # Cut here as every peer will cut it: a count the model cannot take is refused before any peer starts.
+        build_algorithm(config, topology, topology.ids[0], task.build_model())
+    if options.join:
         # The others do not wait for the latecomers in their first round.
         config = config.replace(absent=",".join(sorted(config.absent_peers() | set(faults.joins))))
     if options.restart and not config.checkpoint_every:
@@ -373,6 +378,8 @@ def swarm_keys(options: LaunchOptions, topology: Topology, run_dir: RunDir) -> P
               file=sys.stderr)
         return None
     if options.keys:
+        for peer_id in topology.ids:  # every peer starts here: each one's key pair, and everyone's public keys
+            load_security(topology, peer_id, options.keys)
         return Path(options.keys)
     generate_keys(topology, run_dir.keys, force=True)
     print(f"CurveZMQ keys for {topology.size} peers made in {run_dir.keys} (--insecure to run without)", flush=True)

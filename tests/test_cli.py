@@ -190,6 +190,19 @@ def test_launcher_overwrite_leaves_nothing_of_the_earlier_run_that_a_resume_woul
     assert (tmp_path / "run" / "notes.txt").read_text() == "the user's"  # only what a run writes goes
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--fragments", "100000"], "--fragments 100000: 100000 fragments of a model of 4810 values would leave some "
+                                "empty; use at most 4810"),
+    (["--keys", "no-such-keys"], "no public key for p0"),
+    (["--join", "p1@3", "--algo", "admm", "--dataset", "synthetic-lstsq"], "--join works with --algo gossip only"),
+])
+def test_launcher_refuses_what_its_peers_would_refuse_before_starting_them(topology_file, tmp_path, capsys, options,
+                                                                            message):
+    assert swarm.main([str(topology_file("ring", 3)), "--out", str(tmp_path / "run"), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not RunDir(tmp_path / "run").holds_a_run()
+
+
 def test_launcher_will_not_replace_an_earlier_run(topology_file, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
