@@ -253,9 +253,10 @@ def prepare(config: PeerConfig, topology: Topology, options: LaunchOptions) -> P
         reference = task.centralized_optimum(topology.size)
         atomic_torch_save(reference, run_dir.reference)
     # One configuration for every peer, in a file: the peers read it as it is, nothing is re-parsed.
-    config = config.replace(topology=str(run_dir.topology), run_id=run_id, keys=str(keys_dir or ""),
-                            insecure=keys_dir is None,
-                            reference=str(run_dir.reference) if reference is not None else "",
+    # Absolute paths: the peers, a later --resume or a peer started by hand with --config may run elsewhere.
+    config = config.replace(topology=str(run_dir.topology.resolve()), run_id=run_id,
+                            keys=str(keys_dir.resolve()) if keys_dir else "", insecure=keys_dir is None,
+                            reference=str(run_dir.reference.resolve()) if reference is not None else "",
                             task=portable_task(config.task))
     atomic_write_json(run_dir.peer_config, config.to_dict())
     return PreparedRun(config, topology, options, run_dir, task, faults, reference)
@@ -268,7 +269,8 @@ def prepare_resume(options: LaunchOptions) -> PreparedRun:
     if not (run_dir.peer_config.exists() and run_dir.topology.exists()):
         raise LaunchError(f"--resume {run_dir.path}: no launched run there (no {run_dir.peer_config.name} and "
                           f"{run_dir.topology.name}); pass the --out of the launch to resume")
-    config = PeerConfig.from_file(run_dir.peer_config)
+    config = _found_here(PeerConfig.from_file(run_dir.peer_config), run_dir)
+    atomic_write_json(run_dir.peer_config, config.to_dict())  # the file the peers read
     topology = load_topology(run_dir.topology)
     earlier = json.loads(run_dir.launch.read_text()) if run_dir.launch.exists() else {}
     mode = earlier.get("mode", "processes")
@@ -287,6 +289,19 @@ def prepare_resume(options: LaunchOptions) -> PreparedRun:
     reference = torch.load(run_dir.reference, weights_only=True) if run_dir.reference.exists() else None
     print(f"resuming {run_dir.path}: {plan.describe()}", flush=True)
     return PreparedRun(config, topology, options, run_dir, task, FaultPlan(), reference, plan)
+
+
+def _found_here(config: PeerConfig, run_dir: RunDir) -> PeerConfig:
+    """``config`` with the run's own files (its topology, keys, reference) named where ``run_dir`` is now: a
+    launch recorded them where it ran from, and the run may be resumed from elsewhere, or have moved."""
+    recorded = Path(config.topology).parent  # the launch's run directory: the topology is always in it
+
+    def here(path: str) -> str:
+        if not path or not Path(path).is_relative_to(recorded):
+            return path  # not the run's own (keys of the user's): as given, absolute since launches record so
+        return str((run_dir.path / Path(path).relative_to(recorded)).resolve())
+
+    return config.replace(topology=here(config.topology), keys=here(config.keys), reference=here(config.reference))
 
 
 def centralized(topology: Topology, config: PeerConfig) -> tuple[Topology, PeerConfig]:

@@ -327,6 +327,19 @@ def test_launcher_resume_of_a_directory_without_a_launch_says_what_to_pass(tmp_p
     assert "pass None for both" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("launched_in", ["/old/place/run", "runs/run"])  # absolute, as launches record; relative, as they did
+def test_a_resumed_run_finds_its_own_files_where_it_is_now(tmp_path, launched_in):
+    run_dir = RunDir(tmp_path / "moved")
+    recorded = PeerConfig(topology=f"{launched_in}/topology.toml", keys=f"{launched_in}/keys",
+                          reference=f"{launched_in}/reference.pt")
+    found = swarm._found_here(recorded, run_dir)
+    here = run_dir.path.resolve()
+    assert (found.topology, found.keys, found.reference) == (str(here / "topology.toml"), str(here / "keys"),
+                                                             str(here / "reference.pt"))
+    users = swarm._found_here(recorded.replace(keys="/the/users/keys", reference=""), run_dir)
+    assert (users.keys, users.reference) == ("/the/users/keys", "")
+
+
 def test_launcher_resume_takes_no_training_options(capsys):
     assert swarm.main(["--resume", "runs/x", "--rounds", "9", "--lr", "0.5"]) == 2
     assert "drop --lr, --rounds (only --timeout may be given)" in capsys.readouterr().err
