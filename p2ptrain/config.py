@@ -34,6 +34,10 @@ class ConfigError(ValueError):
     pass
 
 
+# Examples per local step where neither --batch-size nor the task (a DataLoader, its defaults) says.
+DEFAULT_BATCH_SIZE = 32
+
+
 @dataclass
 class PeerConfig:
     topology: str = ""
@@ -44,7 +48,7 @@ class PeerConfig:
     lr_schedule: str = "cosine"
     momentum: float = 0.9
     weight_decay: float = 0.0
-    batch_size: int = 32
+    batch_size: int = 0  # 0: the task's (its DataLoader's batch size, else DEFAULT_BATCH_SIZE)
     algo: str = "gossip"
     mode: str = "sync"
     fragments: int = 1  # exchange one of K fragments of the model per round
@@ -100,7 +104,7 @@ class PeerConfig:
         need(self.lr > 0 and math.isfinite(self.lr), f"--lr {self.lr}: use a positive learning rate, e.g. 0.1")
         need(0 <= self.momentum < 1, f"--momentum {self.momentum}: use a value in [0, 1)")
         need(self.weight_decay >= 0, f"--weight-decay {self.weight_decay}: must be >= 0")
-        need(self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1")
+        need(self.batch_size >= 0, f"--batch-size {self.batch_size}: must be >= 1 (or 0: the task's own)")
         need(self.hidden >= 1, f"--hidden {self.hidden}: must be >= 1")
         need(self.recv_timeout > 0, f"--recv-timeout {self.recv_timeout}: must be > 0 seconds")
         need(self.startup_timeout > 0, f"--startup-timeout {self.startup_timeout}: must be > 0 seconds")
@@ -336,7 +340,9 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
         help="constant, or cosine decay to 0 over the rounds (default: %(default)s)")
     add("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s)")
     add("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay (default: %(default)s)")
-    add("--batch-size", type=int, default=d.batch_size, help="examples per local SGD step (default: %(default)s)")
+    add("--batch-size", type=int, default=d.batch_size,
+        help="examples per local SGD step; over a task's DataLoader too (default: the task's own: its DataLoader's "
+             f"batch size, else {DEFAULT_BATCH_SIZE})")
     add("--algo", choices=ALGORITHMS, default=d.algo, help="how peers combine parameters (default: %(default)s)")
     add("--mode", choices=MODES, default=d.mode,
         help="sync: each round waits for the neighbours' parameters of that round (up to --recv-timeout); "

@@ -163,6 +163,7 @@ class Node:
             # Public only: a secret key never leaves its file.
             "curve_public_key": self.transport.public_key,
             "shard_size": self.replica.shard_size,
+            "batch_size": self.replica.batch_size,
             "versions": {"p2ptrain": __version__, "python": platform.python_version(), "torch": torch.__version__,
                          "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()},
         }

@@ -18,7 +18,7 @@ from .algorithms import ADMM, Algorithm, Choco, Gossip, GradientTracking, PushSu
 from .choices import parse_compressor
 from .attacks import Attack, AttackSpecError, attack_for, parse_attacks
 from .builtin_tasks import task_from_options
-from .config import ConfigError, PeerConfig
+from .config import DEFAULT_BATCH_SIZE, ConfigError, PeerConfig
 from .task import TaskError, build_optimizer, evaluate, in_eval_mode, task_defaults
 from .topology import Topology
 from .training import Batches, LocalTrainer, as_dataset, resolve_device
@@ -41,6 +41,11 @@ class Replica:
     @property
     def shard_size(self) -> int | None:
         return len(self.trainer.batches) if self.trainer is not None else None
+
+    @property
+    def batch_size(self) -> int | None:
+        """Examples per local step as drawn: --batch-size, else the task's (its DataLoader's), else 32."""
+        return self.trainer.batches.batch_size if self.trainer is not None else None
 
     def sent(self, round_: int) -> dict[str, torch.Tensor]:
         """What this peer sends in ``round_``: its outgoing tensors, or the attack's corruption of them."""
@@ -222,6 +227,18 @@ def build_algorithm(config: PeerConfig, topology: Topology, peer_id: str, model:
     return ADMM(topology.in_neighbours(peer_id), dict(model.named_parameters()), penalty, problem)
 
 
+def task_batch_size(config: PeerConfig, topology: Topology, task) -> int:
+    """The examples per local step of ``topology``'s peers: --batch-size, else the one of the first peer's
+    DataLoader, else DEFAULT_BATCH_SIZE (a peer's own Batches decide so too)."""
+    if config.batch_size:
+        return config.batch_size
+    try:
+        _, _, loader_batch_size = as_dataset(task.shard(0, topology.size, config.seed))
+    except (TaskError, TypeError) as error:
+        raise ConfigError(str(error)) from None
+    return loader_batch_size or DEFAULT_BATCH_SIZE
+
+
 def build_replica(config: PeerConfig, topology: Topology, peer_id: str, task=None) -> Replica:
     task = task if task is not None else resolve_task(config)
     check_run(config, topology, task)
@@ -238,7 +255,8 @@ def build_replica(config: PeerConfig, topology: Topology, peer_id: str, task=Non
     except (TaskError, TypeError) as error:
         raise ConfigError(str(error)) from None
     # Each peer draws its own batches; a fixed odd multiplier keeps seeds apart.
-    batches = Batches(dataset, loader_batch_size or config.batch_size, config.seed * 100_003 + index, collate)
+    batches = Batches(dataset, config.batch_size or loader_batch_size or DEFAULT_BATCH_SIZE,
+                      config.seed * 100_003 + index, collate)
     optimizer = build_optimizer(task, model.parameters(), config.lr, config.momentum, config.weight_decay)
     problem = task.local_problem(dataset, topology.size) if uses_exact_solver(config, task) else None
     algorithm = build_algorithm(config, topology, peer_id, model, admm_penalty(config, task) if config.algo == "admm"

@@ -30,7 +30,7 @@ from .keys import KeyFileError, load_security
 from .keys import generate as generate_keys
 from .inprocess import local_endpoints
 from .progress import Progress
-from .replica import build_algorithm, check_run, resolve_config, resolve_task
+from .replica import build_algorithm, check_run, resolve_config, resolve_task, task_batch_size
 from .resume import ResumePlan, plan_resume
 from .task import headline_figure
 from .rundir import RunDir
@@ -222,9 +222,9 @@ class PreparedRun:
 def prepare(config: PeerConfig, topology: Topology, options: LaunchOptions) -> PreparedRun:
     """Refuse (with one of REFUSALS) what cannot work before anything is written; then write the run
     directory: the topology, keys, the reference optimum and the one configuration every peer reads."""
-    if options.centralized:
-        topology, config = centralized(topology, config)
     task = resolve_task(config)
+    if options.centralized:
+        topology, config = centralized(topology, config, task)
     check_run(config, topology, task)
     faults = fault_plan(options, topology)
     check_launch_options(options, topology)
@@ -304,12 +304,12 @@ def _found_here(config: PeerConfig, run_dir: RunDir) -> PeerConfig:
     return config.replace(topology=here(config.topology), keys=here(config.keys), reference=here(config.reference))
 
 
-def centralized(topology: Topology, config: PeerConfig) -> tuple[Topology, PeerConfig]:
+def centralized(topology: Topology, config: PeerConfig, task) -> tuple[Topology, PeerConfig]:
     """The swarm's centralized baseline: its first peer alone, with all the data, taking batches as large
     as the whole swarm's, so that after each round it has seen as many samples as the swarm has."""
     first = topology.peers[0]
     alone = build_topology(f"{topology.name}-centralized", [PeerSpec(first.id, first.endpoint, first.bind)], [])
-    return alone, config.replace(batch_size=config.batch_size * topology.size)
+    return alone, config.replace(batch_size=task_batch_size(config, topology, task) * topology.size)
 
 
 def fault_plan(options: LaunchOptions, topology: Topology) -> FaultPlan:

@@ -11,12 +11,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from p2ptrain.builtin_tasks import DatasetTask, task_from_options
-from p2ptrain.config import ConfigError, PeerConfig
+from p2ptrain.config import DEFAULT_BATCH_SIZE, ConfigError, PeerConfig
 from p2ptrain.inprocess import local_endpoints, run_in_process
 from p2ptrain.running import run_peer
 from p2ptrain.replica import build_replica, exchanged_tensors
 from p2ptrain.simulate import simulate
 from p2ptrain.storage import read_json_lines
+from p2ptrain.swarm import centralized
 from p2ptrain.task import TaskError, load_task
 from p2ptrain.topology import generate
 from p2ptrain.training import Batches, as_dataset
@@ -101,6 +102,18 @@ def test_a_dataloader_gives_its_dataset_batch_size_and_collate():
     assert pixels.shape == (16, 64) and labels.shape == (16,)
     with pytest.raises(TypeError, match="Dataset or DataLoader"):
         as_dataset(42)
+
+
+def test_batch_size_is_the_dataloaders_unless_given_and_the_centralized_baseline_scales_what_is_used():
+    ring4, task = generate("ring", 4), f"{PLUGIN}:batchnorm_adam"  # its DataLoader takes 16 per batch
+    own = PeerConfig(topology="-", task=task).validate()
+    given = own.replace(batch_size=8)
+    assert build_replica(own, ring4, "p1").batch_size == 16 and build_replica(given, ring4, "p1").batch_size == 8
+    assert build_replica(PeerConfig(topology="-").validate(), ring4, "p1").batch_size == DEFAULT_BATCH_SIZE
+    # Alone on all the data, the baseline takes as many examples a step as the four peers together.
+    for config, expected in [(own, 4 * 16), (given, 4 * 8)]:
+        alone, baseline = centralized(ring4, config, load_task(task))
+        assert build_replica(baseline, alone, "p0").batch_size == expected
 
 
 def test_the_simulation_of_a_batchnorm_task_brings_buffers_to_consensus_and_keeps_step_counts_local():
