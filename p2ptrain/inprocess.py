@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -34,6 +35,13 @@ def local_endpoints(topology: Topology, run_id: str, kind: str = "inproc", direc
         directory = directory or Path(tempfile.mkdtemp(prefix="p2ptrain-"))
         return relocate(topology, [f"ipc://{directory}/{pid}.sock" for pid in topology.ids])
     raise ValueError(f"unknown socket kind {kind!r}; use one of {', '.join(SOCKET_KINDS)}")
+
+
+def remove_socket_directory(topology: Topology) -> None:
+    """Remove the directory ``local_endpoints`` made for a topology's ipc:// socket files (inproc has none)."""
+    for directory in {Path(spec.bind.removeprefix("ipc://")).parent for spec in topology.peers
+                      if spec.bind.startswith("ipc://")}:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def run_in_process(topology: Topology, config: PeerConfig, out: Path) -> dict[str, int]:

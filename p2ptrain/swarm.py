@@ -28,7 +28,7 @@ from .config import (ConfigError, PeerConfig, add_training_options, given_option
 from .faults import FaultPlan, FaultSpecError
 from .keys import KeyFileError, load_security
 from .keys import generate as generate_keys
-from .inprocess import local_endpoints
+from .inprocess import local_endpoints, remove_socket_directory
 from .progress import Progress
 from .replica import build_algorithm, check_run, resolve_config, resolve_task, task_batch_size
 from .resume import ResumePlan, plan_resume
@@ -433,7 +433,10 @@ def run_peers(run: PreparedRun) -> Ended:
         record["interrupted_launches"] = run.resumed.earlier_launches
     if options.in_process:
         atomic_write_json(run.dir.launch, record)
-        exit_codes, interrupted = run_here(run.topology, config, run.dir, progress, options.timeout)
+        try:
+            exit_codes, interrupted = run_here(run.topology, config, run.dir, progress, options.timeout)
+        finally:
+            remove_socket_directory(run.topology)  # local_endpoints' temporary one, with --in-process ipc
     elif run.resumed is not None:
         plan = run.resumed
         peers = start_peers(run.dir, run.dir.peer_config, run.topology.ids,

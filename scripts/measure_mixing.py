@@ -35,7 +35,12 @@ def main() -> None:
     parser.add_argument("--graphs", default="ring16,torus16,exponential16,hypercube16,erdos-renyi32")
     parser.add_argument("--one-peer", default="8,16,32", help="sizes of the one-peer exponential graph")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="p2ptrain-mixing-"))
+    with tempfile.TemporaryDirectory(prefix="p2ptrain-mixing-") as work:
+        measure(args, Path(work))
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
+    """Print both tables; the swarms' run directories go under ``work``."""
     print("| graph | rho (predicted) | measured per-round contraction | rounds measured | measured / rho |")
     print("|---|---|---|---|---|")
     for name in args.graphs.split(","):

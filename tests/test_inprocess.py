@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from p2ptrain.config import PeerConfig
-from p2ptrain.inprocess import local_endpoints, run_in_process
+from p2ptrain.inprocess import local_endpoints, remove_socket_directory, run_in_process
 from p2ptrain.simulate import simulate
 from p2ptrain.storage import read_json_lines
 from p2ptrain.topology import generate, load_topology
@@ -42,6 +43,16 @@ async def test_peers_in_one_process_compute_exactly_the_lockstep_simulation(kind
     # process can reach an inproc endpoint, so there it says nothing.
     unsecured = [r for r in caplog.records if r.getMessage().startswith("no --keys: connections are neither")]
     assert len(unsecured) == (len(topology.ids) if kind == "ipc" else 0)
+
+
+def test_the_launchers_ipc_socket_directory_is_removed_after_the_run():
+    topology = local_endpoints(generate("ring", 3), "t", "ipc")  # a temporary directory of its own
+    directory = Path(topology.peer("p0").bind.removeprefix("ipc://")).parent
+    assert directory.is_dir() and {spec.bind for spec in topology.peers} == {
+        f"ipc://{directory}/{peer_id}.sock" for peer_id in topology.ids}
+    remove_socket_directory(topology)
+    assert not directory.exists()
+    remove_socket_directory(local_endpoints(generate("ring", 3), "t"))  # inproc: nothing to remove, no error
 
 
 def test_launcher_in_process_mode_matches_the_simulation_like_process_mode(topology_file, tmp_path):
