@@ -57,13 +57,18 @@ class Peer:
             configure_logging(log_level)
         if isinstance(topology, (str, Path)):
             topology = load_topology(topology)
+        if topology.size > 1 and any(spec.endpoint.startswith("inproc://") for spec in topology.peers):
+            raise ConfigError(f"{topology.name} has inproc:// endpoints, which join only the sockets of one ZeroMQ "
+                              "context, and each Peer has its own: no two Peers would ever hear each other. Give "
+                              "them ipc:// or tcp:// endpoints, or run every peer in one process with "
+                              "p2ptrain.inprocess.run_in_process")
         device = _device_of(model)
         options, restarted = after_launcher_restart(options)
         if restarted:
             logging.getLogger("p2ptrain.peer").info(restarted)
         config = PeerConfig.from_dict(
             {"topology": topology.name, "peer": peer, "local_steps": local_steps,
-             "rounds": rounds or UNBOUNDED_ROUNDS, "device": str(device), "eval_every": UNBOUNDED_ROUNDS,
+             "rounds": UNBOUNDED_ROUNDS if rounds is None else rounds, "device": str(device), "eval_every": UNBOUNDED_ROUNDS,
              "log_every": 10, **options}).validate()
         if config.local_steps < 1:
             raise ConfigError("local_steps: exchange after at least 1 optimizer step")

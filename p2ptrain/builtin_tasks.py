@@ -112,10 +112,13 @@ def task_from_options(task: str, dataset: str = "digits", model: str = "auto", h
     if not task or task in DATASETS:
         if arguments:
             raise TaskError(f"the dataset tasks take --model, --hidden and --partition, not --task-args {task_args}")
+        if task and dataset not in (task, "digits"):  # digits: --dataset's default, so perhaps not given
+            raise TaskError(f"--task {task} and --dataset {dataset} name two tasks; give one of them")
         return builtin_task(task or dataset, model, hidden, partition)
-    if model != "auto" or partition != "iid":
-        raise TaskError(f"--model and --partition choose among the built-in tasks' models and splits; the task "
-                        f"{task} builds its own model and shards its own data: drop them")
+    if model != "auto" or partition != "iid" or dataset != "digits" or hidden != 64:
+        raise TaskError(f"--dataset, --model, --hidden and --partition choose among the built-in tasks' data, models "
+                        f"and splits; the task {task} loads its own data, builds its own model and shards its data: "
+                        "drop them")
     if task == "gpt-char":
         return load_task("p2ptrain.language:CharTask", arguments)
     return load_task(task, arguments)

@@ -286,13 +286,17 @@ def _typed(name: str, value, kind: type, path: Path):
     raise ConfigError(f"--config {path}: {name} = {value!r} must be {examples[kind]}")
 
 
-def parse_task_args(text: str) -> dict[str, int | float | str]:
-    """--task-args "layers=4,text=corpus.txt": integers and floats as numbers, anything else as text."""
-    values: dict[str, int | float | str] = {}
+def parse_task_args(text: str) -> dict[str, bool | int | float | str]:
+    """--task-args "layers=4,text=corpus.txt,bias=false": true and false (any case) as booleans, integers
+    and floats as numbers, anything else as text."""
+    values: dict[str, bool | int | float | str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, equals, value = item.partition("=")
         if not equals or not key.strip().isidentifier():
             raise ConfigError(f"--task-args {text!r}: {item!r} is not KEY=VALUE; write e.g. layers=4,width=128")
+        if value.lower() in ("true", "false"):  # the text "false" would be true
+            values[key.strip()] = value.lower() == "true"
+            continue
         for kind in (int, float):
             try:
                 values[key.strip()] = kind(value)

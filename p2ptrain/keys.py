@@ -328,9 +328,15 @@ def check_keys_or_insecure(config: PeerConfig, topology: Topology, peer_id: str)
         return
     raise ConfigError(
         f"no --keys: without keys anyone who can reach {bind} could send {peer_id} parameters in any peer's name. "
-        f"Make keys with python -m p2ptrain.keys generate --topology {config.topology or 'TOPOLOGY'} --dir KEYS "
+        f"Make keys with python -m p2ptrain.keys generate --topology {_topology_file(config)} --dir KEYS "
         "and pass --keys KEYS (in the Python API: keys=KEYS), or pass --insecure (insecure=True) to run "
         "without, on a network you trust (docs/security.md)")
+
+
+def _topology_file(config: PeerConfig) -> str:
+    """The topology file to name in advice: the one the peer was given, else a placeholder (the Python API
+    may be handed a Topology object, whose name is no file)."""
+    return config.topology if config.topology and Path(config.topology).is_file() else "TOPOLOGY_FILE"
 
 
 def main(argv: list[str] | None = None) -> int:

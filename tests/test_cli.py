@@ -91,9 +91,11 @@ def test_a_python_api_peer_without_keys_raises_the_same_refusal(tmp_path):
 
     from p2ptrain import Peer
 
-    with pytest.raises(ConfigError, match=r"no --keys: .*\(in the Python API: keys=KEYS\).*insecure=True"):
+    with pytest.raises(ConfigError, match=r"no --keys: .*\(in the Python API: keys=KEYS\).*insecure=True") as refused:
         Peer(RING8, torch.nn.Linear(2, 1), peer="p0", out=str(tmp_path / "p0"))
     assert not (tmp_path / "p0").exists()
+    # The API holds the topology by its name, which is no file to pass: the advice names none.
+    assert "keys generate --topology TOPOLOGY_FILE --dir KEYS" in str(refused.value)
 
 
 @pytest.fixture

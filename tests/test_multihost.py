@@ -200,6 +200,18 @@ def test_the_python_api_checks_the_world_size_before_opening_a_socket(monkeypatc
         Peer(ROOT / "topologies" / "ring8.toml", torch.nn.Linear(2, 2), insecure=True)
 
 
+def test_the_python_api_refuses_inproc_endpoints_and_zero_rounds():
+    import torch
+
+    from p2ptrain import Peer
+    from p2ptrain.inprocess import local_endpoints
+
+    with pytest.raises(ConfigError, match="no two Peers would ever hear each other. Give them ipc:// or tcp://"):
+        Peer(local_endpoints(generate("ring", 3), "api"), torch.nn.Linear(2, 2), peer="p0")
+    with pytest.raises(ConfigError, match="--rounds 0: run at least one round"):  # not "unbounded"
+        Peer(ROOT / "topologies" / "ring8.toml", torch.nn.Linear(2, 2), peer="p0", insecure=True, rounds=0)
+
+
 # ---- one run configuration file for every peer ------------------------------------------------
 
 RUN_TOML = """

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from p2ptrain.builtin_tasks import DatasetTask, task_from_options
-from p2ptrain.config import DEFAULT_BATCH_SIZE, ConfigError, PeerConfig
+from p2ptrain.config import DEFAULT_BATCH_SIZE, ConfigError, PeerConfig, parse_task_args
 from p2ptrain.inprocess import local_endpoints, run_in_process
 from p2ptrain.running import run_peer
 from p2ptrain.replica import build_replica, exchanged_tensors
@@ -56,13 +56,24 @@ def test_an_object_without_the_required_methods_is_refused(tmp_path):
         load_task(f"{path}:half")
 
 
+def test_task_args_read_booleans_numbers_and_text():
+    assert parse_task_args("bias=false,norm=True,layers=4,scale=0.5,text=a.txt") == {
+        "bias": False, "norm": True, "layers": 4, "scale": 0.5, "text": "a.txt"}
+    with pytest.raises(ConfigError, match="is not KEY=VALUE"):
+        parse_task_args("layers")
+
+
 def test_dataset_and_model_options_name_the_same_built_in_task_as_task():
     by_dataset = task_from_options("", dataset="breast-cancer", model="auto")
     by_task = task_from_options("breast-cancer")
     assert type(by_dataset) is type(by_task) and by_dataset.model_name == by_task.model_name == "linear"
     assert hasattr(by_task, "centralized_optimum")
-    with pytest.raises(TaskError, match="drop them"):
-        task_from_options(f"{PLUGIN}:batchnorm_adam", model="mlp")
+    for given in ({"model": "mlp"}, {"partition": "dirichlet:0.1"}, {"dataset": "synthetic"}, {"hidden": 128}):
+        with pytest.raises(TaskError, match="drop them"):  # a plugin's own data and model: nothing to choose
+            task_from_options(f"{PLUGIN}:batchnorm_adam", **given)
+    with pytest.raises(TaskError, match="--task breast-cancer and --dataset synthetic name two tasks"):
+        task_from_options("breast-cancer", dataset="synthetic")
+    assert task_from_options("synthetic", dataset="synthetic").name == "synthetic"
 
 
 def test_mlp_and_auto_build_the_same_network_and_so_the_same_fingerprint_input():
