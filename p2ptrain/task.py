@@ -15,6 +15,7 @@ peer computes the same partition and keeps only its own part.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
@@ -112,6 +113,12 @@ def _import(module_name: str, spec: str):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
+        top = module_name.partition(".")[0]
+        here = str(Path.cwd())
+        if error.name == top and here not in sys.path and importlib.machinery.PathFinder.find_spec(top, [here]):
+            # A module of the current directory, as `python -m` finds it (a launcher script does not).
+            sys.path.insert(0, here)
+            return _import(module_name, spec)
         raise TaskError(f"--task {spec!r}: cannot import {module_name} ({error}); is it installed, or on "
                         "PYTHONPATH? A file is named path/to/file.py:attribute") from None
 

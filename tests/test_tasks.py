@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 
 import pytest
 import torch
@@ -54,6 +55,17 @@ def test_an_object_without_the_required_methods_is_refused(tmp_path):
     path.write_text("class Half:\n    def build_model(self):\n        return None\n\nhalf = Half()\n")
     with pytest.raises(TaskError, match="lacks shard, loss"):
         load_task(f"{path}:half")
+
+
+def test_a_task_module_of_the_current_directory_is_found_as_python_dash_m_finds_it(tmp_path, monkeypatch):
+    (tmp_path / "my_own_task.py").write_text((ROOT / "tests" / "plugin_tasks.py").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])  # as a launcher script
+    monkeypatch.delitem(sys.modules, "my_own_task", raising=False)
+    assert type(load_task("my_own_task:batchnorm_adam")).__name__ == "BatchNormAdam"
+    sys.modules.pop("my_own_task", None)
+    with pytest.raises(TaskError, match="cannot import not_a_module_here"):
+        load_task("not_a_module_here:task")
 
 
 def test_task_args_read_booleans_numbers_and_text():
