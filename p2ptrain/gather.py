@@ -154,12 +154,16 @@ class Gatherer(ABC):
                              message.sender, message.round, message.sender)
 
     def _close_round(self, round_: int, messages: dict[str, wire.Message], expected: frozenset[str],
-                     why_missing: str, detail: float) -> RoundOutcome:
+                     why_missing: str, detail: float, moved_on: frozenset[str] = frozenset()) -> RoundOutcome:
         """Who was heard; ``why_missing`` (formatted with the round, the neighbour and ``detail``) is logged
-        for each neighbour that becomes suspected."""
+        for each neighbour that becomes suspected, unless it has ``moved_on`` past the round (not waited for)."""
         outcome = self.membership.close_round(set(messages), expected)
         for neighbour in sorted(outcome.newly_suspected):
-            self.log.warning(why_missing, round_, neighbour, detail)
+            if neighbour in moved_on:
+                self.log.warning("round %d: %s has sent a later round, so its message for this one is not coming "
+                                 "(sent while this peer was down, or dropped); going on without it", round_, neighbour)
+            else:
+                self.log.warning(why_missing, round_, neighbour, detail)
         for neighbour in sorted(outcome.recovered):
             self.log.info("round %d: heard from %s again", round_, neighbour)
         return outcome
@@ -202,10 +206,12 @@ class RoundGatherer(Gatherer):
         bytes_received = await self._read_while(awaited, start + timeout)
         # Whom the round waited for until its deadline passed: each one cost this round a whole deadline.
         timed_out = sorted(awaited())
+        moved_on = frozenset(self.inbox.moved_on(round_))
         messages = self.inbox.take(round_)
         waited = self.clock() - start
         outcome = self._close_round(round_, messages, expected,
-                                    "round %d: no parameters from %s within %.1fs; going on without it", timeout)
+                                    "round %d: no parameters from %s within %.1fs; going on without it", timeout,
+                                    moved_on)
         return Gathered(waited, bytes_received, messages, outcome, {"timed_out": timed_out})
 
 

@@ -169,6 +169,20 @@ async def test_a_neighbour_that_moved_on_is_not_waited_for(tmp_path, network, co
 
 
 @pytest.mark.asyncio
+async def test_a_neighbour_missing_because_it_moved_on_is_said_to_have_moved_on(tmp_path, network, complete3, caplog):
+    node = make_node(tmp_path, complete3, network)
+    send(network, node, "p1", 0)
+    send(network, node, "p2", 2)  # p2 is two rounds ahead: its rounds 0 and 1 were sent before p0 was up
+    await node.exchange(0)  # p2 was heard from in this round: missing, not suspected
+    send(network, node, "p1", 1)
+    with caplog.at_level(logging.WARNING, logger="p2ptrain.peer"):
+        await node.exchange(1)  # nothing new from p2: it becomes suspected, not having been waited for
+    assert node.last["wait_seconds"] == 0 and node.last["missing"] == ["p2"]
+    assert "round 1: p2 has sent a later round, so its message for this one is not coming" in caplog.text
+    assert "no parameters from p2 within" not in caplog.text
+
+
+@pytest.mark.asyncio
 async def test_a_round_reads_at_most_drain_limit_messages_beyond_those_it_waits_for(tmp_path, network, complete3):
     node = make_node(tmp_path, complete3, network)
     send(network, node, "p1", 0)
