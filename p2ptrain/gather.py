@@ -154,12 +154,14 @@ class Gatherer(ABC):
                              message.sender, message.round, message.sender)
 
     def _close_round(self, round_: int, messages: dict[str, wire.Message], expected: frozenset[str],
-                     why_missing: str, detail: float, moved_on: frozenset[str] = frozenset()) -> RoundOutcome:
+                     why_missing: str, detail: float, moved_on: Callable[[], set[str]] = set) -> RoundOutcome:
         """Who was heard; ``why_missing`` (formatted with the round, the neighbour and ``detail``) is logged
-        for each neighbour that becomes suspected, unless it has ``moved_on`` past the round (not waited for)."""
+        for each neighbour that becomes suspected, unless it is among ``moved_on()``, the neighbours already
+        past the round (not waited for; asked only when someone becomes suspected)."""
         outcome = self.membership.close_round(set(messages), expected)
+        ahead = moved_on() if outcome.newly_suspected else set()
         for neighbour in sorted(outcome.newly_suspected):
-            if neighbour in moved_on:
+            if neighbour in ahead:
                 self.log.warning("round %d: %s has sent a later round, so its message for this one is not coming "
                                  "(sent while this peer was down, or dropped); going on without it", round_, neighbour)
             else:
@@ -206,12 +208,12 @@ class RoundGatherer(Gatherer):
         bytes_received = await self._read_while(awaited, start + timeout)
         # Whom the round waited for until its deadline passed: each one cost this round a whole deadline.
         timed_out = sorted(awaited())
-        moved_on = frozenset(self.inbox.moved_on(round_))
         messages = self.inbox.take(round_)
         waited = self.clock() - start
+        # (Asked after take: a sender heard in this round is not missing, whatever moved_on says of it.)
         outcome = self._close_round(round_, messages, expected,
                                     "round %d: no parameters from %s within %.1fs; going on without it", timeout,
-                                    moved_on)
+                                    lambda: self.inbox.moved_on(round_))
         return Gathered(waited, bytes_received, messages, outcome, {"timed_out": timed_out})
 
 
