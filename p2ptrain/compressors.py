@@ -115,8 +115,8 @@ class Int8(Compressor):
         """max |d| of every span, in span order: a loop over tensors, never over chunks."""
         largest = []
         for piece in torch.split(magnitude, list(self.sizes.values())):
-            if self.chunk is None:
-                largest.append(piece.max().reshape(1))
+            if self.chunk is None:  # a tensor of no values (an empty buffer) is a span whose scale is 0
+                largest.append(piece.max().reshape(1) if piece.numel() else piece.new_zeros(1))
                 continue
             whole = piece.numel() // self.chunk * self.chunk
             largest.append(piece[:whole].reshape(-1, self.chunk).amax(dim=1))

@@ -48,6 +48,12 @@ def test_int8_keeps_every_value_within_half_a_step_of_its_scale():
     # An all-zero tensor has scale 0 and decodes to zeros, not NaN.
     message, decoded = Int8({"z": 5}, torch.float64).compress(torch.zeros(5, dtype=torch.float64), "p0", 0)
     assert message["scale"].tolist() == [0.0] and decoded.tolist() == [0.0] * 5
+    # A tensor of no values (an empty buffer) is a span of its own, whose scale is 0.
+    compressor = Int8({"a": 2, "empty": 0, "b": 1}, torch.float64)
+    message, decoded = compressor.compress(torch.tensor([2.54, -1.27, 0.5], dtype=torch.float64), "p0", 0)
+    assert message["scale"].tolist() == [torch.tensor(0.02, dtype=torch.float32).item(), 0.0,
+                                         torch.tensor(0.5 / 127, dtype=torch.float32).item()]
+    assert torch.equal(compressor.decode(message, "p0", 0), decoded) and decoded.numel() == 3
 
 
 def test_top_k_sends_the_largest_entries_with_indices_in_the_smallest_dtype():

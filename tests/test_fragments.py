@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from p2ptrain import wire
 from p2ptrain.algorithms import Gossip, mix
+from p2ptrain.algorithms.base import Diverged
 from p2ptrain.averaging import initial_parameters
 from p2ptrain.config import ConfigError, PeerConfig
 from p2ptrain.fragments import cut, fragment_at, paste, plan
@@ -55,6 +56,14 @@ def test_the_schedule_visits_every_fragment_once_per_cycle_holding_each_for_a_pe
     assert all(cycle.count(k) == period for k in range(count))
     assert rounds == cycle * 3
     assert all(rounds[r] == rounds[r - r % period] for r in range(len(rounds)))  # held for a whole period
+
+
+def test_float16_messages_refuse_values_beyond_its_range_instead_of_sending_inf():
+    gossip, params, _ = gossip_pair(wire_dtype=torch.float16)
+    params["b"].data[1] = 1e6  # a raw feature's variance, say: float16 ends at 65504
+    with pytest.raises(Diverged, match="'b' holds values beyond float16's range .* use --wire-dtype bfloat16"):
+        gossip.outgoing(0)
+    assert torch.isfinite(gossip_pair(wire_dtype=torch.bfloat16)[0].outgoing(0)["w"]).all()
 
 
 def test_cut_shares_memory_and_paste_copies():

@@ -182,6 +182,15 @@ def test_a_peer_restored_from_an_older_checkpoint_keeps_the_mass_balance():
         if round_ == 30:  # ...and, ten rounds later, is killed and comes back from it
             peers["p3"].parameters["v"].data = saved["z"].clone()
             peers["p3"].load_state_dict(saved["state"])
+        if round_ == 31:  # its neighbours take back the mass it sent twice: their z is held meanwhile...
+            held = [pid for pid, peer in peers.items() if peer.metrics().get("z_held")]
+            assert held
+            for pid in held:  # ...and a checkpoint written now, then resumed from, still keeps the balance
+                z_now = peers[pid].parameters["v"].detach().clone()
+                state = saved_and_loaded_state(peers[pid])
+                peers[pid].parameters["v"].data = z_now
+                peers[pid].load_state_dict(state)
+                assert peers[pid].metrics().get("z_held")
 
     z = average(DIRECTED, peers, 300, observe=observe)
     assert np.abs(z - values.mean(axis=0)).max() <= 1e-10

@@ -101,9 +101,11 @@ class ADMM(Algorithm):
     def end_local(self, round_: int, loss: float | None) -> float | None:
         if self.problem is not None:
             x = self._x()["x"]
-            new = self.problem.argmin_augmented(self._v["x"].double(), self._q, x)
+            # The problem holds the shard where it was loaded, in host memory; x may be on a GPU.
+            new = self.problem.argmin_augmented(self._v["x"].double().cpu(), self._q, x.cpu())
             check_finite({"x": new}, "x", round_, DIVERGENCE_ADVICE)
-            self.parameters["x"].data = new.to(x.dtype)  # new storage: the x sent last round may be queued
+            # New storage: the x sent last round may be queued.
+            self.parameters["x"].data = new.to(device=x.device, dtype=x.dtype)
             loss = self.problem.objective(new)
         else:
             check_finite(self._x(), "x", round_, DIVERGENCE_ADVICE)

@@ -16,7 +16,8 @@ import torch
 
 from ..choices import check_aggregator
 from ..fragments import cut, fragment_at, paste, plan
-from .base import Algorithm, Tensors, check_finite
+from ..tensors import all_finite
+from .base import Algorithm, Diverged, Tensors, check_finite
 from .robust import clipped_gossip, trimmed_mean
 
 
@@ -129,7 +130,15 @@ class Gossip(Algorithm):
         own = self._own(round_)
         if self.wire_dtype is None:
             return own
-        return {key: tensor.to(self.wire_dtype) for key, tensor in own.items()}
+        narrowed = {key: tensor.to(self.wire_dtype) for key, tensor in own.items()}
+        if self.wire_dtype == torch.float16:
+            # float16 ends at 65504: a larger value (a raw feature's BatchNorm variance) would travel as Inf,
+            # and every neighbour would refuse every message of this peer without it ever knowing.
+            for key, tensor in narrowed.items():
+                if not all_finite(tensor):
+                    raise Diverged(f"round {round_}: {key!r} holds values beyond float16's range (65504) and cannot "
+                                   "travel as --wire-dtype float16; use --wire-dtype bfloat16, which has float32's")
+        return narrowed
 
     def update(self, round_: int, received: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         own = self._own(round_)

@@ -145,4 +145,7 @@ class PushSum(Algorithm):
         self.taken_x = {j: state["taken_x"][j] for j in self.in_neighbours}
         self.taken_p = {j: state["taken_p"][j] for j in self.in_neighbours}
         self._kept_x, self._kept_p = dict(self.x), self.p.clone()
-        self._start = {n: (t / self.p.item()).clone() for n, t in self.x.items()}
+        # z as the last mix left it is the model just restored (Node._restore loads the model first): x / p,
+        # or the z held while p was not positive, which x / p is not.
+        self._start = {n: t.clone() for n, t in self._z().items()}
+        self._held_z = self.p.item() <= 0
