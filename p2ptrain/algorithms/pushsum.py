@@ -30,6 +30,12 @@ the others then agree on a weighted mean of the initial values, not the mean.
 A sender's running sum is one number per tensor, so it must send every
 out-neighbour the same share and the same out-neighbours every round: a static
 graph whose columns give equal weight to each out-neighbour (mixing = "push").
+
+The running sums, and the mass x held, are float64 whatever the model's dtype
+(as ADMM's sums are): a sum k rounds old is about k shares large, so in the
+model's precision every share sent would be rounded to the sum's coarser step,
+an error that grows with the rounds (a float32 swarm averaging on exponential16
+ended 4.4e-4 from the mean after 10,000 rounds, a float16 one 1.1 after 3,000).
 """
 
 from __future__ import annotations
@@ -60,11 +66,12 @@ class PushSum(Algorithm):
         self.parameters = dict(parameters)
         z = self._z()
         scalar = {"dtype": torch.float64, "device": next(iter(z.values())).device}
-        self.x: Tensors = {n: t.clone() for n, t in z.items()}
+        self.x: Tensors = {n: t.to(torch.float64, copy=True) for n, t in z.items()}  # never the model's storage
         self.p = torch.ones(1, **scalar)
-        self.x_sum = {n: torch.zeros_like(t) for n, t in z.items()}
+        self.x_sum = {n: torch.zeros_like(t, dtype=torch.float64) for n, t in z.items()}
         self.p_sum = torch.zeros(1, **scalar)
-        self.taken_x = {j: {n: torch.zeros_like(t) for n, t in z.items()} for j in self.in_neighbours}
+        self.taken_x = {j: {n: torch.zeros_like(t, dtype=torch.float64) for n, t in z.items()}
+                        for j in self.in_neighbours}
         self.taken_p = {j: torch.zeros(1, **scalar) for j in self.in_neighbours}
         # z as the last mix left it, a copy: forward passes change buffers (BatchNorm's statistics) in
         # place, and under the Python API they run before any hook of the round is called.
@@ -80,7 +87,7 @@ class PushSum(Algorithm):
         """Apply the round's change of z (the optimizer's steps, buffers' updates) to x, then split x and
         p: the shares sent go into the running sums, the rest is kept."""
         z = self._z()
-        half = {n: self.x[n] + (z[n] - self._start[n]) for n in z}
+        half = {n: self.x[n] + (z[n] - self._start[n]).double() for n in z}
         check_finite(half, "parameter", round_, DIVERGENCE_ADVICE)
         self._kept_x, new_sums = {}, {}
         for n, value in half.items():
@@ -125,7 +132,7 @@ class PushSum(Algorithm):
         self._held_z = False
         for n, param in self.parameters.items():
             # New storage: the running sums just sent may still be queued in ZeroMQ, zero-copy.
-            param.data = x[n] / p.item()
+            param.data = (x[n] / p.item()).to(param.dtype)
         self._start = {n: t.clone() for n, t in self._z().items()}
         check_finite(self._z(), "parameter", round_, DIVERGENCE_ADVICE)
 
@@ -141,11 +148,17 @@ class PushSum(Algorithm):
         if missing:
             raise ValueError(f"the checkpoint holds no push-sum state ({', '.join(sorted(missing))} missing): "
                              "it was written by another algorithm; resume with the same --algo")
-        self.x, self.p, self.x_sum, self.p_sum = state["x"], state["p"], state["x_sum"], state["p_sum"]
-        self.taken_x = {j: state["taken_x"][j] for j in self.in_neighbours}
+        # Checkpoints written when the sums were in the model's dtype are widened (exactly).
+        self.x, self.p = _float64(state["x"]), state["p"]
+        self.x_sum, self.p_sum = _float64(state["x_sum"]), state["p_sum"]
+        self.taken_x = {j: _float64(state["taken_x"][j]) for j in self.in_neighbours}
         self.taken_p = {j: state["taken_p"][j] for j in self.in_neighbours}
         self._kept_x, self._kept_p = dict(self.x), self.p.clone()
         # z as the last mix left it is the model just restored (Node._restore loads the model first): x / p,
         # or the z held while p was not positive, which x / p is not.
         self._start = {n: t.clone() for n, t in self._z().items()}
         self._held_z = self.p.item() <= 0
+
+
+def _float64(tensors: Mapping[str, torch.Tensor]) -> Tensors:
+    return {n: t.double() for n, t in tensors.items()}
