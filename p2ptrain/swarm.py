@@ -269,7 +269,9 @@ def prepare_resume(options: LaunchOptions) -> PreparedRun:
     if not (run_dir.peer_config.exists() and run_dir.topology.exists()):
         raise LaunchError(f"--resume {run_dir.path}: no launched run there (no {run_dir.peer_config.name} and "
                           f"{run_dir.topology.name}); pass the --out of the launch to resume")
-    config = _found_here(PeerConfig.from_file(run_dir.peer_config), run_dir)
+    # The launch's --absent named its --join peers, absent at its start; whom a resumed peer does not wait
+    # for is the resume plan's (resume.py: the finished and the joining peers), given on its command line.
+    config = _found_here(PeerConfig.from_file(run_dir.peer_config), run_dir).replace(absent="")
     atomic_write_json(run_dir.peer_config, config.to_dict())  # the file the peers read
     topology = load_topology(run_dir.topology)
     earlier = json.loads(run_dir.launch.read_text()) if run_dir.launch.exists() else {}

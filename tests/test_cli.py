@@ -342,6 +342,18 @@ def test_a_resumed_run_finds_its_own_files_where_it_is_now(tmp_path, launched_in
     assert (users.keys, users.reference) == ("/the/users/keys", "")
 
 
+def test_a_resumed_launch_forgets_the_absent_peers_of_its_first_start(topology_file, tmp_path):
+    # A launch with --join p3 started the others with p3 absent; resumed, p3 is running like the others.
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.path.mkdir()
+    shutil.copy(topology_file("ring", 4), run_dir.topology)
+    config = PeerConfig(topology=str(run_dir.topology), run_id="r", absent="p3", insecure=True).validate()
+    run_dir.peer_config.write_text(json.dumps(config.to_dict()))
+    resumed = swarm.prepare_resume(swarm.LaunchOptions(out=str(run_dir.path), resume=True))
+    assert resumed.config.absent == ""
+    assert PeerConfig.from_file(run_dir.peer_config).absent == ""  # the file the peers read
+
+
 def test_launcher_resume_takes_no_training_options(capsys):
     assert swarm.main(["--resume", "runs/x", "--rounds", "9", "--lr", "0.5"]) == 2
     assert "drop --lr, --rounds (only --timeout may be given)" in capsys.readouterr().err
