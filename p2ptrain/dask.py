@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import shutil
+import signal
 import tempfile
 import time
 from collections import Counter
@@ -39,10 +40,15 @@ from .running import USER_ERRORS, run_peer
 from .topology import Topology, TopologyError, generate, relocate
 
 try:
-    from distributed import Client, LocalCluster, wait
+    from distributed import Client, Event, LocalCluster, wait
 except ImportError as error:  # the optional extra
     raise ImportError('p2ptrain.dask needs dask.distributed: pip install "dask[distributed]" (or the extra: '
                       'pip install -e ".[dask]")') from error
+
+
+# How often a peer looks whether the run was stopped, and how long the peers then have to write their results.
+STOP_POLL_SECONDS = 0.5
+STOP_GRACE_SECONDS = 60.0
 
 
 @dataclass
@@ -125,16 +131,25 @@ def _run(client: Client, topology: str | Topology, peers: int | None, config: Pe
                 for peer_id, address in placed.items()}
         own_keys = {peer_id: future.result(timeout=timeout) for peer_id, future in made.items()}
         topology = pin(topology, {peer_id: public for peer_id, (_, public) in own_keys.items()})
+    # Cancelling a Dask task does not stop the thread running it: a peer watches this event instead, and
+    # stops as a peer process does on SIGTERM (its model and result written, status "interrupted").
+    stop = Event(f"p2ptrain-stop-{config.run_id}", client=client)
     futures = {
         peer_id: client.submit(_run_peer_here, _peer_config(config, peer_id, own_keys), topology, bool(own_keys),
-                               workers=[address], allow_other_workers=False, pure=False,
+                               stop.name, workers=[address], allow_other_workers=False, pure=False,
                                key=f"p2ptrain-{config.run_id}-{peer_id}")
         for peer_id, address in placed.items()}
-    done, not_done = wait(list(futures.values()), timeout=timeout)
-    if not_done:
-        client.cancel(list(not_done))
-        raise TimeoutError(f"{len(not_done)} of {len(futures)} peers had not finished after {timeout}s; "
-                           "cancelled them (raise timeout=, or look at OUT/PEER/peer.log on their workers)")
+    try:
+        wait(list(futures.values()), timeout=timeout)
+    except TimeoutError:
+        stop.set()
+        running = [future for future in futures.values() if not future.done()]
+        try:
+            wait(running, timeout=STOP_GRACE_SECONDS)
+        except TimeoutError:
+            client.cancel(running)
+        raise TimeoutError(f"{len(running)} of {len(futures)} peers had not finished after {timeout}s; stopped "
+                           "them (raise timeout=, or look at OUT/PEER/peer.log on their workers)") from None
     outcomes, models = {}, {}
     for peer_id, future in futures.items():
         outcome, model = future.result()
@@ -179,9 +194,11 @@ def _make_keys(peer_id: str) -> tuple[str, str]:
     return str(directory), generate_own(directory, peer_id)
 
 
-def _run_peer_here(config: PeerConfig, topology: Topology, own_keys: bool) -> tuple[PeerOutcome, dict | None]:
-    """On the worker: run the peer to its end; its outcome and final model. Its log goes to OUT/peer.log;
-    with ``own_keys`` (made by _make_keys for this run only) its keys are deleted once it has ended."""
+def _run_peer_here(config: PeerConfig, topology: Topology, own_keys: bool,
+                   stop_event: str) -> tuple[PeerOutcome, dict | None]:
+    """On the worker: run the peer to its end, or until the Dask event ``stop_event`` is set; its outcome and
+    final model. Its log goes to OUT/peer.log; with ``own_keys`` (made by _make_keys for this run only)
+    its keys are deleted once it has ended."""
     files = PeerDir(Path(config.out))
     files.path.mkdir(parents=True, exist_ok=True)
     handler = log_handler(files.log)
@@ -189,8 +206,7 @@ def _run_peer_here(config: PeerConfig, topology: Topology, own_keys: bool) -> tu
     logger.addHandler(handler)
     logger.setLevel(config.log_level)
     try:
-        # The worker's thread owns no signals: an empty list tells run_peer not to take them.
-        code, error = asyncio.run(run_peer(config, topology=topology, signals=[])), ""
+        code, error = asyncio.run(_run_until_stopped(config, topology, Event(stop_event))), ""
     except (*USER_ERRORS, OSError) as refused:  # as a peer process would refuse: exit code 2, the reason
         code, error = 2, str(refused)
     finally:
@@ -200,6 +216,19 @@ def _run_peer_here(config: PeerConfig, topology: Topology, own_keys: bool) -> tu
             shutil.rmtree(Path(config.keys).parent, ignore_errors=True)
     result = _read_json(files.result)
     return PeerOutcome(worker="", exit_code=code, result=result, error=error), load_model(files)
+
+
+async def _run_until_stopped(config: PeerConfig, topology: Topology, stop: Event) -> int:
+    """run_peer, stopped as by SIGTERM once ``stop`` is set (the worker's thread owns no signals)."""
+    stopped: list[int] = []  # run_peer's record of the signals that stopped it
+    peer = asyncio.ensure_future(run_peer(config, topology=topology, signals=stopped))
+    while not peer.done():
+        # Dask's Event.wait blocks: in a thread, for a short while at a time, so the loop runs the peer.
+        if await asyncio.to_thread(stop.wait, STOP_POLL_SECONDS) and not peer.done():
+            stopped.append(signal.SIGTERM)
+            peer.cancel()
+            break
+    return await peer
 
 
 def _read_json(path: Path) -> dict:

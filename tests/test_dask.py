@@ -4,6 +4,8 @@ Skipped, saying so, where dask is not installed (pip install -e ".[dask]")."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -40,3 +42,21 @@ def test_ring4_on_a_local_cluster_of_four_worker_processes_trains_exactly_as_the
         for name, tensor in state.items():
             torch.testing.assert_close(result.models[peer_id][name], tensor, rtol=0, atol=1e-6)
     print(f"\ndask ring4: accuracy {result.accuracies}, consensus distance {result.consensus_distance:.3e}")
+
+
+def test_a_timeout_stops_the_peers_on_the_workers_which_write_their_results_and_free_their_ports(tmp_path):
+    from distributed import Client, LocalCluster
+
+    from p2ptrain.ports import port_free
+
+    base_port = free_port_block(2)
+    # A client of the user's own: the cluster outlives run_swarm, so only a real stop ends its peers.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        with pytest.raises(TimeoutError, match="2 of 2 peers had not finished after 20s; stopped them"):
+            run_swarm("ring", client=client, peers=2, rounds=100_000, min_compute_seconds=0.05, insecure=True,
+                      out=str(tmp_path / "run"), base_port=base_port, timeout=20)
+        for peer_id in ("p0", "p1"):
+            result = json.loads((tmp_path / "run" / peer_id / "result.json").read_text())
+            assert result["status"] == "interrupted" and 0 < result["rounds_completed"] < 100_000
+        assert all(port_free(base_port + k) for k in range(2))
