@@ -84,8 +84,10 @@ class FaultPlan:
     def due(self, rounds: dict[str, int], now: float) -> list[Action]:
         """Actions to take now, given each peer's completed rounds and the time; each happens once."""
         actions = []
+        # A latecomer not yet started is at no round: nothing can be done to it before it joins.
+        started = set(rounds) - (set(self.joins) - {peer for peer, kind in self._done if kind == "join"})
         for peer, round_ in self.kills.items():
-            if (peer, "kill") not in self._done and rounds.get(peer, 0) >= round_:
+            if (peer, "kill") not in self._done and peer in started and rounds[peer] >= round_:
                 actions.append(self._record(Action("kill", peer), now, rounds.get(peer, 0)))
                 self._killed_at[peer] = now
         for peer, delay in self.restarts.items():
@@ -93,7 +95,7 @@ class FaultPlan:
             if killed is not None and (peer, "restart") not in self._done and now >= killed + delay:
                 actions.append(self._record(Action("restart", peer), now, rounds.get(peer, 0)))
         for peer, (round_, seconds) in self.pauses.items():
-            if (peer, "pause") not in self._done and rounds.get(peer, 0) >= round_:
+            if (peer, "pause") not in self._done and peer in started and rounds[peer] >= round_:
                 actions.append(self._record(Action("pause", peer), now, rounds.get(peer, 0)))
                 self._paused_at[peer] = now
             paused = self._paused_at.get(peer)

@@ -140,8 +140,10 @@ def carry_out(faults: FaultPlan, peers: list[PeerProcess], progress: Progress, r
     """The fault plan's actions that are due now, given the rounds the peers have completed."""
     by_id = {p.id: p for p in peers}
     rounds = progress.rounds_completed()
-    for action in faults.due(rounds, time.monotonic() - progress.started):
-        print(f"launch_swarm: {action.kind} {action.peer} at round {rounds[action.peer]}", flush=True)
+    actions = faults.due(rounds, time.monotonic() - progress.started)
+    # Each as the plan recorded it: a join at the swarm's round, the others at the peer's own.
+    for action, event in zip(actions, faults.events[len(faults.events) - len(actions):]):
+        print(f"launch_swarm: {action.kind} {action.peer} at round {event['round']}", flush=True)
         peer = by_id[action.peer]
         if action.kind == "restart":
             peer.restart(recv_timeout)

@@ -56,6 +56,13 @@ def test_a_join_falls_due_when_the_rest_of_the_swarm_reaches_its_round():
     assert plan.events == [{"time": 2.0, "peer": "p3", "event": "join", "round": 40}]
 
 
+def test_nothing_is_done_to_a_latecomer_before_it_has_joined():
+    plan = FaultPlan.parse(["p3@0"], [], ["p3@0:2"], PEERS, joins=["p3@5"])
+    assert plan.due({"p0": 4, "p1": 4, "p2": 4, "p3": 0}, now=1.0) == []  # p3 has no process yet
+    assert plan.due({"p0": 5, "p1": 5, "p2": 5, "p3": 0}, now=2.0) == [Action("join", "p3")]
+    assert plan.due({"p0": 6, "p1": 6, "p2": 6, "p3": 5}, now=3.0) == [Action("kill", "p3"), Action("pause", "p3")]
+
+
 def test_only_restarts_and_continues_are_waited_for_when_no_peer_runs():
     plan = FaultPlan.parse(["p1@10"], ["p1@+5"], ["p2@10:3"], PEERS, joins=["p3@99"])
     assert not plan.waiting_on_clock  # nothing has happened yet: every action waits for a round
