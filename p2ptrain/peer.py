@@ -10,10 +10,14 @@ before the seconds torch takes to load; ``--help`` never loads it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Iterator
 
 from .config import (ConfigError, PeerConfig, after_launcher_restart, build_parser, given_options,
                      read_config_file, resolve_peer_id)
@@ -21,6 +25,27 @@ from .lifeline import LauncherGone, tie_to_launcher
 
 
 def main(argv: list[str] | None = None) -> int:
+    with _signals_exit():
+        return _main(argv)
+
+
+@contextlib.contextmanager
+def _signals_exit() -> Iterator[None]:
+    """Until the running peer takes them (running.run_peer), SIGINT and SIGTERM end the process as they end a
+    running peer, with 128 + the signal: a launcher may stop its peers while they still import torch. The
+    handlers before are put back after (main may be called in a process of its own: a test's)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; a peer run in another thread owns no signals
+        return
+    before = {signum: signal.signal(signum, _exit_on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def _main(argv: list[str] | None) -> int:
     everything, explicit = given_options(build_parser, argv)
     configure_logging(everything["log_level"])
     try:
@@ -40,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(running.run_peer(replica.resolve_config(explicit), topology=topology))
     except running.USER_ERRORS as error:
         return _refuse(error)
+
+
+def _exit_on_signal(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def given_with_file(explicit: dict, environ=os.environ) -> tuple[dict, str]:

@@ -34,7 +34,10 @@ def summarise(topology: Topology, algo: str, run_dir: RunDir, exit_codes: dict[s
             figure: outcome[figure],
             "train_loss": outcome["train_loss"],
             "exit_code": exit_codes.get(peer_id),
-            "status": outcome["status"],
+            # A peer with an exit code ran, even if it was stopped before it wrote anything (importing torch).
+            "status": ("stopped before its first round"
+                       if outcome["status"] == "not started" and exit_codes.get(peer_id) is not None
+                       else outcome["status"]),
         }
         if outcome["start_round"]:
             peers[peer_id]["start_round"] = outcome["start_round"]  # it joined the run late

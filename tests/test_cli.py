@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -84,6 +85,18 @@ def test_a_peer_without_keys_refuses_to_start_unless_told_insecure_and_says_how_
     assert line.startswith("p2ptrain.peer: error: no --keys: ")
     assert f"python -m p2ptrain.keys generate --topology {RING8} --dir KEYS" in line and "--insecure" in line
     assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_peer_stopped_before_it_runs_exits_as_a_stopped_peer_does(signum):
+    # Stopped while it still imports torch (here: as the command line is read), it exits 128 + the signal, as
+    # a running peer does, not killed by the signal (-15) nor with a KeyboardInterrupt traceback.
+    code = ("import os, signal, sys\n"
+            "from p2ptrain import peer\n"
+            f"peer._main = lambda argv: (os.kill(os.getpid(), {int(signum)}), signal.pause())\n"
+            "sys.exit(peer.main([]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (result.returncode, result.stderr) == (128 + signum, "")
 
 
 def test_a_python_api_peer_without_keys_raises_the_same_refusal(tmp_path):

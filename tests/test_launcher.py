@@ -103,6 +103,18 @@ def test_a_peer_that_heard_from_nobody_is_flagged_isolated_in_the_summary_and_a_
     assert len(warnings) == 1 and "peers p1 " in warnings[0] and "p0" not in warnings[0]
 
 
+def test_a_peer_stopped_before_it_wrote_anything_is_told_from_one_never_started(tmp_path):
+    topology = generate("ring", 3)
+    run_dir = RunDir(tmp_path / "run")
+    write_result(run_dir, "p0", "completed", 50)
+    for peer_id in ("p1", "p2"):
+        run_dir.peer(peer_id).path.mkdir(parents=True)  # its log only: it wrote nothing of its own
+    # p1 was stopped while it imported torch (exit 143); p2, a --join that never came due, has no exit code.
+    summary = summarise(topology, "gossip", run_dir, {"p0": 0, "p1": 143, "p2": None}, wall_seconds=1.0)
+    assert [p["status"] for p in summary["peers"].values()] == ["completed", "stopped before its first round",
+                                                                 "not started"]
+
+
 def write_checkpoints(run_dir: RunDir, peer_id: str, *rounds: int) -> None:
     """What resume planning reads of a peer's checkpoints: their rounds (newest first)."""
     import torch
