@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from .config import RESTART_COUNTS, PeerConfig
 from .faults import FaultPlan
@@ -91,9 +91,10 @@ def _spawn(command: tuple[str, ...], log_file: BinaryIO) -> subprocess.Popen:
 
 
 def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faults: FaultPlan,
-              recv_timeout: float) -> int | None:
+              recv_timeout: float, started_more: Callable[[], None] = lambda: None) -> int | None:
     """Watch peer processes until all exit, a signal arrives (returned) or the timeout passes; then stop them.
-    Meanwhile carry out the fault plan's kills, restarts and pauses as they fall due."""
+    Meanwhile carry out the fault plan's kills, restarts and pauses as they fall due; ``started_more`` is
+    called once a restart or a join has started a process."""
     interrupted = None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -109,7 +110,8 @@ def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faul
                 if p.process is not None:
                     p.exit_code = p.process.poll()
             _show(progress, peers)
-            carry_out(faults, peers, progress, recv_timeout)
+            if carry_out(faults, peers, progress, recv_timeout):
+                started_more()
             started = [p for p in peers if p.process is not None]
             if all(p.exit_code is not None for p in started) and not faults.waiting_on_clock:
                 # Whatever is still planned is tied to rounds that no running peer will reach.
@@ -136,8 +138,10 @@ def supervise(peers: list[PeerProcess], progress: Progress, timeout: float, faul
     return interrupted
 
 
-def carry_out(faults: FaultPlan, peers: list[PeerProcess], progress: Progress, recv_timeout: float) -> None:
-    """The fault plan's actions that are due now, given the rounds the peers have completed."""
+def carry_out(faults: FaultPlan, peers: list[PeerProcess], progress: Progress,
+              recv_timeout: float) -> bool:
+    """The fault plan's actions that are due now, given the rounds the peers have completed; whether one of
+    them started a process (a restart, a join)."""
     by_id = {p.id: p for p in peers}
     rounds = progress.rounds_completed()
     actions = faults.due(rounds, time.monotonic() - progress.started)
@@ -151,6 +155,7 @@ def carry_out(faults: FaultPlan, peers: list[PeerProcess], progress: Progress, r
             peer.join()
         else:
             peer.process.send_signal(FAULT_SIGNALS[action.kind])
+    return any(action.kind in ("restart", "join") for action in actions)
 
 
 def _show(progress: Progress, peers: list[PeerProcess]) -> None:

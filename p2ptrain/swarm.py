@@ -439,19 +439,20 @@ def run_peers(run: PreparedRun) -> Ended:
             exit_codes, interrupted = run_here(run.topology, config, run.dir, progress, options.timeout)
         finally:
             remove_socket_directory(run.topology)  # local_endpoints' temporary one, with --in-process ipc
-    elif run.resumed is not None:
-        plan = run.resumed
-        peers = start_peers(run.dir, run.dir.peer_config, run.topology.ids,
-                            arguments={p: plan.arguments(p) for p in run.topology.ids}, done=set(plan.finished))
-        atomic_write_json(run.dir.launch,
-                          record | {"pids": {p.id: p.process.pid for p in peers if p.process is not None}})
-        interrupted = supervise(peers, progress, options.timeout, run.faults, config.recv_timeout)
-        exit_codes = {p.id: p.exit_code for p in peers}
     else:
-        peers = start_peers(run.dir, run.dir.peer_config, run.topology.ids, set(run.faults.joins))
-        atomic_write_json(run.dir.launch,
-                          record | {"pids": {p.id: p.process.pid for p in peers if p.process is not None}})
-        interrupted = supervise(peers, progress, options.timeout, run.faults, config.recv_timeout)
+        if run.resumed is not None:
+            plan = run.resumed
+            peers = start_peers(run.dir, run.dir.peer_config, run.topology.ids,
+                                arguments={p: plan.arguments(p) for p in run.topology.ids}, done=set(plan.finished))
+        else:
+            peers = start_peers(run.dir, run.dir.peer_config, run.topology.ids, set(run.faults.joins))
+
+        def record_pids() -> None:  # at the start, and again once a restart or a join has started a process
+            atomic_write_json(run.dir.launch,
+                              record | {"pids": {p.id: p.process.pid for p in peers if p.process is not None}})
+
+        record_pids()
+        interrupted = supervise(peers, progress, options.timeout, run.faults, config.recv_timeout, record_pids)
         exit_codes = {p.id: p.exit_code for p in peers}
     return Ended(exit_codes, interrupted, time.monotonic() - progress.started, started_unix_time)
 

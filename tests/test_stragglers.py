@@ -89,3 +89,5 @@ def test_a_new_peer_joins_a_running_swarm_with_a_neighbours_state(topology_file,
              for r in read_json_lines(out / "peers" / peer / "metrics.jsonl") if r["round"] == first["round"]]
     assert len(swarm) == 3 and abs(first["test_accuracy"] - sum(swarm) / 3) <= 0.02
     assert summary["consensus_distance"] <= 1e-2
+    # launch.json names every process the launch started, the latecomer's too (a resume reads it).
+    assert set(json.loads((out / "launch.json").read_text())["pids"]) == {"p0", "p1", "p2", "p3"}
