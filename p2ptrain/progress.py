@@ -120,8 +120,9 @@ class PeerReader:
         try:
             with open(self.files.metrics, "rb") as f:
                 inode = os.fstat(f.fileno()).st_ino
-                if inode != self._inode:
-                    # A resumed peer replaces its metrics file (dropping the rounds it will redo): start over.
+                if inode != self._inode or not _line_ends_at(f, self._offset):
+                    # A resumed peer replaces its metrics file (dropping the rounds it will redo), and a new
+                    # file may even get the old one's inode (--overwrite removes it first): start over.
                     self._inode, self._offset = inode, 0
                 f.seek(self._offset)
                 chunk = f.read()
@@ -138,6 +139,14 @@ class PeerReader:
 
     def state(self, exit_code: int | None, launched: bool) -> PeerState:
         return PeerState(self.files.id, launched, self.begun, self.round, self.loss, self.figure, exit_code)
+
+
+def _line_ends_at(f, offset: int) -> bool:
+    """Whether the file read up to ``offset`` still ends a line there (the file it was read from is this one)."""
+    if offset == 0:
+        return True
+    f.seek(offset - 1)
+    return f.read(1) == b"\n"
 
 
 class Progress:

@@ -6,7 +6,7 @@ import json
 
 from p2ptrain.config import PeerConfig
 from p2ptrain.faults import FaultPlan
-from p2ptrain.progress import PeerState, Progress, headline, progress_line, progress_table
+from p2ptrain.progress import PeerReader, PeerState, Progress, headline, progress_line, progress_table
 from p2ptrain.rundir import RunDir
 from p2ptrain.summary import summarise, summary_table
 from p2ptrain.swarm import Ended, LaunchOptions, PreparedRun, conclude
@@ -79,6 +79,22 @@ def write_result(run_dir: RunDir, peer_id: str, status: str, rounds: int) -> Non
     files.result.write_text(json.dumps({"peer": peer_id, "status": status, "rounds": 50, "rounds_completed": rounds,
                                         "start_round": 0, "test_accuracy": 0.5, "test_loss": 1.0,
                                         "train_loss": 0.9}))
+
+
+def test_the_display_starts_over_on_a_metrics_file_written_anew_in_the_same_inode(tmp_path):
+    # --overwrite removes a peer's metrics and a new file may get the old inode: here the same file,
+    # truncated and written anew, with more bytes than were read of the old one.
+    files = RunDir(tmp_path).peer("p0")
+    files.path.mkdir(parents=True)
+    lines = lambda rounds, pad: "".join(json.dumps({"round": r, "loss": 1.0, "pad": pad}) + "\n" for r in rounds)
+    files.metrics.write_text(lines(range(3), "x" * 40))
+    reader = PeerReader(files)
+    reader.read()
+    assert reader.round == 3
+    with open(files.metrics, "w") as f:  # the same inode
+        f.write(lines(range(7), ""))
+    reader.read()  # would have read from the middle of a line, and failed on it
+    assert reader.round == 7
 
 
 def test_a_peer_that_heard_from_nobody_is_flagged_isolated_in_the_summary_and_a_warning(tmp_path, capsys):
