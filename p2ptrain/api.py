@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import zmq.asyncio
 
+from .algorithms.base import Algorithm
 from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, after_launcher_restart, resolve_peer_id
 from .node import Node
 from .peer import configure_logging
@@ -140,17 +141,35 @@ class Peer:
             return
         self._steps_in_round = 0
         self.node.algorithm.end_local(self.round, None)
-        self.exchange(lr=optimizer.param_groups[0]["lr"])
+        self._exchange(None, optimizer.param_groups[0]["lr"])
 
     def exchange(self, loss: float | None = None, lr: float | None = None) -> None:
-        """One round now: send, gather the neighbours' tensors (up to the deadline), mix. The hooks call
-        it; call it yourself only without an attached optimizer."""
-        if self.closed:
-            raise RuntimeError("this Peer is closed; make a new one to train again")
+        """One round now, for a loop without an attached optimizer: what the model became since the last
+        exchange is this round's local work; then send, gather the neighbours' tensors (up to the
+        deadline), mix. ``loss`` and ``lr`` are only recorded in the metrics."""
+        self._check_open()
+        if self._hooks:
+            raise RuntimeError("an optimizer is attached: its steps exchange every local_steps steps by themselves; "
+                               "call exchange() only without one")
+        algorithm = self.node.algorithm
+        if algorithm.takes_steps and type(algorithm).before_step is not Algorithm.before_step:
+            raise ConfigError(f"{algorithm.name} adds its own terms to the gradients before every optimizer step: "
+                              "hand the Peer your optimizer (Peer(..., optimizer) or peer.attach(optimizer)) "
+                              "instead of calling exchange()")
+        algorithm.begin_local(self.round)  # push-sum's and exact ADMM's round needs both, gossip's neither
+        algorithm.end_local(self.round, loss)
+        self._exchange(loss, lr)
+
+    def _exchange(self, loss: float | None, lr: float | None) -> None:
+        self._check_open()
         self._loop.run_until_complete(self.node.exchange(self.round, loss, lr))
         self.node.rounds_completed = self.round + 1
         # The next round; in async mode a peer left too far behind its neighbours jumps to their round.
         self.round = self.node.gatherer.next_round(self.round)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("this Peer is closed; make a new one to train again")
 
     def close(self, status: str = "completed") -> None:
         """Write the final model and result to the run directory and leave the swarm. If they cannot be written
@@ -159,6 +178,7 @@ class Peer:
             return
         for hook in self._hooks:
             hook.remove()
+        self._hooks = []
         try:
             self.node.finish(status)
             self.node.log.info("left the swarm after %d rounds (%s)", self.round, status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import zmq
 
 import p2ptrain
 from p2ptrain import wire
-from p2ptrain.config import PeerConfig
+from p2ptrain.config import ConfigError, PeerConfig
 from p2ptrain.ports import free_port_block
 from p2ptrain.simulate import simulate
 from p2ptrain.storage import read_json_lines
@@ -91,3 +92,45 @@ def test_an_async_api_peer_left_behind_jumps_to_its_neighbours_round(tmp_path):
     finally:
         peer.close()
         context.destroy(linger=0)
+
+
+def test_without_an_optimizer_exchange_runs_the_algorithms_round_or_says_it_needs_the_optimizer(tmp_path):
+    # Push-sum's round is in end_local (the shares it sends): called by hand, exchange() runs it too. On two
+    # peers with push weights each keeps half and sends half, so one exchange leaves both at the mean.
+    topology = generate("complete", 2, base_port=free_port_block(2), mixing="push")
+    models = {peer_id: torch.nn.Linear(1, 1, bias=False) for peer_id in topology.ids}
+    for value, model in zip((0.0, 2.0), models.values()):
+        torch.nn.init.constant_(model.weight, value)
+    peers = {peer_id: p2ptrain.Peer(topology, model, peer=peer_id, algo="push-sum", insecure=True,
+                                    out=str(tmp_path / peer_id), run_id="manual", recv_timeout=20)
+             for peer_id, model in models.items()}
+    failures = []
+
+    def exchange(peer) -> None:
+        try:
+            peer.exchange()
+        except BaseException as error:  # reported below: a thread's exception would vanish
+            failures.append(error)
+
+    try:
+        threads = [threading.Thread(target=exchange, args=(peer,)) for peer in peers.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not failures and not any(thread.is_alive() for thread in threads)
+        assert [model.weight.item() for model in models.values()] == [1.0, 1.0]
+    finally:
+        for peer in peers.values():
+            peer.close()
+    # Gradient tracking adds its correction before every optimizer step: by hand there would be none.
+    tracking = p2ptrain.Peer(generate("complete", 2, base_port=free_port_block(2)), torch.nn.Linear(1, 1),
+                             peer="p0", algo="gradient-tracking", insecure=True, out=str(tmp_path / "t"))
+    try:
+        with pytest.raises(ConfigError, match="hand the Peer your optimizer"):
+            tracking.exchange()
+        tracking.attach(torch.optim.SGD(tracking.model.parameters(), lr=0.1))
+        with pytest.raises(RuntimeError, match="an optimizer is attached"):
+            tracking.exchange()
+    finally:
+        tracking.close()
