@@ -100,6 +100,7 @@ class PeerConfig:
                 raise ConfigError(message)
 
         need(self.rounds >= 1, f"--rounds {self.rounds}: run at least one round")
+        need(self.seed >= 0, f"--seed {self.seed}: a seed is 0 or more")
         need(self.local_steps >= 0, f"--local-steps {self.local_steps}: must be 0 (pure averaging) or more")
         need(self.lr > 0 and math.isfinite(self.lr), f"--lr {self.lr}: use a positive learning rate, e.g. 0.1")
         need(0 <= self.momentum < 1, f"--momentum {self.momentum}: use a value in [0, 1)")

@@ -32,7 +32,7 @@ from .task import headline_figure
 from .results import consensus_of_rows, read_trace
 from .rundir import RunDir, SweepDir
 from .storage import read_json_lines
-from .swarm import LaunchOptions, launch, portable_task
+from .swarm import LaunchOptions, launch, portable_task, portable_task_args
 from .topology import Topology, TopologyError, dump_topology, generate_named, load_topology
 
 PEER_FIELDS = {f.name for f in dataclasses.fields(PeerConfig)}
@@ -94,7 +94,7 @@ def finished_earlier(run_dir: RunDir, config: PeerConfig, topology: Topology) ->
     if not (run_dir.summary.exists() and run_dir.peer_config.exists()):
         return False
     earlier = PeerConfig.from_file(run_dir.peer_config).to_dict()
-    now = config.replace(task=portable_task(config.task)).to_dict()
+    now = config.replace(task=portable_task(config.task), task_args=portable_task_args(config.task_args)).to_dict()
     if any(earlier.get(name) != value for name, value in now.items() if name not in SET_BY_THE_LAUNCHER):
         return False
     return all(finished(run_dir.peer(peer_id), config.rounds) for peer_id in topology.ids)

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import torch
 
+from .builtin_tasks import DatasetTask
 from .config import (ConfigError, PeerConfig, add_training_options, given_options, new_parser, option_adder,
                      read_config_file)
+from .data import PRESPLIT
 from .faults import FaultPlan, FaultSpecError
 from .keys import KeyFileError, load_security
 from .keys import generate as generate_keys
@@ -257,7 +259,7 @@ def prepare(config: PeerConfig, topology: Topology, options: LaunchOptions) -> P
     config = config.replace(topology=str(run_dir.topology.resolve()), run_id=run_id,
                             keys=str(keys_dir.resolve()) if keys_dir else "", insecure=keys_dir is None,
                             reference=str(run_dir.reference.resolve()) if reference is not None else "",
-                            task=portable_task(config.task))
+                            task=portable_task(config.task), task_args=portable_task_args(config.task_args))
     atomic_write_json(run_dir.peer_config, config.to_dict())
     return PreparedRun(config, topology, options, run_dir, task, faults, reference)
 
@@ -309,6 +311,10 @@ def _found_here(config: PeerConfig, run_dir: RunDir) -> PeerConfig:
 def centralized(topology: Topology, config: PeerConfig, task) -> tuple[Topology, PeerConfig]:
     """The swarm's centralized baseline: its first peer alone, with all the data, taking batches as large
     as the whole swarm's, so that after each round it has seen as many samples as the swarm has."""
+    if isinstance(task, DatasetTask) and task.name in PRESPLIT:
+        raise LaunchError(f"--centralized: {task.name} is generated for the number of peers, a block each, so one "
+                          "peer alone would train on another problem; its swarms are measured against the exact "
+                          "optimum instead (max_rel_error_to_optimum in summary.json)")
     first = topology.peers[0]
     alone = build_topology(f"{topology.name}-centralized", [PeerSpec(first.id, first.endpoint, first.bind)], [])
     return alone, config.replace(batch_size=task_batch_size(config, topology, task) * topology.size)
@@ -401,6 +407,19 @@ def swarm_keys(options: LaunchOptions, topology: Topology, run_dir: RunDir) -> P
     generate_keys(topology, run_dir.keys, force=True)
     print(f"CurveZMQ keys for {topology.size} peers made in {run_dir.keys} (--insecure to run without)", flush=True)
     return run_dir.keys
+
+
+def portable_task_args(task_args: str) -> str:
+    """--task-args with every value that names a file or directory relative to here made absolute (a
+    corpus: text=FILE), as task files are: the peers, or a later --resume, may run elsewhere."""
+    items = []
+    for item in task_args.split(","):
+        key, equals, value = item.partition("=")
+        path = Path(value.strip())
+        if equals and value.strip() and not path.is_absolute() and path.exists():
+            item = f"{key}={path.resolve()}"
+        items.append(item)
+    return ",".join(items)
 
 
 def portable_task(task: str) -> str:

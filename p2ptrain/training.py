@@ -50,8 +50,9 @@ class Batches:
             self._cursor = 0
         index = self._order[self._cursor:self._cursor + self.batch_size]
         self._cursor += self.batch_size
-        if isinstance(self.dataset, TensorDataset):
-            # Whole tensors indexed at once: the same values as collating rows, without the per-row cost.
+        if isinstance(self.dataset, TensorDataset) and self.collate is default_collate:
+            # Whole tensors indexed at once: the same values as collating rows, without the per-row cost
+            # (a collate_fn of the task's own is called as given).
             return tuple(tensor[index] for tensor in self.dataset.tensors)
         return self.collate([self.dataset[i] for i in index.tolist()])
 
@@ -81,9 +82,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
-    """A batch with every tensor in it moved to ``device`` (tuples, lists and dicts are walked)."""
+    """A batch with every tensor in it moved to ``device`` (tuples, namedtuples, lists and dicts are walked)."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple: its fields are its arguments
+        return type(batch)(*(to_device(item, device) for item in batch))
     if isinstance(batch, (tuple, list)):
         return type(batch)(to_device(item, device) for item in batch)
     if isinstance(batch, dict):

@@ -51,6 +51,7 @@ def test_peer_help_explains_every_option(capsys):
         (["--join", "--algo", "admm"], "--join works with --algo gossip only"),
         (["--join", "--resume"], "--join and --resume exclude each other"),
         (["--absent", "p1,q9"], "--absent p1,q9: q9 not in the topology"),
+        (["--seed", "-1"], "--seed -1: a seed is 0 or more"),
     ],
 )
 def test_peer_refuses_bad_options_with_exit_code_2(args, message, capsys, tmp_path):
@@ -190,6 +191,21 @@ def test_launcher_names_a_taken_port_and_the_way_around_it(topology_file, tmp_pa
     err = capsys.readouterr().err
     assert f"port {taken} for peer p1" in err and "--base-port" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_task_arguments_naming_files_here_are_made_absolute_for_peers_that_run_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text("text")
+    assert swarm.portable_task_args("layers=2,text=corpus.txt,width=1e3,seed_text=not a file") == (
+        f"layers=2,text={tmp_path / 'corpus.txt'},width=1e3,seed_text=not a file")
+    assert swarm.portable_task_args("") == ""
+
+
+def test_launcher_refuses_a_centralized_baseline_of_data_made_for_the_number_of_peers(topology_file, tmp_path,
+                                                                                      capsys):
+    assert swarm.main([str(topology_file("ring", 3)), "--dataset", "synthetic-lstsq", "--centralized", "--out",
+                       str(tmp_path / "run")]) == 2
+    assert "--centralized: synthetic-lstsq is generated for the number of peers" in capsys.readouterr().err
 
 
 def test_launcher_overwrite_leaves_nothing_of_the_earlier_run_that_a_resume_would_read(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import sys
@@ -21,7 +22,7 @@ from p2ptrain.storage import read_json_lines
 from p2ptrain.swarm import centralized
 from p2ptrain.task import TaskError, load_task
 from p2ptrain.topology import generate
-from p2ptrain.training import Batches, as_dataset
+from p2ptrain.training import Batches, as_dataset, to_device
 
 from .plugin_tasks import BatchNormAdam
 from .processes import ROOT
@@ -115,6 +116,17 @@ def test_batches_cover_every_example_once_per_epoch_and_resume_exactly():
     again.load_state_dict(state)
     assert all(torch.equal(a, again.next()[0]) for a in ahead)
     assert torch.equal(Batches(dataset, 3, seed=5).next()[0], epoch[:3])  # the seed decides the order
+
+
+def test_a_collate_of_the_tasks_own_is_called_over_tensors_too_and_namedtuple_batches_reach_the_device():
+    x, y = torch.arange(12.0).reshape(6, 2), torch.arange(6)
+    to_dict = lambda rows: {"inputs": torch.stack([r[0] for r in rows]), "labels": torch.stack([r[1] for r in rows])}
+    dataset, collate, _ = as_dataset(DataLoader(TensorDataset(x, y), batch_size=4, collate_fn=to_dict))
+    batch = Batches(dataset, 4, seed=0, collate=collate).next()
+    assert set(batch) == {"inputs", "labels"} and batch["inputs"].shape == (4, 2)
+    Example = collections.namedtuple("Example", "x y")
+    moved = to_device(Example(x, y), torch.device("cpu"))
+    assert type(moved) is Example and torch.equal(moved.y, y)
 
 
 def test_a_dataloader_gives_its_dataset_batch_size_and_collate():
