@@ -200,7 +200,7 @@ def parse(argv: list[str] | None) -> tuple[PeerConfig | None, Topology | None, L
 def with_ports(topology: Topology, base_port: int) -> Topology:
     endpoints = []
     for i, spec in enumerate(topology.peers):
-        match = ENDPOINT.match(spec.endpoint)
+        match = ENDPOINT.fullmatch(spec.endpoint)
         if not match or match["host"] is None:  # ipc:// or inproc://: no port to move
             raise LaunchError(f"--base-port needs tcp:// endpoints; {spec.id} has {spec.endpoint}")
         endpoints.append(f"tcp://{match['host']}:{base_port + i}")
@@ -340,7 +340,7 @@ def check_launch_options(options: LaunchOptions, topology: Topology) -> None:
 def check_endpoints_free(topology: Topology) -> None:
     """Every peer must be able to listen here; say which port is taken before any peer starts."""
     for spec in topology.peers:
-        match = ENDPOINT.match(spec.bind)
+        match = ENDPOINT.fullmatch(spec.bind)
         if not match or match["host"] is None:  # ipc:// and inproc:// take no port
             continue
         host = match["host"].strip("[]")

@@ -370,6 +370,7 @@ def _listening_socket(context, bind: str, max_message_bytes: int, security: Curv
                       admission: _Admission | None) -> zmq.Socket:
     pull = context.socket(zmq.PULL)
     pull.setsockopt(zmq.LINGER, 0)
+    _allow_ipv6(pull, bind)
     if max_message_bytes > 0:
         pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     _heartbeat(pull)
@@ -438,12 +439,25 @@ def _sending_socket(sync_context: zmq.Context, endpoint: str, linger_seconds: fl
     # Bounded: deliver what is queued to live neighbours, give up on dead ones.
     sock.setsockopt(zmq.LINGER, int(linger_seconds * 1000))
     _heartbeat(sock)
+    _allow_ipv6(sock, endpoint)
     if security is not None:
         sock.curve_publickey = security.public_key.encode("ascii")
         sock.curve_secretkey = security.secret_key.encode("ascii")
         sock.curve_serverkey = security.peer_keys[peer_id].encode("ascii")
-    sock.connect(endpoint)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as error:
+        # Closed now: an open socket would hold up the context's termination, and the peer would never end.
+        sock.close(linger=0)
+        raise TransportError(f"cannot connect to {peer_id} at {endpoint}: {error}; fix its endpoint in the "
+                             "topology file") from None
     return sock
+
+
+def _allow_ipv6(sock: zmq.Socket, address: str) -> None:
+    """IPv6 for an address with a bracketed host (tcp://[fd00::1]:PORT): ZeroMQ speaks IPv4 only by default."""
+    if address.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
 
 
 def _check_security_applies(bind: str, out_neighbours: Mapping[str, str], security: CurveSecurity) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -180,6 +181,22 @@ c = { b = 0.25, c = 0.75 }
         ('mixng = "uniform"\nedges = [["a", "b"], ["b", "c"]]', PEERS, "unknown key(s) mixng"),
         ('edges = [["a", "b"], ["b", "c"]', PEERS, "not valid TOML"),
         ("edges = []", "", "no peers; add [[peers]] tables"),
+        # A trailing newline is no part of an id or an endpoint ("$" alone would have let it through).
+        ('edges = [["a", "b"], ["b", "c"]]', PEERS.replace('"c"', '"c\\n"'), "peer id 'c\\n' is not usable"),
+        ('edges = [["a", "b"], ["b", "c"]]', PEERS.replace('21002"', '21002\\n"'), "write it as tcp://HOST:PORT"),
+        ('edges = [["a", "b"], ["b", "c"]]', PEERS.replace('"c"', '".."'), "beginning with a letter or a digit"),
+        ('edges = [["a", "b"], ["b", "c"]]', PEERS.replace("tcp://127.0.0.1:21002", "tcp://*:21002"),
+         "'*' means every interface"),
+        ('edges = [["a", "b"], ["b", "c"]]', PEERS + 'bind = "tcp://0.0.0.0"', "has bind 'tcp://0.0.0.0'"),
+        ('edges = [["a", ["b"]], ["b", "c"]]', PEERS, "must name exactly two peers by their ids"),
+        ('mixing = "explicit"\nedges = [["a", "b"], ["b", "c"]]\nweights = 5', PEERS,
+         "[weights] must be a table with one row per peer"),
+        ('mixing = "explicit"\nedges = [["a", "b"], ["b", "c"]]',
+         PEERS + '[weights]\na = { a = nan, b = 0.5 }\nb = { a = 0.5, b = 0.5 }\nc = { c = 1.0 }',
+         "[weights].a.a = nan must be a finite number"),
+        ('mixing = "explicit"\n[[schedule]]\nedges = [["a", "b"], ["b", "c"]]',
+         PEERS + '[weights]\na = { a = 1.0 }\nb = { b = 1.0 }\nc = { c = 1.0 }',
+         "a top-level [weights] table is given with a schedule"),
     ],
 )
 def test_invalid_topologies_name_the_problem_and_the_fix(top, tail, message):
@@ -187,6 +204,11 @@ def test_invalid_topologies_name_the_problem_and_the_fix(top, tail, message):
         parse_topology(top + "\n" + tail, where="bad.toml")
     assert message in str(error.value)
     assert str(error.value).startswith("bad.toml: ")
+
+
+def test_names_beyond_ascii_survive_a_dump_and_a_load():
+    topology = dataclasses.replace(generate("ring", 3), name="ring \U0001F600 \x7f")
+    assert parse_topology(dump_topology(topology)).name == topology.name  # no surrogate pairs: TOML has none
 
 
 def test_missing_file_says_where_to_look(tmp_path):

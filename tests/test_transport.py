@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import socket
 import time
 
 import pytest
@@ -113,6 +114,41 @@ async def test_sending_to_a_peer_that_is_gone_never_blocks(kind, context, tmp_pa
     assert results[0] is True
     assert results[-1] is False  # the queue filled, and the send said so instead of waiting
     a.close()
+
+
+def test_an_endpoint_that_cannot_be_dialled_is_named_and_leaves_no_socket_to_hold_the_context():
+    import zmq.asyncio
+
+    context = zmq.asyncio.Context()
+    base = free_port_block(1)
+    with pytest.raises(TransportError, match=r"cannot connect to p0 at tcp://\*:1: .*fix its endpoint"):
+        ZmqTransport(context, f"tcp://127.0.0.1:{base}", {"p0": "tcp://*:1"})
+    context.term()  # returns at once: the socket that failed to connect was closed (it left a peer hanging here)
+
+
+@pytest.mark.asyncio
+async def test_ipv6_endpoints_carry_messages(context):
+    if not socket.has_ipv6 or not _ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    base = free_port_block(2)
+    a_end, b_end = f"tcp://[::1]:{base}", f"tcp://[::1]:{base + 1}"
+    a, b = ZmqTransport(context, a_end, {"b": b_end}), ZmqTransport(context, b_end, {})
+    try:
+        assert a.send("b", [b"over IPv6"])
+        received = await b.receive(10)
+        assert received is not None and bytes(received.frames[0]) == b"over IPv6"
+    finally:
+        a.close()
+        b.close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 def test_a_taken_port_gives_an_error_that_says_what_to_do(context):

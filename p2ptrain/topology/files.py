@@ -106,7 +106,9 @@ def dump_topology(topology: Topology, description: str = "") -> str:
     """The TOML text of a topology; ``parse_topology`` of it gives the same graph and weights."""
 
     def q(value: str) -> str:
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
+        # A JSON string is a TOML basic string, but for two things: TOML has no surrogate pairs (so non-ASCII
+        # characters are written as themselves) and wants DEL escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
     lines = []
     if description:

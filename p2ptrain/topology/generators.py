@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from .graph import PeerSpec, Topology, TopologyError, _unreachable, build_topology
+from .graph import PeerSpec, Topology, TopologyError, _unreachable, bracketed, build_topology
 
 # Random graphs are redrawn until connected; past this many draws the
 # parameters are too sparse to hope, and the error says so.
@@ -193,6 +193,7 @@ def generate(
         edges = make(n, seed, radius)
     else:
         edges = make(n)
+    host = bracketed(host)  # an IPv6 address, as an endpoint writes it
     peers = [PeerSpec(f"p{i}", f"tcp://{host}:{base_port + i}", f"tcp://{host}:{base_port + i}") for i in range(n)]
     scheduled = kind in SCHEDULED_KINDS
     return build_topology(

@@ -7,6 +7,7 @@ every peer that loads the same file sees the same graph and the same weights.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ import numpy as np
 from . import weights as mixing_weights
 
 MIXING_KINDS = ("metropolis", "uniform", "lazy", "explicit", "push")
-ENDPOINT = re.compile(r"^(tcp://(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d+)|ipc://\S+|inproc://\S+)$")
-_PEER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Matched whole (fullmatch: "$" alone would let a trailing newline through).
+ENDPOINT = re.compile(r"(tcp://(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d+)|ipc://\S+|inproc://\S+)")
+# A peer's id names its output directory: never "." or "..", so it begins with a letter or a digit.
+_PEER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # A CurveZMQ public key as Z85 text: 40 characters of this alphabet (python -m p2ptrain.keys).
 _Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
@@ -241,6 +244,9 @@ def build_topology(
     if schedule:
         if edges:
             raise fail("give either edges (a static graph) or [[schedule]] rounds (a time-varying one), not both")
+        if explicit_weights is not None:
+            raise fail("a top-level [weights] table is given with a schedule; give each round its weights as "
+                       "[schedule.weights] under its [[schedule]] entry")
         rounds = tuple(
             _round_graph(entry.get("edges", []), index, directed, mixing, entry.get("weights"),
                          lambda m, r=r: fail(f"[[schedule]] round {r}: {m}"))
@@ -270,15 +276,20 @@ def _check_peers(peers: list[PeerSpec], fail) -> dict[str, int]:
     seen_endpoints: dict[str, str] = {}
     seen_keys: dict[str, str] = {}
     for spec in peers:
-        if not _PEER_ID.match(spec.id):
+        if not isinstance(spec.id, str) or not _PEER_ID.fullmatch(spec.id):
             raise fail(
-                f"peer id {spec.id!r} is not usable; use 1-64 letters, digits, '_', '.' or '-'"
+                f"peer id {spec.id!r} is not usable; use 1-64 letters, digits, '_', '.' or '-', beginning "
+                "with a letter or a digit"
             )
         if spec.id in index:
             raise fail(f"duplicate peer id {spec.id!r}; give every peer its own id")
         index[spec.id] = len(index)
-        for address in {spec.endpoint, spec.bind}:
-            check_endpoint(address, spec.id, fail)
+        check_endpoint(spec.endpoint, spec.id, fail)
+        check_endpoint(spec.bind, spec.id, fail, "bind")
+        if _host_of(spec.endpoint) == "*":
+            raise fail(f"peer {spec.id!r} has endpoint {spec.endpoint!r}: '*' means every interface, where this "
+                       "peer may listen (bind), not an address its neighbours can dial; give its host's name or "
+                       "address as endpoint, and bind = \"tcp://*:PORT\" if it should listen on every interface")
         if spec.endpoint in seen_endpoints:
             raise fail(
                 f"peers {seen_endpoints[spec.endpoint]!r} and {spec.id!r} share endpoint {spec.endpoint}; "
@@ -308,8 +319,8 @@ def _round_graph(edges, index: dict[str, int], directed: bool, mixing: str, expl
     n = len(index)
     adjacency = np.zeros((n, n), dtype=bool)
     for edge in edges:
-        if len(edge) != 2:
-            raise fail(f"edge {list(edge)!r} must name exactly two peers, like [\"p0\", \"p1\"]")
+        if not isinstance(edge, (list, tuple)) or len(edge) != 2 or not all(isinstance(end, str) for end in edge):
+            raise fail(f"edge {edge!r} must name exactly two peers by their ids, like [\"p0\", \"p1\"]")
         a, b = edge
         for end in (a, b):
             if end not in index:
@@ -346,16 +357,27 @@ def _round_graph(edges, index: dict[str, int], directed: bool, mixing: str, expl
     return RoundGraph(adjacency, w)
 
 
-def check_endpoint(address: str, peer_id: str, fail) -> None:
-    match = ENDPOINT.match(address or "")
+def check_endpoint(address: str, peer_id: str, fail, field: str = "endpoint") -> None:
+    match = ENDPOINT.fullmatch(address) if isinstance(address, str) else None
     if not match:
         raise fail(
-            f"peer {peer_id!r} has endpoint {address!r}; write it as tcp://HOST:PORT "
+            f"peer {peer_id!r} has {field} {address!r}; write it as tcp://HOST:PORT "
             "(or ipc://PATH, inproc://NAME)"
         )
     port = match.group("port")
     if port is not None and not 1 <= int(port) <= 65535:
-        raise fail(f"peer {peer_id!r} has port {port} in {address!r}; use a port from 1 to 65535")
+        raise fail(f"peer {peer_id!r} has port {port} in its {field} {address!r}; use a port from 1 to 65535")
+
+
+def bracketed(host: str) -> str:
+    """An IPv6 address in brackets, as an endpoint writes it; any other host as it is."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _host_of(address: str) -> str | None:
+    """The host of a tcp:// address (brackets kept for IPv6), None for ipc:// and inproc://."""
+    match = ENDPOINT.fullmatch(address)
+    return match["host"] if match else None
 
 
 def _unreachable(adjacency: np.ndarray, directed: bool) -> list[int]:
@@ -378,6 +400,8 @@ def _explicit_matrix(rows, index, adjacency, fail) -> np.ndarray:
     n = len(index)
     ids = list(index)
     w = np.zeros((n, n))
+    if not isinstance(rows, dict):
+        raise fail("[weights] must be a table with one row per peer, like p0 = { p0 = 0.5, p1 = 0.5 }")
     for peer_id in ids:
         if peer_id not in rows:
             raise fail(f"[weights] has no row for {peer_id!r}; give every peer a row")
@@ -396,8 +420,8 @@ def _explicit_matrix(rows, index, adjacency, fail) -> np.ndarray:
                     f"[weights].{peer_id} gives weight to {other!r}, but {peer_id!r} does not receive "
                     f"from {other!r}; add the edge or drop the weight"
                 )
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise fail(f"[weights].{peer_id}.{other} = {value!r} must be a number")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise fail(f"[weights].{peer_id}.{other} = {value!r} must be a finite number")
             if value < 0:
                 raise fail(f"[weights].{peer_id}.{other} = {value} is negative; weights must be >= 0")
             w[i, j] = float(value)

@@ -17,7 +17,7 @@ import ipaddress
 import string
 from pathlib import Path
 
-from .graph import ENDPOINT, Topology, TopologyError, relocate
+from .graph import ENDPOINT, Topology, TopologyError, bracketed, relocate
 
 ANY_INTERFACE = "0.0.0.0"
 
@@ -58,7 +58,7 @@ def on_hosts(topology: Topology, hosts: list[str], per_host: int, base_port: int
     endpoints, binds = [], []
     for host in hosts:
         for k in range(per_host):
-            endpoints.append(f"tcp://{_bracketed(host)}:{base_port + k}")
+            endpoints.append(f"tcp://{bracketed(host)}:{base_port + k}")
             binds.append(endpoints[-1] if _is_address(host) else f"tcp://{ANY_INTERFACE}:{base_port + k}")
     return relocate(topology, endpoints, binds)
 
@@ -73,7 +73,7 @@ def from_template(topology: Topology, template: str) -> Topology:
     endpoints, binds = [], []
     for i in range(topology.size):
         endpoint = template.format(index=i)
-        match = ENDPOINT.match(endpoint)
+        match = ENDPOINT.fullmatch(endpoint)
         if not match or match["host"] is None:
             raise TopologyError(f"--endpoint-template {template!r} gives {endpoint!r}; write tcp://HOST:PORT "
                                 "with {index} in the host")
@@ -90,6 +90,3 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def _bracketed(host: str) -> str:
-    """An IPv6 address in brackets, as an endpoint writes it."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
