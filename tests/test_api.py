@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from p2ptrain.storage import read_json_lines
 from p2ptrain.topology import generate, load_topology
 
 from .processes import ROOT, LoggedProcess, run_launcher
+from .together import exchange_together
 
 pytestmark = pytest.mark.swarm
 PLUGIN = f"{ROOT / 'tests' / 'plugin_tasks.py'}:batchnorm_adam"
@@ -104,21 +104,8 @@ def test_without_an_optimizer_exchange_runs_the_algorithms_round_or_says_it_need
     peers = {peer_id: p2ptrain.Peer(topology, model, peer=peer_id, algo="push-sum", insecure=True,
                                     out=str(tmp_path / peer_id), run_id="manual", recv_timeout=20)
              for peer_id, model in models.items()}
-    failures = []
-
-    def exchange(peer) -> None:
-        try:
-            peer.exchange()
-        except BaseException as error:  # reported below: a thread's exception would vanish
-            failures.append(error)
-
     try:
-        threads = [threading.Thread(target=exchange, args=(peer,)) for peer in peers.values()]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
-        assert not failures and not any(thread.is_alive() for thread in threads)
+        exchange_together(peers.values())
         assert [model.weight.item() for model in models.values()] == [1.0, 1.0]
     finally:
         for peer in peers.values():

@@ -25,6 +25,8 @@ from p2ptrain import keys, wire
 from p2ptrain.topology import generate
 from p2ptrain.transport import CurveSecurity, Received, TransportError, ZmqTransport, _proven_sender
 
+from .together import exchange_together
+
 
 HANDSHAKE_SECONDS = 10  # generous: a loaded machine may be slow, a passing run is not
 QUIET_SECONDS = 0.5  # how long "nothing more arrives" is watched after a rejection was proved
@@ -401,21 +403,8 @@ def test_two_secured_peers_average_a_model_larger_than_a_chunk_exactly(tmp_path)
     peers = {peer_id: p2ptrain.Peer(topology, model, peer=peer_id, keys=str(tmp_path / "keys"),
                                     out=str(tmp_path / peer_id), run_id="chunks", recv_timeout=20)
              for peer_id, model in models.items()}
-    failures = []
-
-    def exchange(peer) -> None:
-        try:
-            peer.exchange()
-        except BaseException as error:  # reported below: a thread's exception would vanish
-            failures.append(error)
-
     try:
-        threads = [threading.Thread(target=exchange, args=(peer,)) for peer in peers.values()]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
-        assert not failures and not any(thread.is_alive() for thread in threads)
+        exchange_together(peers.values())
         for peer_id, peer in peers.items():
             assert peer.node.chunk == wire.SECURE_CHUNK_BYTES and peer.node.stats.rejected == {}
             assert peer.node.last["heard"] == [other for other in topology.ids if other != peer_id]
