@@ -69,8 +69,8 @@ class Peer:
             logging.getLogger("p2ptrain.peer").info(restarted)
         config = PeerConfig.from_dict(
             {"topology": topology.name, "peer": peer, "local_steps": local_steps,
-             "rounds": UNBOUNDED_ROUNDS if rounds is None else rounds, "device": str(device), "eval_every": UNBOUNDED_ROUNDS,
-             "log_every": 10, **options}).validate()
+             "rounds": UNBOUNDED_ROUNDS if rounds is None else rounds, "device": str(device),
+             "eval_every": UNBOUNDED_ROUNDS, "log_every": 10, **options}).validate()
         if config.local_steps < 1:
             raise ConfigError("local_steps: exchange after at least 1 optimizer step")
         check_run(config, topology, task=_NoTask())
@@ -161,7 +161,6 @@ class Peer:
         self._exchange(loss, lr)
 
     def _exchange(self, loss: float | None, lr: float | None) -> None:
-        self._check_open()
         self._loop.run_until_complete(self.node.exchange(self.round, loss, lr))
         self.node.rounds_completed = self.round + 1
         # The next round; in async mode a peer left too far behind its neighbours jumps to their round.

@@ -230,12 +230,11 @@ def prepare(config: PeerConfig, topology: Topology, options: LaunchOptions) -> P
     check_run(config, topology, task)
     faults = fault_plan(options, topology)
     check_launch_options(options, topology)
-    if options.join:
-        config.replace(join=True).validate()  # what the joining peers will be told: refused now, not then
     if config.fragments > 1:
         # Cut here as every peer will cut it: a count the model cannot take is refused before any peer starts.
         build_algorithm(config, topology, topology.ids[0], task.build_model())
     if options.join:
+        config.replace(join=True).validate()  # what the joining peers will be told: refused now, not then
         # The others do not wait for the latecomers in their first round.
         config = config.replace(absent=",".join(sorted(config.absent_peers() | set(faults.joins))))
     if options.restart and not config.checkpoint_every:
