@@ -47,10 +47,12 @@ class PeerProcess:
 
     def restart(self, recv_timeout: float) -> None:
         """Start a killed peer again with --resume; its log goes on in the same file. Its neighbours are
-        running (or done), so its first round waits the round deadline, not the start-up one."""
+        running (or done), so its first round waits the round deadline, not the start-up one; and the
+        launch's --absent (the latecomers of a --join, absent at its start) is no longer so: whom the peer
+        suspects is what its checkpoint says."""
         self.log_file.close()
         self.log_file = open(self.files.log, "ab")
-        self.start("--resume", "--startup-timeout", str(recv_timeout))
+        self.start("--resume", "--startup-timeout", str(recv_timeout), "--absent", "")
 
     def join(self) -> None:
         """Start a held-back peer with --join: it takes a running neighbour's state."""

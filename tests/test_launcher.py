@@ -197,3 +197,29 @@ def test_identity_conflicts_the_peers_saw_are_flagged_in_the_summary_and_a_warni
     warnings = [line for line in capsys.readouterr().err.splitlines() if "two processes sent as" in line]
     assert warnings == ["launch_swarm: warning: two processes sent as p3: p0, p2 received two different messages "
                         "from p3 for one round; find and stop the process that should not run as p3"]
+
+
+def test_a_restarted_peer_is_not_told_the_launchs_absent_latecomers(tmp_path):
+    # A --join launch writes its latecomers as --absent into the configuration every peer reads; a peer
+    # restarted later (--kill, --restart) would not wait for them though they have joined meanwhile.
+    import sys
+
+    from p2ptrain.config import PeerConfig, build_parser, given_options
+    from p2ptrain.peer import given_with_file
+    from p2ptrain.rundir import PeerDir
+    from p2ptrain.supervisor import PeerProcess
+
+    files = PeerDir(tmp_path / "p0")
+    files.path.mkdir()
+    config_file = tmp_path / "peer-config.json"
+    config_file.write_text(json.dumps(PeerConfig(topology="ring4.toml", absent="p3").to_dict()))
+    command = (sys.executable, "-c", "pass", "--config", str(config_file))
+    peer = PeerProcess("p0", files, command, open(files.log, "wb"))
+    peer.restart(recv_timeout=5.0)
+    assert peer.process.wait(timeout=60) == 0
+    restarted_with = peer.process.args[3:]
+    peer.log_file.close()
+    _, explicit = given_options(build_parser, list(restarted_with))
+    options, _ = given_with_file(explicit, environ={})
+    assert options["resume"] and options["absent"] == ""
+
