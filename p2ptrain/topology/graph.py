@@ -20,6 +20,8 @@ from . import weights as mixing_weights
 MIXING_KINDS = ("metropolis", "uniform", "lazy", "explicit", "push")
 # Matched whole (fullmatch: "$" alone would let a trailing newline through).
 ENDPOINT = re.compile(r"(tcp://(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d+)|ipc://\S+|inproc://\S+)")
+# Hosts that mean every interface of this machine: where to listen, never where to connect.
+EVERY_INTERFACE = frozenset({"*", "0.0.0.0", "[::]"})
 # A peer's id names its output directory: never "." or "..", so it begins with a letter or a digit.
 _PEER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # A CurveZMQ public key as Z85 text: 40 characters of this alphabet (python -m p2ptrain.keys).
@@ -286,10 +288,11 @@ def _check_peers(peers: list[PeerSpec], fail) -> dict[str, int]:
         index[spec.id] = len(index)
         check_endpoint(spec.endpoint, spec.id, fail)
         check_endpoint(spec.bind, spec.id, fail, "bind")
-        if _host_of(spec.endpoint) == "*":
-            raise fail(f"peer {spec.id!r} has endpoint {spec.endpoint!r}: '*' means every interface, where this "
-                       "peer may listen (bind), not an address its neighbours can dial; give its host's name or "
-                       "address as endpoint, and bind = \"tcp://*:PORT\" if it should listen on every interface")
+        if _host_of(spec.endpoint) in EVERY_INTERFACE:
+            raise fail(f"peer {spec.id!r} has endpoint {spec.endpoint!r}: {_host_of(spec.endpoint)} means every "
+                       "interface, where this peer may listen (bind), not an address its neighbours can dial (on "
+                       "another host they would dial themselves); give its host's name or address as endpoint, "
+                       "and bind = \"tcp://0.0.0.0:PORT\" if it should listen on every interface")
         if spec.endpoint in seen_endpoints:
             raise fail(
                 f"peers {seen_endpoints[spec.endpoint]!r} and {spec.id!r} share endpoint {spec.endpoint}; "
