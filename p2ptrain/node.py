@@ -194,6 +194,8 @@ class Node:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         # Checkpoints written before the counters had a key of their own kept three of them at the top.
         self.stats.load_state_dict(state.get("stats", state))
         # --absent still holds: a neighbour that finished, or that joins anew, sends nothing in this round.
@@ -236,6 +238,8 @@ class Node:
             "trainer": self.replica.trainer.state_dict() if self.replica.trainer is not None else {},
             "algorithm": self.algorithm.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            # A model on a GPU draws its dropout masks from the GPU's generators.
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "stats": self.stats.state_dict(),
             "suspected": sorted(self.membership.suspected),
             "last": self.last,
