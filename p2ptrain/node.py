@@ -102,10 +102,9 @@ class Node:
                                      self.stats, self.log)
         self._answered: dict[str, int] = {}  # state requests answered: asker -> round
         self._awaiting_state = False  # joining or catching up: the first state answer is this peer's
-        self._joining = False  # from --join's first request until an answer is taken: no state of its own
         self._state_answer: wire.Message | None = None
         self._next_catch_up = 0  # the first round at which a peer behind may ask for a state (again)
-        self._state_after = -1  # a state answer is taken only for a round after this one
+        self._state_after = -1  # a state answer is taken only for a round after this one (-1: joining)
         if self.catches_up:
             # Neighbours further behind catch up by a state: waiting for them would cost a deadline a round.
             self.gatherer.waits_for_behind = config.catch_up
@@ -411,8 +410,9 @@ class Node:
         # A state request, or a state answer to a peer no longer joining: its sender is alive.
         self.membership.saw(message.sender)
         if message.kind == "state_request":
-            if self._joining:
-                # Its model is not the swarm's yet: a joining neighbour would take it and train from scratch.
+            if self._awaiting_state and self._state_after < 0:
+                # Joining (waiting for a state, not for one after a round of its own): its model is not the
+                # swarm's yet, and a joining neighbour would take it and train from scratch.
                 self.log.debug("state request from %s not answered: this peer is joining itself", message.sender)
             else:
                 self._answer_state_request(message.sender)
@@ -484,11 +484,7 @@ class Node:
             raise ConfigError(f"--join: {self.id} has no neighbour linked both ways in {self.topology.name}, so "
                               "nobody could answer a state request; start it without --join")
         self.log.info("joining: asking %s for their state", ",".join(self.answerers))
-        self._joining = True
-        try:
-            answer = await self._ask_for_state(self.config.startup_timeout)
-        finally:
-            self._joining = False
+        answer = await self._ask_for_state(self.config.startup_timeout)
         if answer is None:
             raise ConfigError(f"--join: no answer from {', '.join(self.answerers)} within "
                               f"{self.config.startup_timeout}s (--startup-timeout). Is the swarm running, with run "

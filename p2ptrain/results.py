@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +64,8 @@ def peer_outcome(peer_dir: Path | PeerDir, figure: str = "test_accuracy") -> dic
     """Rounds completed, final accuracy and loss of one peer, from result.json or, failing that, its metrics.
     The status is the peer's own word (completed, interrupted, diverged, failed, isolated) when it wrote one."""
     files = _files(peer_dir)
-    if files.result.exists():
-        result = json.loads(files.result.read_text())
+    result = files.read_result()
+    if result is not None:
         return {
             "rounds_completed": result["rounds_completed"],
             "test_accuracy": result["test_accuracy"],
