@@ -218,6 +218,8 @@ def _read_key(path: Path, peer_id: str, kind: str) -> str:
             raise KeyFileError(f"{path} is not a regular file; a key file is one line of Z85 text")
         if kind == "secret":
             _require_private(path, status)
+        else:
+            _require_unwritable_by_others(path, status)
         content = os.read(descriptor, _MOST_BYTES_READ)
     finally:
         os.close(descriptor)
@@ -239,6 +241,18 @@ def _require_private(path: Path, status: os.stat_result) -> None:
         raise KeyFileError(
             f"{path} can be read or changed by other users (mode {mode:04o}), and it holds a secret key; "
             f"run chmod 600 {path} (and make sure nobody else has copied it)"
+        )
+
+
+def _require_unwritable_by_others(path: Path, status: os.stat_result) -> None:
+    """A public key decides who may speak as its peer: whoever can rewrite the file can put their own key
+    there. Group-writable files are refused too (as OpenSSH refuses such authorized_keys), since the group
+    may hold other users; the files ``generate`` writes are 0644."""
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o022:
+        raise KeyFileError(
+            f"{path} can be changed by other users (mode {mode:04o}), and whoever changes it can speak as its "
+            f"peer; run chmod 644 {path} (and check that it still holds the key you copied)"
         )
 
 

@@ -90,6 +90,18 @@ def test_a_secret_file_others_can_read_is_refused_with_the_fix(ring4, tmp_path):
     assert secret not in str(error.value)
 
 
+@pytest.mark.parametrize("mode", [0o664, 0o646])
+def test_a_public_file_others_can_change_is_refused_with_the_fix(ring4, tmp_path, mode):
+    directory = tmp_path / "keys"
+    keys.generate(ring4, directory)
+    path = keys.public_key_path(directory, "p2")
+    path.chmod(mode)
+    with pytest.raises(keys.KeyFileError, match=f"chmod 644 {path}"):
+        keys.load_public_keys(directory, ["p2"])
+    path.chmod(0o444)  # read-only for everyone is as safe as 0644
+    assert keys.load_public_keys(directory, ["p2"])["p2"] == path.read_text().strip()
+
+
 @pytest.mark.parametrize("content, problem", [
     (b"", "0 characters"),
     (b"abc\n", "3 characters"),
