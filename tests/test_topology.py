@@ -161,6 +161,9 @@ c = { b = 0.25, c = 0.75 }
         ('edges = [["a", "b"]]', PEERS, "not connected: c cannot be reached"),
         ('edges = [["a", "b"], ["b", "c"]]', PEERS.replace('"c"', '"b"'), "duplicate peer id 'b'"),
         ('edges = [["a", "b"], ["b", "c"]]', PEERS.replace("21002", "21001"), "share endpoint"),
+        ('edges = [["a", "b"], ["b", "c"]]', PEERS.replace("21002", "021001"), "share endpoint"),
+        ('edges = [["a", "b"], ["b", "c"]]', PEERS.replace("127.0.0.1:21002", "LocalHost:21001").replace(
+            "127.0.0.1:21001", "localhost:21001"), "share endpoint"),
         ('edges = [["a", "b"], ["b", "c"]]', PEERS.replace("tcp://127.0.0.1:21002", "127.0.0.1:21002"),
          "write it as tcp://HOST:PORT"),
         ('edges = [["a", "b"], ["b", "c"]]', PEERS.replace("21002", "70000"), "use a port from 1 to 65535"),

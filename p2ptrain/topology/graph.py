@@ -275,7 +275,7 @@ def _check_peers(peers: list[PeerSpec], fail) -> dict[str, int]:
     if not peers:
         raise fail("no peers; add [[peers]] tables with an id and an endpoint")
     index: dict[str, int] = {}
-    seen_endpoints: dict[str, str] = {}
+    seen_endpoints: dict[tuple | str, str] = {}
     seen_keys: dict[str, str] = {}
     for spec in peers:
         if not isinstance(spec.id, str) or not _PEER_ID.fullmatch(spec.id):
@@ -293,12 +293,13 @@ def _check_peers(peers: list[PeerSpec], fail) -> dict[str, int]:
                        "interface, where this peer may listen (bind), not an address its neighbours can dial (on "
                        "another host they would dial themselves); give its host's name or address as endpoint, "
                        "and bind = \"tcp://0.0.0.0:PORT\" if it should listen on every interface")
-        if spec.endpoint in seen_endpoints:
+        same = _dialled_as(spec.endpoint)
+        if same in seen_endpoints:
             raise fail(
-                f"peers {seen_endpoints[spec.endpoint]!r} and {spec.id!r} share endpoint {spec.endpoint}; "
+                f"peers {seen_endpoints[same]!r} and {spec.id!r} share endpoint {spec.endpoint}; "
                 "give each peer its own host:port"
             )
-        seen_endpoints[spec.endpoint] = spec.id
+        seen_endpoints[same] = spec.id
         if spec.public_key is not None:
             _check_public_key(spec, seen_keys, fail)
     return index
@@ -375,6 +376,13 @@ def check_endpoint(address: str, peer_id: str, fail, field: str = "endpoint") ->
 def bracketed(host: str) -> str:
     """An IPv6 address in brackets, as an endpoint writes it; any other host as it is."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _dialled_as(address: str) -> tuple | str:
+    """What ``address`` dials, for comparing endpoints: a tcp:// host in lower case (names and IPv6 digits
+    are case-insensitive) and its port as a number (021001 is 21001); ipc:// and inproc:// as written."""
+    match = ENDPOINT.fullmatch(address)
+    return (match["host"].lower(), int(match["port"])) if match["port"] else address
 
 
 def _host_of(address: str) -> str | None:
