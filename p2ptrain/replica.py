@@ -232,11 +232,17 @@ def task_batch_size(config: PeerConfig, topology: Topology, task) -> int:
     DataLoader, else DEFAULT_BATCH_SIZE (a peer's own Batches decide so too)."""
     if config.batch_size:
         return config.batch_size
+    _, _, loader_batch_size = shard_of(task, 0, topology.size, config.seed)
+    return loader_batch_size or DEFAULT_BATCH_SIZE
+
+
+def shard_of(task, index: int, count: int, seed: int) -> tuple:
+    """(dataset, collate_fn, batch size) of peer ``index``'s shard; a shard a peer cannot draw batches from
+    is a ConfigError that says why."""
     try:
-        _, _, loader_batch_size = as_dataset(task.shard(0, topology.size, config.seed))
+        return as_dataset(task.shard(index, count, seed))
     except (TaskError, TypeError) as error:
         raise ConfigError(str(error)) from None
-    return loader_batch_size or DEFAULT_BATCH_SIZE
 
 
 def build_replica(config: PeerConfig, topology: Topology, peer_id: str, task=None) -> Replica:
@@ -250,10 +256,7 @@ def build_replica(config: PeerConfig, topology: Topology, peer_id: str, task=Non
     # per-peer: a seed of the peer's own, apart from the batch seeds below.
     torch.manual_seed(config.seed if config.init == "same" else config.seed * 1_000_003 + index + 1)
     model = task.build_model().to(device)
-    try:
-        dataset, collate, loader_batch_size = as_dataset(task.shard(index, topology.size, config.seed))
-    except (TaskError, TypeError) as error:
-        raise ConfigError(str(error)) from None
+    dataset, collate, loader_batch_size = shard_of(task, index, topology.size, config.seed)
     # Each peer draws its own batches; a fixed odd multiplier keeps seeds apart.
     batches = Batches(dataset, config.batch_size or loader_batch_size or DEFAULT_BATCH_SIZE,
                       config.seed * 100_003 + index, collate)

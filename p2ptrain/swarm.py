@@ -32,7 +32,7 @@ from .keys import KeyFileError, load_security
 from .keys import generate as generate_keys
 from .inprocess import local_endpoints, remove_socket_directory
 from .progress import Progress
-from .replica import build_algorithm, check_run, resolve_config, resolve_task, task_batch_size
+from .replica import build_algorithm, check_run, resolve_config, resolve_task, shard_of, task_batch_size
 from .resume import ResumePlan, plan_resume
 from .task import headline_figure
 from .rundir import RunDir
@@ -228,6 +228,8 @@ def prepare(config: PeerConfig, topology: Topology, options: LaunchOptions) -> P
     if options.centralized:
         topology, config = centralized(topology, config, task)
     check_run(config, topology, task)
+    if config.task:
+        shard_of(task, 0, topology.size, config.seed)  # a task of the user's: a shard no peer could use, refused now
     faults = fault_plan(options, topology)
     check_launch_options(options, topology)
     if config.fragments > 1:

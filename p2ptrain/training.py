@@ -15,17 +15,31 @@ from typing import Any, Callable
 import os
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset, default_collate
 
 
 def as_dataset(shard: Any) -> tuple[Dataset, Callable | None, int | None]:
     """(dataset, collate_fn, batch size) of what a task's ``shard`` returned: a Dataset or a DataLoader.
-    Of a DataLoader the dataset, collate_fn and batch size are used; the batches are drawn here."""
+    Of a DataLoader the dataset, collate_fn and batch size are used; the batches are drawn here.
+
+    Drawing them here (``Batches``) is what makes a run reproducible and a resumed one exact, so the
+    dataset must be one that can be indexed and counted; the errors say how to give one."""
     if isinstance(shard, DataLoader):
-        return shard.dataset, shard.collate_fn, shard.batch_size
-    if hasattr(shard, "__getitem__") and hasattr(shard, "__len__"):
-        return shard, None, None
-    raise TypeError(f"a task's shard must be a torch Dataset or DataLoader, not a {type(shard).__name__}")
+        if shard.batch_size is None and not isinstance(shard.dataset, IterableDataset):
+            raise TypeError("the task's DataLoader has batch_size=None (its dataset's items would be whole "
+                            "batches), but a peer draws batches of examples itself, in an order of its seed: "
+                            "give the DataLoader a batch_size (the examples per local step), or return its "
+                            "Dataset and pass --batch-size")
+        dataset, collate, batch_size = shard.dataset, shard.collate_fn, shard.batch_size
+    else:
+        dataset, collate, batch_size = shard, None, None
+    if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        what = "an IterableDataset" if isinstance(dataset, IterableDataset) else f"a {type(dataset).__name__}"
+        raise TypeError(f"a task's shard must be a map-style torch Dataset (with __getitem__ and __len__) or a "
+                        f"DataLoader over one, not {what}: a peer draws its batches by index, in an order of its "
+                        "seed, so a run repeats and a resumed one continues exactly. Give the examples of the "
+                        "shard as a Dataset (a TensorDataset of the tensors, or a list of examples)")
+    return dataset, collate, batch_size
 
 
 class Batches:

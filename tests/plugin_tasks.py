@@ -2,6 +2,7 @@
 
 ``batchnorm_adam``: an MLP with BatchNorm on the digits features, trained with Adam; its shard is a
 DataLoader over a Dataset of dicts with a collate function of its own, not whole tensors.
+``unbatched``: the same over a DataLoader with batch_size=None, to be refused.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ class BatchNormAdam(p2ptrain.Task):
 
 
 batchnorm_adam = BatchNormAdam()
+
+
+class Unbatched(BatchNormAdam):
+    """The same data through a DataLoader with batch_size=None, which p2ptrain cannot draw batches from."""
+
+    def shard(self, index: int, count: int, seed: int) -> DataLoader:
+        return DataLoader(super().shard(index, count, seed).dataset, batch_size=None)
+
+
+unbatched = Unbatched()
 
 
 def make_task() -> BatchNormAdam:

@@ -226,6 +226,7 @@ def test_launcher_overwrite_leaves_nothing_of_the_earlier_run_that_a_resume_woul
                                 "empty; use at most 4810"),
     (["--keys", "no-such-keys"], "no public key for p0"),
     (["--join", "p1@3", "--algo", "admm", "--dataset", "synthetic-lstsq"], "--join works with --algo gossip only"),
+    (["--task", f"{ROOT / 'tests' / 'plugin_tasks.py'}:unbatched"], "has batch_size=None"),
 ])
 def test_launcher_refuses_what_its_peers_would_refuse_before_starting_them(topology_file, tmp_path, capsys, options,
                                                                             message):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from p2ptrain.builtin_tasks import DatasetTask, task_from_options
 from p2ptrain.config import DEFAULT_BATCH_SIZE, ConfigError, PeerConfig, parse_task_args
@@ -135,8 +135,23 @@ def test_a_dataloader_gives_its_dataset_batch_size_and_collate():
     assert (len(dataset), batch_size) == (375, 16)
     pixels, labels = Batches(dataset, batch_size, seed=0, collate=collate).next()
     assert pixels.shape == (16, 64) and labels.shape == (16,)
-    with pytest.raises(TypeError, match="Dataset or DataLoader"):
+    with pytest.raises(TypeError, match="Dataset .* or a DataLoader over one, not a int"):
         as_dataset(42)
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        return iter([(torch.zeros(2), torch.tensor(0))] * 4)
+
+
+@pytest.mark.parametrize("shard, fix", [
+    (DataLoader(TensorDataset(torch.zeros(4, 2)), batch_size=None), "give the DataLoader a batch_size"),
+    (Stream(), "not an IterableDataset"),
+    (DataLoader(Stream(), batch_size=2), "not an IterableDataset"),
+])
+def test_a_shard_a_peer_cannot_draw_batches_from_by_index_is_refused_with_the_fix(shard, fix):
+    with pytest.raises(TypeError, match=fix):
+        as_dataset(shard)
 
 
 def test_batch_size_is_the_dataloaders_unless_given_and_the_centralized_baseline_scales_what_is_used():
