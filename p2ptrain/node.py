@@ -141,9 +141,10 @@ class Node:
         if self.replica.attack:
             self.log.warning("attacking its neighbours (--attack %s): it sends corrupted parameters",
                              self.config.attack)
-        self.log.info("listening on %s; in-neighbours %s; out-neighbours %s; %s training examples on %s",
+        examples = "" if self.replica.shard_size is None else f"; {self.replica.shard_size} training examples"
+        self.log.info("listening on %s; in-neighbours %s; out-neighbours %s%s on %s",
                       self.topology.peer(self.id).bind, ",".join(self.in_neighbours),
-                      ",".join(self.out_neighbours), self.replica.shard_size, self.replica.device)
+                      ",".join(self.out_neighbours), examples, self.replica.device)
 
     def _description(self) -> dict:
         """config.json: the configuration and everything the run was built from."""

@@ -55,6 +55,21 @@ class Replica:
         """``outgoing``, this round's tensors, as this peer sends them: corrupted if it attacks."""
         return self.attack.corrupt(outgoing, round_) if self.attack else outgoing
 
+    def follow_reassigned_buffers(self) -> None:
+        """A module may give a buffer a new tensor rather than change it in place (``self.mean = 0.9 *
+        self.mean + ...``); the algorithm would go on sending and mixing the old one. Point it at the
+        module's current tensor, of the same shape and dtype (the messages' layout is fixed for the run)."""
+        held = self.algorithm.parameters
+        for name, current in self.model.named_buffers():
+            kept = held.get(name)
+            if kept is None or kept is current:
+                continue
+            if current.shape != kept.shape or current.dtype != kept.dtype:
+                raise ConfigError(f"the model's buffer {name!r} became {tuple(current.shape)} {current.dtype}, it was "
+                                  f"{tuple(kept.shape)} {kept.dtype}: every peer's messages keep one layout, so a "
+                                  "buffer keeps its shape and dtype (assign with .copy_() to be sure)")
+            held[name] = current
+
     def train(self, round_: int) -> float | None:
         """This round's local work (optimizer steps, or ADMM's exact solve); its loss, or None if there was none."""
         self.trainer.set_lr(lambda base: self.lr_at(round_, base))
@@ -64,6 +79,7 @@ class Replica:
             if self.algorithm.restarts_optimizer:
                 self.trainer.reset_optimizer_state()
             loss = self.trainer.steps(self.local_steps)
+        self.follow_reassigned_buffers()
         return self.algorithm.end_local(round_, loss)
 
     def evaluate(self) -> dict[str, float]:
@@ -76,9 +92,10 @@ class Replica:
 
 
 def exchanged_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """What gossip mixes: every parameter and every floating-point buffer (BatchNorm's running
-    statistics). Integer buffers (num_batches_tracked) are counters of this peer's own steps and stay local."""
-    tensors: dict[str, torch.Tensor] = dict(model.named_parameters())
+    """What gossip mixes: every floating-point parameter and buffer (BatchNorm's running statistics).
+    Integer ones (num_batches_tracked, a counter kept as a parameter) count this peer's own steps and stay
+    local: an average of them would be neither an integer nor this peer's count."""
+    tensors: dict[str, torch.Tensor] = {name: p for name, p in model.named_parameters() if p.is_floating_point()}
     tensors.update((name, b) for name, b in model.named_buffers() if b.is_floating_point())
     return tensors
 

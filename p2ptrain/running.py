@@ -35,15 +35,17 @@ EXIT_WRITE_FAILED = 4
 
 
 def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topology | None = None,
-              replica: Replica | None = None, alone_on_loop: bool = False) -> Node:
+              replica: Replica | None = None, alone_on_loop: bool = False, set_threads: bool = True) -> Node:
     """A started Node: the peer id resolved, its replica built (unless given), its port bound, its run
     directory prepared. Files are touched only once the port is ours: a peer that cannot start
     leaves a run as it was. ``alone_on_loop``: nothing else runs on the caller's event loop, so the
-    node may wait for messages in ZeroMQ's poll (transport.ZmqTransport.receive)."""
+    node may wait for messages in ZeroMQ's poll (transport.ZmqTransport.receive). ``set_threads``: set
+    torch's threads to --threads (False: a training script's process, whose threads are its own)."""
     topology = topology or load_topology(config.topology)
     config = config.for_peer(topology.name, resolve_peer_id(config.peer, topology.ids))
     security = _security(config, topology, config.peer)  # refused before the data and model are built
-    torch.set_num_threads(config.threads)
+    if set_threads:
+        torch.set_num_threads(config.threads)
     replica = replica or build_replica(config, topology, config.peer)
     layouts = [wire.specs_of(tensors) for tensors in (*replica.algorithm.message_layouts(),
                                                       replica.algorithm.state_tensors())]

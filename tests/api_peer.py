@@ -23,7 +23,8 @@ def main(topology: str, out: str, rounds: int, local_steps: int, algo: str) -> N
     optimizer = task.optimizer(model.parameters(), lr=0.01, momentum=0.0, weight_decay=0.0)
     extra = {"admm_penalty": 0.5} if algo == "admm" else {}
     with p2ptrain.Peer(topology, model, optimizer, local_steps=local_steps, rounds=rounds, out=out, run_id="api",
-                       algo=algo, recv_timeout=20, log_level="INFO", insecure=True, **extra) as peer:
+                       algo=algo, recv_timeout=20, log_level="INFO", insecure=True, threads=1,  # as the simulation
+                       **extra) as peer:
         dataset, collate, batch_size = as_dataset(task.shard(peer.index, peer.count, seed=0))
         batches = Batches(dataset, batch_size, seed=peer.index, collate=collate)  # seed 0 * 100_003 + index
         while not peer.done:
