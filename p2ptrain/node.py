@@ -35,6 +35,7 @@ from .results import flat_parameters, relative_error
 from .rundir import FINISHED, MetricsLine, PeerDir
 from .staging import Staging
 from .stats import PeerStats
+from .resume import read_checkpoints
 from .storage import (JsonLines, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json_lines,
                       remove_partial_writes, replace_durably, rewrite_json_lines)
 from .tensors import relative_distance_to_mean
@@ -126,7 +127,7 @@ class Node:
         """Prepare the run directory: refuse an earlier run's outputs (unless --overwrite or --resume),
         restore the checkpoint with --resume, record the configuration, open the metrics."""
         try:
-            _prepare_output(self.files, self.config.overwrite, self.config.resume)
+            _prepare_output(self.files, self.config.overwrite, self.config.resume, self.config.resume_round)
             for output in self.files.outputs():
                 for leftover in remove_partial_writes(output):
                     self.log.warning("removed %s, left by a write that was interrupted", leftover.name)
@@ -171,13 +172,17 @@ class Node:
     def _restore(self) -> int:
         """Load the checkpoint if there is one (of --resume-round, or the newest); returns the round to
         continue from."""
-        checkpoints = {state["round"]: (path, state) for path in (self.files.checkpoint, self.files.previous_checkpoint)
-                       if path.exists() for state in [torch.load(path, map_location="cpu", weights_only=True)]}
+        checkpoints, unreadable = read_checkpoints(self.files)
+        for problem in unreadable:
+            self.log.warning("skipped %s", problem)
         wanted = self.config.resume_round
         if wanted >= 0 and wanted not in checkpoints:
             raise ConfigError(f"--resume-round {wanted}: {self.files.path} holds no checkpoint of that round (it has "
-                              f"{', '.join(map(str, sorted(checkpoints))) or 'none'}); resume without --resume-round "
-                              "to continue from the newest")
+                              f"{', '.join(map(str, sorted(checkpoints))) or 'none'} that can be read); resume without "
+                              "--resume-round to continue from the newest")
+        if unreadable and not checkpoints:
+            raise ConfigError(f"--resume: no checkpoint in {self.files.path} can be read ({'; '.join(unreadable)}); "
+                              "restore a copy of one, or pass --overwrite to run again from round 0")
         if not checkpoints:
             self.log.info("--resume: no checkpoint in %s; starting from round 0", self.files.path)
             rewrite_json_lines(self.files.metrics, lambda record: False)
@@ -202,7 +207,7 @@ class Node:
         self.membership.suspected = set(state["suspected"]) | self.absent
         self.rounds_completed = state["round"]
         self.last, self.evaluation = state["last"], state["evaluation"]
-        if state["round"] < max(checkpoints):
+        if path == self.files.previous_checkpoint and self.files.checkpoint.exists():
             self._rewind_checkpoints(state["round"], max(checkpoints))
         # Rounds after the checkpoint will run again; their old lines would be duplicates.
         rewrite_json_lines(self.files.metrics, lambda record: record["round"] < state["round"])
@@ -210,12 +215,15 @@ class Node:
         return state["round"]
 
     def _rewind_checkpoints(self, resumed: int, newer: int) -> None:
-        """Resuming from the previous checkpoint: the newest belongs to the rounds being abandoned. The one
-        resumed from takes its place, so that a later --resume cannot load the abandoned rounds and the next
+        """Resuming from the previous checkpoint: the newest belongs to the rounds being abandoned (or could
+        not be read). The one resumed from takes its place, so that a later --resume cannot load the abandoned rounds and the next
         checkpoint keeps two rounds of this run (the launcher looks for a round every peer kept)."""
         replace_durably(self.files.previous_checkpoint, self.files.checkpoint)
-        self.log.warning("--resume-round %d: the checkpoint of round %d belonged to the rounds now run again; "
-                         "the checkpoint of round %d replaced it", resumed, newer, resumed)
+        if newer > resumed:
+            self.log.warning("--resume-round %d: the checkpoint of round %d belonged to the rounds now run again; "
+                             "the checkpoint of round %d replaced it", resumed, newer, resumed)
+        else:
+            self.log.warning("the newest checkpoint could not be read; the checkpoint of round %d replaced it", resumed)
 
     def _open_trace(self):
         path = self.files.trace
@@ -662,17 +670,21 @@ def _load_reference(path: str, model: torch.nn.Module) -> torch.Tensor:
     return reference.double().reshape(-1)
 
 
-def _prepare_output(files: PeerDir, overwrite: bool, resume: bool) -> None:
+def _prepare_output(files: PeerDir, overwrite: bool, resume: bool, resume_round: int = -1) -> None:
     files.path.mkdir(parents=True, exist_ok=True)
     checkpointed = files.checkpoint.exists() or files.previous_checkpoint.exists()
     if resume:
         # Without a checkpoint --resume starts again from round 0 (a launcher's restart of a peer that
-        # had not written one yet), but never over a run that finished.
+        # had not written one yet), but never over a run that finished: there is nothing to continue, and
+        # its last rounds run again alone would replace its model with another. Only a round named with
+        # --resume-round runs them again (its neighbours rerun from that round too: launch_swarm --resume).
         result = files.read_result()
-        if not checkpointed and not overwrite and result is not None and result["status"] in FINISHED:
-            raise ConfigError(f"--resume: {files.path} holds a finished run and no checkpoint to continue it from; "
-                              "pass another --out, or --overwrite to run it again from round 0 (in the Python API: "
-                              "out=... or overwrite=True)")
+        if not overwrite and resume_round < 0 and result is not None and result["status"] in FINISHED:
+            rerun = "" if not checkpointed else ("--resume-round R to run its last rounds again from a kept "
+                                                 "checkpoint (with its neighbours), ")
+            raise ConfigError(f"--resume: {files.path} holds a finished run ({result['status']}), nothing to "
+                              f"continue; pass another --out, {rerun}or --overwrite to run it again from round 0 "
+                              "(in the Python API: out=... or overwrite=True)")
         return
     existing = [path for path in files.outputs() if path.exists()]
     if existing and not overwrite:

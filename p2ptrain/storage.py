@@ -110,13 +110,19 @@ class JsonLines:
 
 
 def read_json_lines(path: str | Path) -> list[dict]:
-    """Every complete line of a JSON-lines file; a torn last line (a peer killed mid-write) is skipped."""
+    """Every complete line of a JSON-lines file; a torn last line (a peer killed mid-write) is skipped, and so
+    is a line damaged on the disk (not a JSON object), rather than making every reader of the run fail."""
     records = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.endswith("\n"):
-                    records.append(json.loads(line))
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict):
+                        records.append(record)
     except FileNotFoundError:
         pass
     return records

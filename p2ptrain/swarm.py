@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         run = prepare_resume(options) if options.resume else prepare(config, topology, options)
     except REFUSALS as error:
         return refuse(error)
+    if run is None:
+        return 0  # a resumed run whose peers had all finished
     ended = run_peers(run)
     return conclude(run, ended)
 
@@ -80,7 +82,7 @@ def launch(config: PeerConfig | None, topology: Topology | None, options: Launch
             run = prepare(config, topology, options)
     except REFUSALS as error:
         return refuse(error)
-    return conclude(run, run_peers(run))
+    return 0 if run is None else conclude(run, run_peers(run))
 
 
 def resume(out: str | Path, timeout: float = 0.0) -> int:
@@ -265,9 +267,10 @@ def prepare(config: PeerConfig, topology: Topology, options: LaunchOptions) -> P
     return PreparedRun(config, topology, options, run_dir, task, faults, reference)
 
 
-def prepare_resume(options: LaunchOptions) -> PreparedRun:
+def prepare_resume(options: LaunchOptions) -> PreparedRun | None:
     """The interrupted launch in ``options.out``, ready to run again: its configuration, topology, keys and
-    mode as it recorded them, and how each peer continues (resume.py)."""
+    mode as it recorded them, and how each peer continues (resume.py). None, with nothing changed, if every
+    peer had finished."""
     run_dir = RunDir(Path(options.out))
     if not (run_dir.peer_config.exists() and run_dir.topology.exists()):
         raise LaunchError(f"--resume {run_dir.path}: no launched run there (no {run_dir.peer_config.name} and "
@@ -275,7 +278,6 @@ def prepare_resume(options: LaunchOptions) -> PreparedRun:
     # The launch's --absent named its --join peers, absent at its start; whom a resumed peer does not wait
     # for is the resume plan's (resume.py: the finished and the joining peers), given on its command line.
     config = _found_here(PeerConfig.from_file(run_dir.peer_config), run_dir).replace(absent="")
-    atomic_write_json(run_dir.peer_config, config.to_dict())  # the file the peers read
     topology = load_topology(run_dir.topology)
     earlier = json.loads(run_dir.launch.read_text()) if run_dir.launch.exists() else {}
     mode = earlier.get("mode", "processes")
@@ -283,6 +285,14 @@ def prepare_resume(options: LaunchOptions) -> PreparedRun:
     task = resolve_task(config)
     check_launch_options(options, topology)
     plan = plan_resume(run_dir, topology, config)
+    if plan.nothing_to_do:
+        print(f"launch_swarm: {run_dir.path}: {plan.describe()}; its summary is {run_dir.summary}", flush=True)
+        return None
+    try:
+        atomic_write_json(run_dir.peer_config, config.to_dict())  # the file the peers read
+    except OSError as error:
+        raise LaunchError(f"cannot write {run_dir.peer_config}: {error.strerror}; free space or fix the "
+                          "directory's permissions, then resume again") from None
     plan.earlier_launches = [*earlier.get("interrupted_launches", []),
                              {key: earlier[key] for key in ("argv", "pids", "started_unix_time") if key in earlier}]
     if options.in_process:
@@ -479,7 +489,7 @@ def run_peers(run: PreparedRun) -> Ended:
 
 def conclude(run: PreparedRun, ended: Ended) -> int:
     """Write and print the summary; the launcher's exit code: 128 + a signal that interrupted the run,
-    1 if a peer did not finish, else 0."""
+    1 if a peer did not finish, 2 if the summary could not be written, else 0."""
     summary = summarise(run.topology, run.config.algo, run.dir, ended.exit_codes, ended.wall_seconds, run.reference,
                         headline_figure(run.task))
     summary["run_id"] = run.config.run_id
@@ -489,7 +499,12 @@ def conclude(run: PreparedRun, ended: Ended) -> int:
         summary["faults"] = run.faults.events
         # Event times count from the launcher's start; peers' metrics carry wall-clock "unix_time".
         summary["started_unix_time"] = ended.started_unix_time
-    atomic_write_json(run.dir.summary, summary)
+    try:
+        atomic_write_json(run.dir.summary, summary)
+    except OSError as error:  # the peers' own files are written: only the summary is missing
+        print(f"launch_swarm: error: cannot write {run.dir.summary}: {error.strerror}; the peers' outputs are "
+              f"in {run.dir.peers}", file=sys.stderr)
+        return 2
     logs = run.dir.peers_log if run.options.in_process else run.dir.peer("ID").log
     print_summary(summary, run.dir, logs=str(logs))
     if ended.interrupted is not None:

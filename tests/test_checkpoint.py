@@ -43,8 +43,9 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(solo_topolog
     uninterrupted = torch.load(out / "model.pt", weights_only=True)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 20
 
-    # As if the peer had died after round 29 with its last checkpoint at round 20:
+    # As if the peer had died after round 29 with its last checkpoint at round 20, before its result:
     # resuming runs rounds 20 to 29 again from the checkpoint alone.
+    (out / "result.json").unlink()
     assert peer.main(common + ["--out", str(out), "--resume"]) == 0
     resumed = torch.load(out / "model.pt", weights_only=True)
     for name in uninterrupted:
@@ -86,6 +87,7 @@ def test_resuming_another_runs_checkpoint_is_refused(solo_topology, tmp_path, ca
     base = ["--topology", str(solo_topology), "--peer", "p0", "--rounds", "12", "--checkpoint-every", "5",
             "--out", str(out), "--insecure"]
     assert peer.main(base) == 0
+    (out / "result.json").unlink()  # as if it had died before its result
     assert peer.main(base + ["--resume", "--model", "logreg"]) == 2
     assert "belongs to another run" in capsys.readouterr().err
 
@@ -98,6 +100,7 @@ def test_a_resumed_trace_keeps_one_row_per_traced_round(solo_topology, tmp_path)
               "--trace-every", "4", "--out", str(out), "--insecure"]
     assert peer.main(common) == 0
     first_rounds, first_rows = read_trace(out)
+    (out / "result.json").unlink()  # as if it had died before its result
     assert peer.main(common + ["--resume"]) == 0
     rounds, rows = read_trace(out)
     assert rounds == first_rounds == [3, 7, 11, 15, 19]

@@ -10,7 +10,8 @@ from p2ptrain.progress import PeerReader, PeerState, Progress, headline, progres
 from p2ptrain.rundir import RunDir
 from p2ptrain.summary import summarise, summary_table
 from p2ptrain.swarm import Ended, LaunchOptions, PreparedRun, conclude
-from p2ptrain.topology import generate
+from p2ptrain.swarm import main as swarm_main
+from p2ptrain.topology import dump_topology, generate
 
 
 def test_while_peers_start_the_display_says_how_many_listen_instead_of_round_zero():
@@ -177,6 +178,50 @@ def test_a_resume_leaves_finished_peers_alone_and_lets_peers_without_a_checkpoin
     # ADMM cannot join (its duals would not match): the peer without a checkpoint starts from round 0.
     plan = plan_resume(run_dir, topology, PeerConfig(topology="-", rounds=50, algo="admm"))
     assert (plan.joining, plan.from_round["p2"], plan.common_round, plan.consistent) == ((), 0, None, False)
+
+
+def test_a_finished_peer_runs_its_last_rounds_again_with_the_others_when_it_kept_their_round(tmp_path):
+    # Left out, the others would rerun those rounds without its messages and end elsewhere.
+    from p2ptrain.resume import plan_resume
+
+    topology, run_dir, config = generate("ring", 4), RunDir(tmp_path), PeerConfig(topology="-", rounds=50)
+    write_result(run_dir, "p0", "completed", 50)
+    write_checkpoints(run_dir, "p0", 45, 40)
+    for peer_id in ("p1", "p2", "p3"):
+        write_checkpoints(run_dir, peer_id, 40, 35)
+    plan = plan_resume(run_dir, topology, config)
+    assert (plan.common_round, plan.finished, plan.consistent) == (40, (), True)
+    assert plan.arguments("p0") == ("--resume", "--resume-round", "40")
+    write_checkpoints(run_dir, "p0", 49, 45)  # it kept no round of theirs: left out, and the plan says so
+    plan = plan_resume(run_dir, topology, config)
+    assert (plan.common_round, plan.finished, plan.consistent) == (40, ("p0",), False)
+    assert "the run will not end as an uninterrupted one would" in plan.describe()
+
+
+def test_a_checkpoint_that_cannot_be_read_is_skipped_and_named(tmp_path):
+    from p2ptrain.resume import plan_resume
+
+    topology, run_dir, config = generate("ring", 3), RunDir(tmp_path), PeerConfig(topology="-", rounds=50)
+    for peer_id in topology.ids:
+        write_checkpoints(run_dir, peer_id, 40, 35)
+    newest = run_dir.peer("p1").checkpoint
+    newest.write_bytes(newest.read_bytes()[:40])  # cut short
+    plan = plan_resume(run_dir, topology, config)
+    assert plan.common_round == 35 and f"skipped {newest}: it cannot be read" in plan.describe()
+
+
+def test_resuming_a_run_every_peer_finished_changes_nothing(tmp_path, capsys):
+    topology = generate("ring", 3)
+    run_dir = RunDir(tmp_path / "run")
+    for peer_id in topology.ids:
+        write_result(run_dir, peer_id, "completed", 50)
+    run_dir.topology.write_text(dump_topology(topology))
+    run_dir.peer_config.write_text(json.dumps(PeerConfig(topology=str(run_dir.topology), rounds=50).to_dict()))
+    run_dir.summary.write_text('{"wall_seconds": 20.0}')
+    before = {path: path.read_bytes() for path in run_dir.path.rglob("*") if path.is_file()}
+    assert swarm_main(["--resume", str(run_dir.path)]) == 0
+    assert "every peer (p0, p1, p2) had finished: nothing to resume" in capsys.readouterr().out
+    assert {path: path.read_bytes() for path in run_dir.path.rglob("*") if path.is_file()} == before
 
 
 def test_identity_conflicts_the_peers_saw_are_flagged_in_the_summary_and_a_warning(tmp_path, capsys):

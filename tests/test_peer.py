@@ -524,7 +524,7 @@ async def test_resume_without_a_checkpoint_will_not_run_over_a_finished_run(tmp_
     await run_rounds(finished, network, range(2), 1.0)
     finished.finish("completed")
     kept = {path.name: path.read_bytes() for path in (tmp_path / "p0").iterdir()}
-    with pytest.raises(ConfigError, match="holds a finished run and no checkpoint to continue it from; pass "
+    with pytest.raises(ConfigError, match=r"holds a finished run \(completed\), nothing to continue; pass "
                                           "another --out, or --overwrite to run it again from round 0"):
         make_node(tmp_path, pair, MemoryNetwork(), rounds=2, resume=True)
     assert {path.name: path.read_bytes() for path in (tmp_path / "p0").iterdir()} == kept
@@ -532,6 +532,23 @@ async def test_resume_without_a_checkpoint_will_not_run_over_a_finished_run(tmp_
         make_node(tmp_path, pair, MemoryNetwork(), rounds=2)
     again = make_node(tmp_path, pair, MemoryNetwork(), rounds=2, resume=True, overwrite=True)  # a launcher's restart
     assert again.start_round == 0 and not (tmp_path / "p0" / "metrics.jsonl").read_text()
+
+
+@pytest.mark.asyncio
+async def test_resume_with_checkpoints_will_not_rerun_a_finished_run_unless_told_from_which_round(tmp_path, network):
+    # Its last rounds run again alone would replace its model with another; the launcher's --resume reruns
+    # them with the neighbours' from a shared round, which it names.
+    pair = generate("complete", 2)
+    finished = make_node(tmp_path, pair, network, rounds=4, checkpoint_every=1)
+    await run_rounds(finished, network, range(4), 1.0)
+    finished.finish("completed")
+    kept = (tmp_path / "p0" / "model.pt").read_bytes()
+    with pytest.raises(ConfigError, match="nothing to continue; pass another --out, --resume-round R to run its last "
+                                          "rounds again from a kept checkpoint"):
+        make_node(tmp_path, pair, MemoryNetwork(), rounds=4, resume=True)
+    assert (tmp_path / "p0" / "model.pt").read_bytes() == kept
+    again = make_node(tmp_path, pair, MemoryNetwork(), rounds=4, resume=True, resume_round=2)
+    assert again.start_round == 2
 
 
 async def run_rounds(node: Node, network: MemoryNetwork, rounds: range, value: float) -> None:
