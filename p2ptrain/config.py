@@ -514,6 +514,19 @@ LAUNCHER_RANKS = (
 )
 # Launchers that start a failed process again count the restarts here (torchrun --max-restarts, sbatch --requeue).
 RESTART_COUNTS = ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")
+# What names one launch across its restarts: torchrun's rendezvous id (a new one per torchrun --standalone),
+# Slurm's job id (kept when the job is requeued).
+LAUNCH_IDS = ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+
+
+def launch_identity(environ=os.environ) -> dict[str, str]:
+    """The launcher's name for this launch (LAUNCH_IDS that are set); empty for a peer started by hand."""
+    return {variable: environ[variable] for variable in LAUNCH_IDS if environ.get(variable)}
+
+
+def launcher_restarted(environ=os.environ) -> bool:
+    """Whether a launcher counts this process as a restart of its launch (RESTART_COUNTS > 0)."""
+    return any((environ.get(variable) or "0") not in ("", "0") for variable in RESTART_COUNTS)
 
 
 def resolve_peer_id(requested: str, ids: tuple[str, ...], environ=os.environ) -> str:

@@ -151,7 +151,7 @@ def summary_markdown(results: dict[Run, list[dict] | str], rates: dict[str, floa
     name = figure_label(metric)
     goal = "no target" if math.isnan(target) else f"{target:g}"
     lines = [f"| topology | rho | algo | aggregator | partition | seed | final {name} (mean) | rounds to {goal} | "
-             f"seconds to {goal} | final consensus distance | MB sent per peer |",
+             f"seconds to {goal} | final consensus distance | MiB sent per peer |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run, rows in results.items():
         head = (f"| {run.topology} | {rates[run.topology]:.3f} | {run.algo} | {run.aggregator} | {run.partition} "

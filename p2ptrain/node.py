@@ -16,6 +16,7 @@ Python API (api.py) from the hooks on a user's own optimizer.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import platform
@@ -27,7 +28,7 @@ import zmq
 import zmq.asyncio
 
 from . import __version__, wire
-from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig
+from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, launch_identity, launcher_restarted
 from .gather import Gathered, gatherer_for
 from .membership import Membership
 from .replica import Replica
@@ -112,6 +113,7 @@ class Node:
         self.round_now = self.start_round = self.rounds_completed = 0
         self.last: dict = {}  # the last round's metrics record
         self.write_error: OSError | None = None  # a final output that could not be written
+        self.withdrawn = False  # a join refused before its first round took back the files it made (_withdraw)
         self.evaluation: dict[str, float] = {}  # the task's latest held-out figures
         # The round whose books took ``evaluation`` (None once a neighbour's state replaced the model), and
         # whether ``run`` went on to the last round: then the result reuses that round's evaluation.
@@ -127,6 +129,7 @@ class Node:
         """Prepare the run directory: refuse an earlier run's outputs (unless --overwrite or --resume),
         restore the checkpoint with --resume, record the configuration, open the metrics."""
         try:
+            self._refuse_another_launchs_outputs()
             _prepare_output(self.files, self.config.overwrite, self.config.resume, self.config.resume_round)
             for output in self.files.outputs():
                 for leftover in remove_partial_writes(output):
@@ -147,11 +150,28 @@ class Node:
                       self.topology.peer(self.id).bind, ",".join(self.in_neighbours),
                       ",".join(self.out_neighbours), examples, self.replica.device)
 
+    def _refuse_another_launchs_outputs(self) -> None:
+        """A launcher's restart resumes (config.after_launcher_restart), but only the run its own launch
+        began: a first start refused over an earlier launch's outputs would otherwise be restarted into
+        them, and continue or overwrite a run made with other options."""
+        if not (launcher_restarted() and self.files.config.exists()):
+            return
+        try:
+            recorded = json.loads(self.files.config.read_text()).get("launch")
+        except (OSError, ValueError, AttributeError):
+            return  # unreadable: the checks of the resume itself speak for the files
+        now = launch_identity()
+        if recorded is not None and now and recorded != now:
+            raise ConfigError(f"{self.files.path} holds the outputs of another launch ({_launch_text(recorded)}; "
+                              f"this one is {_launch_text(now)}), so this restart will not continue or replace "
+                              "them; give this launch another --out (or run id), or remove them")
+
     def _description(self) -> dict:
         """config.json: the configuration and everything the run was built from."""
         topology = self.topology
         return {
             "config": self.config.to_dict(),
+            "launch": launch_identity(),  # a launcher's restart continues only the outputs of its own launch
             "topology": {"name": topology.name, "size": topology.size,
                          "in_neighbours": list(self.in_neighbours), "out_neighbours": list(self.out_neighbours),
                          "period": topology.period,
@@ -490,11 +510,13 @@ class Node:
         """Ask the neighbours for their state and load the first answer (PROTOCOL.md section 6).
         Returns the round to continue from."""
         if not self.answerers:
+            self._withdraw()
             raise ConfigError(f"--join: {self.id} has no neighbour linked both ways in {self.topology.name}, so "
                               "nobody could answer a state request; start it without --join")
         self.log.info("joining: asking %s for their state", ",".join(self.answerers))
         answer = await self._ask_for_state(self.config.startup_timeout)
         if answer is None:
+            self._withdraw()
             raise ConfigError(f"--join: no answer from {', '.join(self.answerers)} within "
                               f"{self.config.startup_timeout}s (--startup-timeout). Is the swarm running, with run "
                               f"id {self.config.run_id} and this peer in its topology? Start without --join to "
@@ -503,6 +525,18 @@ class Node:
         self.start_round = answer.round
         self.log.info("joined: took the state of %s, continuing from round %d", answer.sender, answer.round)
         return answer.round
+
+    def _withdraw(self) -> None:
+        """A join refused before any round: take back the files this start made (its configuration and empty
+        metrics), so that the run directory is as it was and the retry the refusal suggests can start there.
+        ``finish`` then writes nothing."""
+        self.withdrawn = True
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        for path in (self.files.config, self.files.metrics):
+            if path.exists() and (path == self.files.config or path.stat().st_size == 0):
+                path.unlink()
 
     async def _ask_for_state(self, timeout: float, after: int = -1) -> wire.Message | None:
         """Send state requests to the answerers until one answers with a round after ``after`` or ``timeout``
@@ -584,7 +618,8 @@ class Node:
                              self.topology.peer(self.id).endpoint)
             status = "isolated"
         try:
-            self._write_outputs(status)
+            if not self.withdrawn:
+                self._write_outputs(status)
         except OSError as error:
             self.write_error = error
             self.log.error("could not write %s: %s; %s", error.filename or self.files.path,
@@ -668,6 +703,10 @@ def _load_reference(path: str, model: torch.nn.Module) -> torch.Tensor:
     if not isinstance(reference, torch.Tensor) or reference.numel() != size:
         raise ConfigError(f"--reference {path} is not a tensor of {size} values, the size of this model")
     return reference.double().reshape(-1)
+
+
+def _launch_text(identity: dict[str, str]) -> str:
+    return ", ".join(f"${variable}={value}" for variable, value in identity.items()) or "started by hand"
 
 
 def _prepare_output(files: PeerDir, overwrite: bool, resume: bool, resume_round: int = -1) -> None:

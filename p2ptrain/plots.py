@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-MB = 2**-20
+MIB = 2**-20
 # What a metric can be drawn against: the row's key, the figure's name suffix, the axis label, the scale.
 X_AXES = {
     "round": ("rounds", "round", 1),
     "wall_time": ("time", "wall time (s)", 1),
-    "bytes_sent_per_peer": ("bytes", "MB sent per peer", MB),
+    "bytes_sent_per_peer": ("bytes", "MiB sent per peer", MIB),
 }
 
 
@@ -79,9 +79,9 @@ def sweep_figures(results: dict, rates: dict[str, float], metric: str, name: str
         figures[f"{name}_{suffix}"] = fig
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    ax.barh([run.name for run in finished], [rows[-1]["bytes_sent_per_peer"] * MB for rows in finished.values()],
+    ax.barh([run.name for run in finished], [rows[-1]["bytes_sent_per_peer"] * MIB for rows in finished.values()],
             color=[colours[run.topology] for run in finished])
-    ax.set_xlabel("MB sent per peer over the run")
+    ax.set_xlabel("MiB sent per peer over the run")
     ax.tick_params(axis="y", labelsize=6)
     figures["bytes_sent"] = fig
     return figures

@@ -234,6 +234,7 @@ def prepare(config: PeerConfig, topology: Topology, options: LaunchOptions) -> P
         shard_of(task, 0, topology.size, config.seed)  # a task of the user's: a shard no peer could use, refused now
     faults = fault_plan(options, topology)
     check_launch_options(options, topology)
+    check_given_keys(options, topology)
     if config.fragments > 1:
         # Cut here as every peer will cut it: a count the model cannot take is refused before any peer starts.
         build_algorithm(config, topology, topology.ids[0], task.build_model())
@@ -403,6 +404,14 @@ def _why_not_writable(path: Path, error: OSError) -> str:
     return (error.strerror or str(error)).lower()
 
 
+def check_given_keys(options: LaunchOptions, topology: Topology) -> None:
+    """--keys holds every peer's key pair and everyone's public key (every peer starts here); refused now,
+    before anything of the run is written."""
+    if options.keys and not options.insecure and options.in_process != "inproc":
+        for peer_id in topology.ids:
+            load_security(topology, peer_id, options.keys)
+
+
 def swarm_keys(options: LaunchOptions, topology: Topology, run_dir: RunDir) -> Path | None:
     """The keys directory the peers get: --keys, or fresh keys in RUN_DIR/keys; None when insecure."""
     if options.in_process == "inproc":
@@ -412,9 +421,7 @@ def swarm_keys(options: LaunchOptions, topology: Topology, run_dir: RunDir) -> P
               file=sys.stderr)
         return None
     if options.keys:
-        for peer_id in topology.ids:  # every peer starts here: each one's key pair, and everyone's public keys
-            load_security(topology, peer_id, options.keys)
-        return Path(options.keys)
+        return Path(options.keys)  # checked by check_given_keys before the run directory was claimed
     generate_keys(topology, run_dir.keys, force=True)
     print(f"CurveZMQ keys for {topology.size} peers made in {run_dir.keys} (--insecure to run without)", flush=True)
     return run_dir.keys

@@ -18,6 +18,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -106,8 +107,10 @@ def _import(module_name: str, spec: str):
         sys.modules[name] = module
         try:
             loader_spec.loader.exec_module(module)
-        except BaseException:
+        except BaseException as error:
             del sys.modules[name]
+            if isinstance(error, Exception):
+                raise TaskError(f"--task {spec!r}: {path} failed to import: {_failure(error)}") from None
             raise
         return module
     try:
@@ -121,6 +124,17 @@ def _import(module_name: str, spec: str):
             return _import(module_name, spec)
         raise TaskError(f"--task {spec!r}: cannot import {module_name} ({error}); is it installed, or on "
                         "PYTHONPATH? A file is named path/to/file.py:attribute") from None
+    except Exception as error:  # the module's own code failed
+        raise TaskError(f"--task {spec!r}: {module_name} failed to import: {_failure(error)}") from None
+
+
+def _failure(error: Exception) -> str:
+    """Where the task's own code failed and why, in one line: FILE:LINE: Error: message."""
+    if isinstance(error, SyntaxError):
+        return f"{error.filename}:{error.lineno}: SyntaxError: {error.msg}"
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+    return f"{where}{type(error).__name__}: {error}"
 
 
 def _is_task(value: Any) -> bool:

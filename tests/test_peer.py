@@ -339,6 +339,10 @@ async def test_a_join_nobody_answers_ends_at_the_startup_deadline(tmp_path, netw
         await joiner.join()
     assert network.clock() == STARTUP_TIMEOUT
     assert len(network.collect("p0")) == STARTUP_TIMEOUT / 0.5  # asked again every half second
+    # Refused before any round, it takes back what it wrote: the retry the message suggests can start there.
+    joiner.finish("failed")
+    assert not any((tmp_path / "p1").iterdir())
+    make_node(tmp_path, generate("complete", 2), MemoryNetwork(), "p1")
 
 
 @pytest.mark.asyncio
@@ -549,6 +553,25 @@ async def test_resume_with_checkpoints_will_not_rerun_a_finished_run_unless_told
     assert (tmp_path / "p0" / "model.pt").read_bytes() == kept
     again = make_node(tmp_path, pair, MemoryNetwork(), rounds=4, resume=True, resume_round=2)
     assert again.start_round == 2
+
+
+@pytest.mark.asyncio
+async def test_a_launchers_restart_resumes_only_the_outputs_of_its_own_launch(tmp_path, network, monkeypatch):
+    # torchrun run again in a used directory: its first start is refused over the earlier launch's outputs;
+    # its restart must not then continue (or overwrite) them with the options of the new launch.
+    pair = generate("complete", 2)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "first")
+    earlier = make_node(tmp_path, pair, network, rounds=4, checkpoint_every=1)
+    await run_rounds(earlier, network, range(2), 1.0)  # then the first launch died
+    kept = {path.name: path.read_bytes() for path in (tmp_path / "p0").iterdir()}
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "second")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    with pytest.raises(ConfigError, match=r"holds the outputs of another launch \(\$TORCHELASTIC_RUN_ID=first; "
+                                          r"this one is \$TORCHELASTIC_RUN_ID=second\)"):
+        make_node(tmp_path, pair, MemoryNetwork(), rounds=4, resume=True, overwrite=True)
+    assert {path.name: path.read_bytes() for path in (tmp_path / "p0").iterdir()} == kept
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "first")  # a restart of the launch that wrote them resumes
+    assert make_node(tmp_path, pair, MemoryNetwork(), rounds=4, resume=True, overwrite=True).start_round == 2
 
 
 async def run_rounds(node: Node, network: MemoryNetwork, rounds: range, value: float) -> None:

@@ -51,6 +51,17 @@ def test_a_task_that_cannot_be_used_is_refused_with_the_fix(spec, message):
         load_task(spec)
 
 
+@pytest.mark.parametrize("code, failure", [
+    ("def task(:\n    pass\n", "broken.py:1: SyntaxError"),
+    ("import os\nraise RuntimeError('no data here')\n", "broken.py:2: RuntimeError: no data here"),
+])
+def test_a_task_file_that_fails_to_import_is_named_with_the_line_where_it_failed(tmp_path, code, failure):
+    path = tmp_path / "broken.py"
+    path.write_text(code)
+    with pytest.raises(TaskError, match=f"failed to import: .*{failure}"):
+        load_task(f"{path}:task")
+
+
 def test_an_object_without_the_required_methods_is_refused(tmp_path):
     path = tmp_path / "half.py"
     path.write_text("class Half:\n    def build_model(self):\n        return None\n\nhalf = Half()\n")
