@@ -37,6 +37,7 @@ class Replica:
     # What every peer of the swarm must share for their messages to mix (wire.fingerprint).
     agreement: dict = field(default_factory=dict)
     attack: Attack | None = None  # this peer lies to its neighbours (an experiment's --attack)
+    _held_buffers: list[str] | None = field(default=None, init=False, repr=False)  # follow_reassigned_buffers'
 
     @property
     def shard_size(self) -> int | None:
@@ -60,9 +61,11 @@ class Replica:
         self.mean + ...``); the algorithm would go on sending and mixing the old one. Point it at the
         module's current tensor, of the same shape and dtype (the messages' layout is fixed for the run)."""
         held = self.algorithm.parameters
-        for name, current in self.model.named_buffers():
-            kept = held.get(name)
-            if kept is None or kept is current:
+        if self._held_buffers is None:  # the algorithm's tensors are fixed at its start: their names once
+            self._held_buffers = [name for name, _ in self.model.named_buffers() if name in held]
+        for name in self._held_buffers:
+            kept, current = held[name], self.model.get_buffer(name)
+            if kept is current:
                 continue
             if current.shape != kept.shape or current.dtype != kept.dtype:
                 raise ConfigError(f"the model's buffer {name!r} became {tuple(current.shape)} {current.dtype}, it was "

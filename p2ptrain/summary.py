@@ -20,6 +20,19 @@ from .topology import Topology
 ISOLATED = "isolated"
 
 
+# A peer's exit code when it ran its rounds but could not write its model or result (running.EXIT_WRITE_FAILED).
+_WRITE_FAILED = 4
+
+
+def _status(written: str, exit_code: int | None) -> str:
+    """The peer's own word for how it ended, or, where it wrote none, what its exit code tells."""
+    if written == "not started" and exit_code is not None:
+        return "stopped before its first round"  # it ran: stopped while it still imported torch
+    if written == "killed" and exit_code == _WRITE_FAILED:
+        return "could not write its outputs"
+    return written
+
+
 def summarise(topology: Topology, algo: str, run_dir: RunDir, exit_codes: dict[str, int | None],
               wall_seconds: float, reference: torch.Tensor | None = None, figure: str = "test_accuracy") -> dict:
     """What RUN/summary.json holds: each peer's outcome (with the task's headline ``figure``) and exit
@@ -35,9 +48,7 @@ def summarise(topology: Topology, algo: str, run_dir: RunDir, exit_codes: dict[s
             "train_loss": outcome["train_loss"],
             "exit_code": exit_codes.get(peer_id),
             # A peer with an exit code ran, even if it was stopped before it wrote anything (importing torch).
-            "status": ("stopped before its first round"
-                       if outcome["status"] == "not started" and exit_codes.get(peer_id) is not None
-                       else outcome["status"]),
+            "status": _status(outcome["status"], exit_codes.get(peer_id)),
         }
         if outcome["start_round"]:
             peers[peer_id]["start_round"] = outcome["start_round"]  # it joined the run late
