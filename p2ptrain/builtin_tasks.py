@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .config import NAMED_TASKS, parse_task_args
+from .config import NAMED_TASKS, parse_task_args, task_args_as_written
 from .data import DATASETS, TASKS, DataError, check_partition, load_dataset, shard_indices
 from .models import build_model, resolve_model_name, task_loss
 from .problems import LocalProblem, local_problem
@@ -120,5 +120,5 @@ def task_from_options(task: str, dataset: str = "digits", model: str = "auto", h
                         f"and splits; the task {task} loads its own data, builds its own model and shards its data: "
                         "drop them")
     if task == "gpt-char":
-        return load_task("p2ptrain.language:CharTask", arguments)
-    return load_task(task, arguments)
+        return load_task("p2ptrain.language:CharTask", arguments, task_args_as_written(task_args))
+    return load_task(task, arguments, task_args_as_written(task_args))

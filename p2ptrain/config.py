@@ -287,26 +287,33 @@ def _typed(name: str, value, kind: type, path: Path):
     raise ConfigError(f"--config {path}: {name} = {value!r} must be {examples[kind]}")
 
 
-def parse_task_args(text: str) -> dict[str, bool | int | float | str]:
-    """--task-args "layers=4,text=corpus.txt,bias=false": true and false (any case) as booleans, integers
-    and floats as numbers, anything else as text."""
-    values: dict[str, bool | int | float | str] = {}
+def task_args_as_written(text: str) -> dict[str, str]:
+    """--task-args "layers=4,text=corpus.txt" as KEY -> the value's text (task.load_task gives a parameter
+    annotated ``str`` that text: a file named 007 stays 007)."""
+    values: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, equals, value = item.partition("=")
         if not equals or not key.strip().isidentifier():
             raise ConfigError(f"--task-args {text!r}: {item!r} is not KEY=VALUE; write e.g. layers=4,width=128")
-        if value.lower() in ("true", "false"):  # the text "false" would be true
-            values[key.strip()] = value.lower() == "true"
-            continue
-        for kind in (int, float):
-            try:
-                values[key.strip()] = kind(value)
-                break
-            except ValueError:
-                continue
-        else:
-            values[key.strip()] = value
+        values[key.strip()] = value
     return values
+
+
+def parse_task_args(text: str) -> dict[str, bool | int | float | str]:
+    """--task-args "layers=4,text=corpus.txt,bias=false": true and false (any case) as booleans, integers
+    and floats as numbers, anything else as text."""
+    return {key: _task_arg_value(value) for key, value in task_args_as_written(text).items()}
+
+
+def _task_arg_value(value: str) -> bool | int | float | str:
+    if value.lower() in ("true", "false"):  # the text "false" would be true
+        return value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
 
 
 def option_adder(parser: argparse.ArgumentParser, defaults: bool = True):
@@ -398,7 +405,8 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: bool = True,
              "package.module:attribute or path/to/file.py:attribute (docs/api.md); default: --dataset "
              "with --model")
     add("--task-args", default=d.task_args, metavar="KEY=VALUE,...",
-        help="arguments of the task: gpt-char takes layers, heads, width, context, text (a UTF-8 file); a "
+        help="arguments of the task: gpt-char takes layers, heads, width, context, text (a UTF-8 file), "
+             "validation (the held-out fraction), seed_text (the prompt of its sample); a "
              "plugin named by a class or function gets them as keyword arguments (default: none)")
     add("--dataset", choices=DATASETS, default=d.dataset,
         help="digits (scikit-learn, 8x8 images, 10 classes), synthetic (softmax of a known linear model), "

@@ -13,8 +13,9 @@ The corpus is, by default, the Python standard library's own help texts
 (``pydoc_data.topics``: the language reference's topics, about 465,000
 characters of English prose and code, about 100 distinct characters), so
 the task needs no download. It changes between Python versions, so the
-peers of one swarm should run the same one (a different vocabulary makes a
-differently shaped model, which the fingerprint refuses). ``text=PATH``
+peers of one swarm should run the same one: a different vocabulary is
+refused (it is in the fingerprint, ``CharTask.agreement``), even one of as
+many characters. ``text=PATH``
 trains on any UTF-8 file instead. The vocabulary is the set of characters
 of the whole text.
 
@@ -32,6 +33,7 @@ centralized baseline.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -59,7 +61,9 @@ def standard_library_text() -> str:
 
 
 def read_text(path: str) -> str:
-    file = Path(path)
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise TaskError(f"gpt-char: text={path} is a directory; give the path of a UTF-8 text file in it")
     if not file.is_file():
         raise TaskError(f"gpt-char: text={path}: no such file (relative paths are from {Path.cwd()}); give the path "
                         "of a UTF-8 text file, or leave text out to train on the standard library's help texts")
@@ -104,8 +108,8 @@ class CharTask:
     headline = "val_loss"  # the figure runs are compared by (the experiment runner's default --metric)
     # For 8 peers in one process on a 2-core CPU (scripts/launch_swarm.py --task gpt-char --in-process),
     # where every peer's steps run one after another on one thread: the default model (1,012,992
-    # parameters) takes about 80 ms a step at batch 16, so 8 peers x 720 steps are about 8 minutes of
-    # one core, and the 9 evaluations per peer about half a minute more. One step per round: the peers'
+    # parameters) takes about 80 to 95 ms a step at batch 16, so 8 peers x 720 steps are about 10 minutes
+    # of one core, the 9 evaluations per peer included. One step per round: the peers'
     # slices of the text differ (contiguous stretches of different topics), and every step taken
     # without mixing pulls the replicas apart; with --fragments K a value is mixed only every K
     # rounds, so fragments cost little only when rounds are short (docs/language-model.md).
@@ -125,7 +129,7 @@ class CharTask:
             raise TaskError(f"gpt-char: validation={validation}: give the held-out fraction of the text, "
                             "between 0 and 1 (e.g. 0.1)")
         self.layers, self.heads, self.width, self.context = layers, heads, width, context
-        source = str(text)  # --task-args makes a number of a name like 2024
+        source = str(text)  # a Path, from Python
         corpus = read_text(source) if source else standard_library_text()
         where = f"text={source}" if source else "the standard library's help texts"
 
@@ -171,6 +175,13 @@ class CharTask:
 
     def decode(self, ids) -> str:
         return "".join(self.vocab[i] for i in torch.as_tensor(ids).tolist())
+
+    def agreement(self) -> dict[str, str]:
+        """What every peer must share beyond the model's shapes (in the fingerprint): the vocabulary, since
+        token k must be one character for all; two texts with as many distinct characters would otherwise
+        mix models that read different letters."""
+        text = "".join(self.vocab).encode("utf-8", "surrogatepass")
+        return {"vocabulary": hashlib.blake2b(text, digest_size=8).hexdigest()}
 
     @property
     def vocab_size(self) -> int:

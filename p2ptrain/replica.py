@@ -210,7 +210,18 @@ def admm_penalty(config: PeerConfig, task) -> float:
 
 def agreement(config: PeerConfig, task) -> dict:
     """The settings every peer's algorithm must share (hashed into the fingerprint with the tensors'
-    layout); learning rates, local steps and the like may differ between peers."""
+    layout), and what the task says its peers must share beyond the tensors' shapes (``Task.agreement``:
+    a language model's vocabulary); learning rates, local steps and the like may differ between peers."""
+    shared = getattr(task, "agreement", None)
+    of_task = shared() if callable(shared) else {}
+    if not isinstance(of_task, dict) or not all(
+            isinstance(k, str) and type(v) in (str, int, float, bool) for k, v in of_task.items()):
+        raise ConfigError(f"the task's agreement() gave {of_task!r}: it must be a dict of names to strings, integers, "
+                          "floats or booleans (what every peer of the swarm must share)")
+    return of_task | _algorithm_agreement(config, task)
+
+
+def _algorithm_agreement(config: PeerConfig, task) -> dict:
     if config.algo == "admm":
         return {"algorithm": "admm", "admm_penalty": admm_penalty(config, task)}
     if config.algo == "choco":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.util
+import inspect
 import sys
 import traceback
 from pathlib import Path
@@ -66,10 +67,11 @@ class Task:
 REQUIRED = ("build_model", "shard", "loss")
 
 
-def load_task(spec: str, arguments: Mapping[str, Any] | None = None) -> Any:
+def load_task(spec: str, arguments: Mapping[str, Any] | None = None, written: Mapping[str, str] | None = None) -> Any:
     """The task named by ``spec``: MODULE:ATTRIBUTE or FILE.py:ATTRIBUTE (built-in names are resolved
     by builtin_tasks.task_from_options, which calls this for everything else). A class or function
-    is called with ``arguments`` (--task-args) as keyword arguments."""
+    is called with ``arguments`` (--task-args) as keyword arguments; a parameter annotated ``str`` gets the
+    text as ``written`` (a file name like 007, a prompt like 0123), not the number it reads as."""
     module_name, _, attribute = spec.rpartition(":")
     if not module_name or not attribute:
         raise TaskError(f"--task {spec!r}: name a task as package.module:attribute or path/to/file.py:attribute "
@@ -83,7 +85,7 @@ def load_task(spec: str, arguments: Mapping[str, Any] | None = None) -> Any:
                         f"(it has {', '.join(public[:12]) or 'nothing public'})") from None
     # A class or function makes the task; any other object is one (check_task says what it lacks).
     if callable(found) and not _is_task(found):
-        task = _call(found, spec, dict(arguments or {}))
+        task = _call(found, spec, dict(arguments or {}), dict(written or {}))
     elif arguments:
         raise TaskError(f"--task {spec!r} is a task object, which takes no --task-args; point --task at a "
                         "class or function that makes the task from them")
@@ -141,7 +143,20 @@ def _is_task(value: Any) -> bool:
     return not isinstance(value, type) and all(callable(getattr(value, m, None)) for m in REQUIRED)
 
 
-def _call(factory: Any, spec: str, arguments: dict[str, Any]) -> Any:
+def _call(factory: Any, spec: str, arguments: dict[str, Any], written: dict[str, str]) -> Any:
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to read (some built-in callables): called as given
+        parameters = None
+    if parameters is not None and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        names = [name for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(arguments) - set(names))
+        if unknown:
+            raise TaskError(f"--task {spec!r} takes no --task-args {', '.join(unknown)}; it takes "
+                            f"{', '.join(names) or 'none'}")
+    if parameters is not None:
+        arguments = {key: written[key] if key in written and parameters.get(key) is not None
+                     and parameters[key].annotation in (str, "str") else value for key, value in arguments.items()}
     try:
         return factory(**arguments)
     except TypeError as error:

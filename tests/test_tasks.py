@@ -7,6 +7,7 @@ import collections
 import json
 import logging
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -85,6 +86,23 @@ def test_task_args_read_booleans_numbers_and_text():
         "bias": False, "norm": True, "layers": 4, "scale": 0.5, "text": "a.txt"}
     with pytest.raises(ConfigError, match="is not KEY=VALUE"):
         parse_task_args("layers")
+
+
+def test_a_task_parameter_annotated_str_gets_its_text_as_written_and_unknown_ones_are_named(tmp_path):
+    path = tmp_path / "made.py"
+    path.write_text(textwrap.dedent(f"""
+        from importlib import import_module
+        base = import_module("p2ptrain").Task
+
+        class Made(base):
+            def __init__(self, text: str = "", seed_text: str = "", layers: int = 1):
+                self.text, self.seed_text, self.layers = text, seed_text, layers
+            build_model = shard = loss = lambda self, *a: None
+    """))
+    made = task_from_options(f"{path}:Made", task_args="text=007,seed_text=0123,layers=2")
+    assert (made.text, made.seed_text, made.layers) == ("007", "0123", 2)  # not 7 and 123; a number stays one
+    with pytest.raises(TaskError, match="takes no --task-args Text; it takes text, seed_text, layers"):
+        task_from_options(f"{path}:Made", task_args="Text=x")
 
 
 def test_dataset_and_model_options_name_the_same_built_in_task_as_task():
