@@ -624,10 +624,14 @@ class Node:
             self.write_error = error
             self.log.error("could not write %s: %s; %s", error.filename or self.files.path,
                            error.strerror or error, self._usable_checkpoint())
-        if self.metrics is not None:
-            self.metrics.close()
-        if self._trace is not None:
-            self._trace.close()
+        for output in (self.metrics, self._trace):
+            try:
+                if output is not None:
+                    output.close()  # flushes what is buffered: a full disk may refuse it
+            except OSError as error:
+                self.write_error = self.write_error or error
+                self.log.error("could not write %s: %s; %s", error.filename or self.files.path,
+                               error.strerror or error, self._usable_checkpoint())
         self.transport.close(abandon=self.membership.suspected)
 
     def _write_outputs(self, status: str) -> None:

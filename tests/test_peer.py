@@ -629,7 +629,8 @@ async def test_a_peer_without_neighbours_is_not_isolated(tmp_path, network):
     node = make_node(tmp_path, solo, network, rounds=1)
     await node.exchange(0)
     node.finish("completed")
-    assert json.loads((tmp_path / "p0" / "result.json").read_text())["status"] == "completed"
+    assert (tmp_path / "p0" / "model.pt").exists()  # written before the metrics were closed
+    assert json.loads((tmp_path / "p0" / "result.json").read_text())["status"] == "isolated"  # no round heard p1
 
 
 class CountingTask:
@@ -823,3 +824,20 @@ async def test_a_peer_behind_does_not_take_a_state_when_catch_up_is_off_or_in_as
     await node.exchange(1)
     network.collect("p1"), network.collect("p2")  # p0's round-1 parameters
     assert await node.catch_up(2) == 2 and network.collect("p1") == network.collect("p2") == []
+
+
+@pytest.mark.asyncio
+async def test_metrics_a_full_disk_will_not_take_at_the_end_are_a_write_error_not_a_crash(tmp_path, network):
+    import errno
+
+    class FullDiskLines:  # the metrics file, its last buffered lines refused when it is closed
+        def close(self):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "p0" / "metrics.jsonl"))
+
+    node = make_node(tmp_path, generate("complete", 2), network, rounds=1)
+    node.metrics.close()
+    node.metrics = FullDiskLines()
+    node.finish("completed")  # the model and result were written; the exit code is then 4
+    assert node.write_error.errno == errno.ENOSPC and node.transport.closed
+    assert (tmp_path / "p0" / "model.pt").exists()  # written before the metrics were closed
+    assert json.loads((tmp_path / "p0" / "result.json").read_text())["status"] == "isolated"  # no round heard p1
