@@ -68,17 +68,20 @@ def test_a_peer_is_refused_inside_a_running_event_loop_with_the_fix(alone, tmp_p
 
 
 def test_torch_threads_and_the_scripts_logging_are_left_as_they_are(alone, tmp_path):
-    root = logging.getLogger()
+    root, ours = logging.getLogger(), logging.getLogger("p2ptrain")
     handlers, threads = list(root.handlers), torch.get_num_threads()
+    before = (ours.level, list(ours.handlers), ours.propagate)
     torch.set_num_threads(2)
     try:
         with open_peer(alone, tmp_path, log_level="WARNING"):
             assert torch.get_num_threads() == 2 and root.handlers == handlers
+            assert ours.level == logging.WARNING and len(ours.handlers) == len(before[1]) + 1
         with open_peer(alone, tmp_path, threads=1):  # unless threads= is given
             assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
-        logging.getLogger("p2ptrain").propagate = True
+        ours.setLevel(before[0])  # setLevel also clears the loggers' cached levels
+        ours.handlers, ours.propagate = before[1], before[2]  # the other tests' peers log through the root
 
 
 def test_attach_is_refused_twice_and_after_close_and_exchange_after_the_last_round(alone, tmp_path):
