@@ -90,7 +90,8 @@ class Peer:
         # A Peer dropped without close() still releases its sockets (a context whose sockets stay open
         # would block the collector that frees it, for good); this runs before any of its parts is freed.
         self._opened: list[Node] = []
-        self._release_once = weakref.finalize(self, _release, self._opened, self._context, self._loop)
+        self._signals = _StopOnSigterm()
+        self._release_once = weakref.finalize(self, _release, self._opened, self._context, self._loop, self._signals)
         try:
             self.node: Node = self._loop.run_until_complete(
                 self._open(config, topology, model, device, set_threads="threads" in options))
@@ -103,7 +104,7 @@ class Peer:
         except BaseException:
             self._release()
             raise
-        self._signals = _StopOnSigterm()
+        self._signals.install()
 
     async def _open(self, config: PeerConfig, topology: Topology, model: torch.nn.Module,
                     device: torch.device, set_threads: bool) -> Node:
@@ -213,9 +214,6 @@ class Peer:
 
     def _release(self) -> None:
         self.closed = True
-        signals = getattr(self, "_signals", None)
-        if signals is not None:
-            signals.restore()
         self._release_once()
 
     def __enter__(self) -> "Peer":
@@ -241,27 +239,46 @@ class _StopOnSigterm:
     """While a Peer is open, SIGTERM raises SystemExit(143) in the training script, as Ctrl-C raises
     KeyboardInterrupt: a ``with Peer(...)`` block (or a ``finally`` that closes the Peer) then writes the
     model and result before the process ends. Only where nothing else handles SIGTERM (the default
-    handler) and in the main thread (the only one that may set handlers); put back when the Peer closes."""
+    handler) and in the main thread (the only one that may set handlers). Every open Peer holds it; the
+    default comes back when the last one is closed or freed."""
+
+    holders = 0  # the Peers of this process holding the handler
 
     def __init__(self):
-        self.installed = (threading.current_thread() is threading.main_thread()
-                          and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
-        if self.installed:
+        self.holding = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        ours = signal.getsignal(signal.SIGTERM) is _raise_sigterm_exit
+        if not ours and (_StopOnSigterm.holders or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+            return  # the script's own handler (set before, or since the other Peers were opened)
+        if not ours:
             signal.signal(signal.SIGTERM, _raise_sigterm_exit)
+        _StopOnSigterm.holders += 1
+        self.holding = True
 
     def restore(self) -> None:
-        if self.installed and signal.getsignal(signal.SIGTERM) is _raise_sigterm_exit:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        self.installed = False
+        if not self.holding:
+            return
+        self.holding = False
+        _StopOnSigterm.holders -= 1
+        if not _StopOnSigterm.holders and signal.getsignal(signal.SIGTERM) is _raise_sigterm_exit:
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            except ValueError:  # freed by the collector in another thread: only the main thread may set it
+                pass
 
 
 def _raise_sigterm_exit(signum: int, frame) -> None:
     raise SystemExit(_SIGTERM_EXIT)
 
 
-def _release(opened: list[Node], context: zmq.asyncio.Context, loop: asyncio.AbstractEventLoop) -> None:
+def _release(opened: list[Node], context: zmq.asyncio.Context, loop: asyncio.AbstractEventLoop,
+             signals: _StopOnSigterm) -> None:
     """Close the node's sockets, then the context (it returns once queued messages are delivered or the
-    linger ends) and the loop. Once, by close() or when a Peer never closed is freed."""
+    linger ends) and the loop, and give SIGTERM back. Once, by close() or when a Peer never closed is freed."""
+    signals.restore()
     for node in opened:
         if not node.transport.closed:
             node.transport.close()

@@ -522,19 +522,22 @@ LAUNCHER_RANKS = (
 )
 # Launchers that start a failed process again count the restarts here (torchrun --max-restarts, sbatch --requeue).
 RESTART_COUNTS = ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")
-# What names one launch across its restarts: torchrun's rendezvous id (a new one per torchrun --standalone),
-# Slurm's job id (kept when the job is requeued).
-LAUNCH_IDS = ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID")
+# What names one launch across its restarts, for each launcher that counts them (RESTART_COUNTS): torchrun's
+# rendezvous id (a new one per torchrun --standalone), Slurm's job id (kept when the job is requeued).
+LAUNCH_IDS = {"TORCHELASTIC_RESTART_COUNT": "TORCHELASTIC_RUN_ID", "SLURM_RESTART_COUNT": "SLURM_JOB_ID"}
 
 
 def launch_identity(environ=os.environ) -> dict[str, str]:
-    """The launcher's name for this launch (LAUNCH_IDS that are set); empty for a peer started by hand."""
-    return {variable: environ[variable] for variable in LAUNCH_IDS if environ.get(variable)}
+    """The launchers' names for this launch (LAUNCH_IDS' values that are set); empty for a peer started by hand."""
+    return {variable: environ[variable] for variable in LAUNCH_IDS.values() if environ.get(variable)}
 
 
-def launcher_restarted(environ=os.environ) -> bool:
-    """Whether a launcher counts this process as a restart of its launch (RESTART_COUNTS > 0)."""
-    return any((environ.get(variable) or "0") not in ("", "0") for variable in RESTART_COUNTS)
+def restarting_launches(environ=os.environ) -> dict[str, str]:
+    """The names of the launches that count this process as a restart (restart count > 0): what a restart
+    may resume is what the same launch wrote (a Slurm requeue keeps its job id, while a torchrun inside it
+    gets a new rendezvous id: only Slurm's restart is compared then)."""
+    return {name: environ.get(name, "") for count, name in LAUNCH_IDS.items()
+            if (environ.get(count) or "0") not in ("", "0")}
 
 
 def resolve_peer_id(requested: str, ids: tuple[str, ...], environ=os.environ) -> str:

@@ -28,7 +28,7 @@ import zmq
 import zmq.asyncio
 
 from . import __version__, wire
-from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, launch_identity, launcher_restarted
+from .config import UNBOUNDED_ROUNDS, ConfigError, PeerConfig, launch_identity, restarting_launches
 from .gather import Gathered, gatherer_for
 from .membership import Membership
 from .replica import Replica
@@ -151,19 +151,23 @@ class Node:
                       ",".join(self.out_neighbours), examples, self.replica.device)
 
     def _refuse_another_launchs_outputs(self) -> None:
-        """A launcher's restart resumes (config.after_launcher_restart), but only the run its own launch
-        began: a first start refused over an earlier launch's outputs would otherwise be restarted into
-        them, and continue or overwrite a run made with other options."""
-        if not (launcher_restarted() and self.files.config.exists()):
+        """A launcher's restart resumes (config.after_launcher_restart: --resume with --overwrite), but only
+        the run its own launch began: a first start refused over an earlier launch's outputs would otherwise
+        be restarted into them, and continue or overwrite a run made with other options. A --resume of the
+        user's own (without --overwrite) is theirs to decide."""
+        restarting = restarting_launches()
+        if not (restarting and self.config.resume and self.config.overwrite and self.files.config.exists()):
             return
         try:
             recorded = json.loads(self.files.config.read_text()).get("launch")
         except (OSError, ValueError, AttributeError):
             return  # unreadable: the checks of the resume itself speak for the files
-        now = launch_identity()
-        if recorded is not None and now and recorded != now:
+        if not isinstance(recorded, dict):
+            return  # written before launches were recorded
+        differ = {name: value for name, value in restarting.items() if value and recorded.get(name) != value}
+        if differ:
             raise ConfigError(f"{self.files.path} holds the outputs of another launch ({_launch_text(recorded)}; "
-                              f"this one is {_launch_text(now)}), so this restart will not continue or replace "
+                              f"this one is {_launch_text(differ)}), so this restart will not continue or replace "
                               "them; give this launch another --out (or run id), or remove them")
 
     def _description(self) -> dict:
@@ -228,6 +232,9 @@ class Node:
         self.rounds_completed = state["round"]
         self.last, self.evaluation = state["last"], state["evaluation"]
         if path == self.files.previous_checkpoint and self.files.checkpoint.exists():
+            if max(checkpoints) == state["round"]:  # the newest is there but could not be read: kept aside
+                self.files.checkpoint.replace(self.files.damaged_checkpoint)
+                self.log.warning("the newest checkpoint could not be read; kept as %s", self.files.damaged_checkpoint.name)
             self._rewind_checkpoints(state["round"], max(checkpoints))
         # Rounds after the checkpoint will run again; their old lines would be duplicates.
         rewrite_json_lines(self.files.metrics, lambda record: record["round"] < state["round"])
@@ -242,8 +249,6 @@ class Node:
         if newer > resumed:
             self.log.warning("--resume-round %d: the checkpoint of round %d belonged to the rounds now run again; "
                              "the checkpoint of round %d replaced it", resumed, newer, resumed)
-        else:
-            self.log.warning("the newest checkpoint could not be read; the checkpoint of round %d replaced it", resumed)
 
     def _open_trace(self):
         path = self.files.trace
@@ -531,10 +536,11 @@ class Node:
         metrics), so that the run directory is as it was and the retry the refusal suggests can start there.
         ``finish`` then writes nothing."""
         self.withdrawn = True
-        if self.metrics is not None:
-            self.metrics.close()
-            self.metrics = None
-        for path in (self.files.config, self.files.metrics):
+        for output in (self.metrics, self._trace):
+            if output is not None:
+                output.close()
+        self.metrics = self._trace = None
+        for path in (self.files.config, self.files.metrics, self.files.trace):
             if path.exists() and (path == self.files.config or path.stat().st_size == 0):
                 path.unlink()
 

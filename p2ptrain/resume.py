@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .config import PeerConfig
+from .config import ConfigError, PeerConfig
 from .rundir import FINISHED, PeerDir, RunDir
 from .topology import Topology
 
@@ -92,12 +92,20 @@ class ResumePlan:
 
 def read_checkpoints(files: PeerDir) -> tuple[dict[int, tuple[Path, dict]], list[str]]:
     """The checkpoints a peer kept (its newest and the one before) that can be read, by round; and what is
-    wrong with those that cannot (cut short by a full disk or a failed copy, damaged)."""
+    wrong with those that cannot (cut short by a full disk or a failed copy, damaged). A file that cannot
+    even be opened (permissions, a storage error) is a ConfigError: nothing says it is damaged, and
+    continuing from the other would throw its rounds away."""
     readable: dict[int, tuple[Path, dict]] = {}
     problems = []
     for path in (files.checkpoint, files.previous_checkpoint):
         if not path.exists():
             continue
+        try:
+            with open(path, "rb") as file:
+                file.read(1)
+        except OSError as error:
+            raise ConfigError(f"cannot read {path}: {error.strerror or error}; make it readable, then resume "
+                              "again") from None
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             round_ = state["round"]

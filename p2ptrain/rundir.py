@@ -81,6 +81,10 @@ class PeerDir:
         return self.path / "checkpoint.previous.pt"  # the one before: peers of a swarm resume from a common round
 
     @property
+    def damaged_checkpoint(self) -> Path:
+        return self.path / "checkpoint.damaged.pt"  # a newest one that could not be read, kept aside by a resume
+
+    @property
     def result(self) -> Path:
         return self.path / "result.json"  # status and counters, written at the end
 
@@ -103,7 +107,7 @@ class PeerDir:
     def outputs(self) -> tuple[Path, ...]:
         """Files a run leaves here: a new run refuses to start over them unless told to overwrite."""
         return (self.metrics, self.result, self.model, self.algorithm, self.config, self.trace, self.sample,
-                self.checkpoint, self.previous_checkpoint)
+                self.checkpoint, self.previous_checkpoint, self.damaged_checkpoint)
 
 
 @dataclass(frozen=True)

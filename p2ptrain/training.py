@@ -25,12 +25,15 @@ def as_dataset(shard: Any) -> tuple[Dataset, Callable | None, int | None]:
     Drawing them here (``Batches``) is what makes a run reproducible and a resumed one exact, so the
     dataset must be one that can be indexed and counted; the errors say how to give one."""
     if isinstance(shard, DataLoader):
-        if shard.batch_size is None and not isinstance(shard.dataset, IterableDataset):
+        # batch_size is None with a batch_sampler too (batching on, its size the sampler's); with neither,
+        # automatic batching is off.
+        if shard.batch_size is None and shard.batch_sampler is None and not isinstance(shard.dataset, IterableDataset):
             raise TypeError("the task's DataLoader has batch_size=None (its dataset's items would be whole "
                             "batches), but a peer draws batches of examples itself, in an order of its seed: "
                             "give the DataLoader a batch_size (the examples per local step), or return its "
                             "Dataset and pass --batch-size")
-        dataset, collate, batch_size = shard.dataset, shard.collate_fn, shard.batch_size
+        dataset, collate = shard.dataset, shard.collate_fn
+        batch_size = shard.batch_size or getattr(shard.batch_sampler, "batch_size", None)
     else:
         dataset, collate, batch_size = shard, None, None
     if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):

@@ -160,3 +160,17 @@ def test_a_buffer_given_a_new_tensor_is_the_one_sent_and_mixed(tmp_path):
     finally:
         for peer in peers.values():
             peer.close()
+
+
+def test_sigterm_stays_the_peers_while_any_is_open_and_comes_back_when_the_last_goes(tmp_path):
+    pair = generate("complete", 2, base_port=free_port_block(2))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    first = p2ptrain.Peer(pair, torch.nn.Linear(2, 1), peer="p0", insecure=True, out=str(tmp_path / "p0"))
+    second = p2ptrain.Peer(pair, torch.nn.Linear(2, 1), peer="p1", insecure=True, out=str(tmp_path / "p1"))
+    ours = signal.getsignal(signal.SIGTERM)
+    assert ours is not signal.SIG_DFL
+    first.close()
+    assert signal.getsignal(signal.SIGTERM) is ours  # the second is still open
+    del second  # never closed: freed, it gives SIGTERM back too
+    gc.collect()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -126,3 +126,26 @@ def test_a_peer_keeps_its_previous_checkpoint_and_resumes_from_it_when_asked(sol
     for name in uninterrupted:
         assert torch.equal(uninterrupted[name], resumed[name]), name
     assert [r["round"] for r in read_json_lines(out / "metrics.jsonl")] == list(range(30))
+
+
+def test_a_damaged_newest_checkpoint_is_kept_aside_and_the_one_before_resumes_exactly(solo_topology, tmp_path,
+                                                                                      capsys):
+    out = tmp_path / "run"
+    common = ["--topology", str(solo_topology), "--peer", "p0", "--rounds", "30", "--checkpoint-every", "10",
+              "--out", str(out), "--insecure"]
+    assert peer.main(common) == 0
+    uninterrupted = torch.load(out / "model.pt", weights_only=True)
+    (out / "result.json").unlink()  # as if it had died before its result
+    newest = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(newest[:len(newest) // 2])  # cut short by a full disk
+    assert peer.main(common + ["--resume"]) == 0
+    assert "resumed from the checkpoint of round 10" in capsys.readouterr().err
+    assert (out / "checkpoint.damaged.pt").read_bytes() == newest[:len(newest) // 2]  # kept, not overwritten
+    resumed = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(uninterrupted[name], resumed[name]) for name in uninterrupted)
+
+    (out / "result.json").unlink()
+    (out / "checkpoint.pt").unlink()
+    (out / "checkpoint.pt").mkdir()  # there, but it cannot be read: nothing says it is damaged
+    assert peer.main(common + ["--resume"]) == 2
+    assert "cannot read" in capsys.readouterr().err

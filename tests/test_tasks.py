@@ -183,6 +183,14 @@ def test_a_shard_a_peer_cannot_draw_batches_from_by_index_is_refused_with_the_fi
         as_dataset(shard)
 
 
+def test_a_dataloader_batched_by_a_batch_sampler_gives_the_samplers_batch_size():
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    examples = TensorDataset(torch.zeros(10, 2))  # its loader's batch_size reads None: batching is the sampler's
+    loader = DataLoader(examples, batch_sampler=BatchSampler(SequentialSampler(examples), 4, drop_last=False))
+    assert as_dataset(loader)[0] is examples and as_dataset(loader)[2] == 4
+
+
 def test_batch_size_is_the_dataloaders_unless_given_and_the_centralized_baseline_scales_what_is_used():
     ring4, task = generate("ring", 4), f"{PLUGIN}:batchnorm_adam"  # its DataLoader takes 16 per batch
     own = PeerConfig(topology="-", task=task).validate()
