@@ -245,6 +245,20 @@ def main(argv: list[str] | None = None) -> int:
               "--out you can write to", file=sys.stderr)
         return 2
     runs = [Run(t, a, p, s, g) for t, a, g, p, s in itertools.product(names, algos, aggregators, partitions, seeds)]
+    try:
+        return run_sweep(sweep, runs, topologies, options, args, metric, target)
+    except KeyboardInterrupt:  # between the launches' own handling of Ctrl-C: reading or writing a summary
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+
+
+INTERRUPTED = ("topology_experiment: interrupted; run it again with the same --out to go on (the runs that finished "
+               "are kept)")
+
+
+def run_sweep(sweep: SweepDir, runs: list[Run], topologies: dict, options: PeerConfig, args: dict, metric: str,
+              target: float) -> int:
+    """Launch each run not finished earlier, then write results.csv, summary.md and the plots."""
     results: dict[Run, list[dict] | str] = {}
     started = time.monotonic()
     for k, run in enumerate(runs, 1):
@@ -266,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             code = launch(config, topology, LaunchOptions(
                 out=str(run_dir.path), overwrite=True, in_process="inproc" if args["launch"] == "in-process" else ""))
             if code >= 128:
-                print("topology_experiment: interrupted; run it again with the same --out to go on (the runs that "
-                      "finished are kept)", file=sys.stderr)
+                print(INTERRUPTED, file=sys.stderr)
                 return code
             if code != 0:
                 results[run] = f"failed (exit {code}; see {run_dir.path})"

@@ -462,8 +462,10 @@ def run_peers(run: PreparedRun) -> Ended:
     """Every peer of the run, as processes (with the fault plan) or in this process, shown meanwhile."""
     config, options = run.config, run.options
     mode = f"in this process over {options.in_process}" if options.in_process else "as processes"
-    print(f"starting {run.topology.size} peers of {run.topology.name} ({config.algo}, {task_name(run.task)}, "
-          f"{config.partition}) {mode}, in {run.dir.path}", flush=True)
+    # --partition splits the built-in datasets; a task of its own (gpt-char's contiguous slices) splits its data itself.
+    split = f", {run.task.partition}" if isinstance(getattr(run.task, "partition", None), str) else ""
+    print(f"starting {run.topology.size} peers of {run.topology.name} ({config.algo}, {task_name(run.task)}{split}) "
+          f"{mode}, in {run.dir.path}", flush=True)
     progress = Progress(run.dir, run.topology.ids, config.rounds, headline_figure(run.task))
     started_unix_time = time.time()
     record = {"argv": sys.argv, "run_id": config.run_id, "config": str(run.dir.peer_config),

@@ -79,6 +79,19 @@ def test_bad_sweep_options_are_refused(tmp_path, capsys):
     assert "cannot make the experiment directory" in capsys.readouterr().err
 
 
+def test_ctrl_c_between_the_launches_says_how_to_go_on_in_one_line(tmp_path, capsys, monkeypatch):
+    # Ctrl-C while a summary is read or written (outside a launch's own handling of it): no traceback.
+    from p2ptrain import experiment as runner
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "write_results", interrupted)
+    monkeypatch.setattr(runner, "launch", lambda *args, **kwargs: 1)  # every run fails at once
+    assert experiment(["--topologies", "ring4", "--out", str(tmp_path / "sweep")]) == 130
+    assert "interrupted; run it again with the same --out to go on" in capsys.readouterr().err
+
+
 def test_paths_that_cannot_be_read_or_written_are_refused_in_one_line(tmp_path, capsys):
     (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00")
     for argv, message in [(["info", str(tmp_path)], "is a directory; pass a topology file"),
