@@ -232,9 +232,11 @@ class Node:
         self.rounds_completed = state["round"]
         self.last, self.evaluation = state["last"], state["evaluation"]
         if path == self.files.previous_checkpoint and self.files.checkpoint.exists():
-            if max(checkpoints) == state["round"]:  # the newest is there but could not be read: kept aside
+            newest_read = any(kept == self.files.checkpoint for kept, _ in checkpoints.values())
+            if not newest_read:  # it is there, but could not be read: kept aside, not overwritten
                 self.files.checkpoint.replace(self.files.damaged_checkpoint)
-                self.log.warning("the newest checkpoint could not be read; kept as %s", self.files.damaged_checkpoint.name)
+                self.log.warning("the newest checkpoint could not be read; kept as %s",
+                                 self.files.damaged_checkpoint.name)
             self._rewind_checkpoints(state["round"], max(checkpoints))
         # Rounds after the checkpoint will run again; their old lines would be duplicates.
         rewrite_json_lines(self.files.metrics, lambda record: record["round"] < state["round"])
@@ -243,8 +245,9 @@ class Node:
 
     def _rewind_checkpoints(self, resumed: int, newer: int) -> None:
         """Resuming from the previous checkpoint: the newest belongs to the rounds being abandoned (or could
-        not be read). The one resumed from takes its place, so that a later --resume cannot load the abandoned rounds and the next
-        checkpoint keeps two rounds of this run (the launcher looks for a round every peer kept)."""
+        not be read). The one resumed from takes its place, so that a later --resume cannot load the abandoned
+        rounds and the next checkpoint keeps two rounds of this run (the launcher looks for a round every peer
+        kept)."""
         replace_durably(self.files.previous_checkpoint, self.files.checkpoint)
         if newer > resumed:
             self.log.warning("--resume-round %d: the checkpoint of round %d belonged to the rounds now run again; "
@@ -536,10 +539,7 @@ class Node:
         metrics), so that the run directory is as it was and the retry the refusal suggests can start there.
         ``finish`` then writes nothing."""
         self.withdrawn = True
-        for output in (self.metrics, self._trace):
-            if output is not None:
-                output.close()
-        self.metrics = self._trace = None
+        self._close_files()
         for path in (self.files.config, self.files.metrics, self.files.trace):
             if path.exists() and (path == self.files.config or path.stat().st_size == 0):
                 path.unlink()
@@ -623,22 +623,29 @@ class Node:
                              "run id %s, and can they reach %s?", ",".join(self.in_neighbours), self.config.run_id,
                              self.topology.peer(self.id).endpoint)
             status = "isolated"
-        try:
-            if not self.withdrawn:
+        if not self.withdrawn:
+            try:
                 self._write_outputs(status)
-        except OSError as error:
-            self.write_error = error
-            self.log.error("could not write %s: %s; %s", error.filename or self.files.path,
-                           error.strerror or error, self._usable_checkpoint())
+            except OSError as error:
+                self._failed_write(error)
+        self._close_files()
+        self.transport.close(abandon=self.membership.suspected)
+
+    def _close_files(self) -> None:
+        """Close the metrics and the trace; closing flushes what is buffered, which a full disk may refuse."""
         for output in (self.metrics, self._trace):
             try:
                 if output is not None:
-                    output.close()  # flushes what is buffered: a full disk may refuse it
+                    output.close()
             except OSError as error:
-                self.write_error = self.write_error or error
-                self.log.error("could not write %s: %s; %s", error.filename or self.files.path,
-                               error.strerror or error, self._usable_checkpoint())
-        self.transport.close(abandon=self.membership.suspected)
+                self._failed_write(error)
+        self.metrics = self._trace = None
+
+    def _failed_write(self, error: OSError) -> None:
+        """A final output not written: logged in one line naming the file; the first is kept (exit code 4)."""
+        self.write_error = self.write_error or error
+        self.log.error("could not write %s: %s; %s", error.filename or self.files.path, error.strerror or error,
+                       self._usable_checkpoint())
 
     def _write_outputs(self, status: str) -> None:
         atomic_torch_save(self.model.state_dict(), self.files.model)
