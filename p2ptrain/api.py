@@ -91,7 +91,8 @@ class Peer:
         # would block the collector that frees it, for good); this runs before any of its parts is freed.
         self._opened: list[Node] = []
         self._signals = _StopOnSigterm()
-        self._release_once = weakref.finalize(self, _release, self._opened, self._context, self._loop, self._signals)
+        self._release_once = weakref.finalize(self, _release_resources, self._opened, self._context, self._loop,
+                                              self._signals)
         try:
             self.node: Node = self._loop.run_until_complete(
                 self._open(config, topology, model, device, set_threads="threads" in options))
@@ -274,8 +275,8 @@ def _raise_sigterm_exit(signum: int, frame) -> None:
     raise SystemExit(_SIGTERM_EXIT)
 
 
-def _release(opened: list[Node], context: zmq.asyncio.Context, loop: asyncio.AbstractEventLoop,
-             signals: _StopOnSigterm) -> None:
+def _release_resources(opened: list[Node], context: zmq.asyncio.Context, loop: asyncio.AbstractEventLoop,
+                       signals: _StopOnSigterm) -> None:
     """Close the node's sockets, then the context (it returns once queued messages are delivered or the
     linger ends) and the loop, and give SIGTERM back. Once, by close() or when a Peer never closed is freed."""
     signals.restore()

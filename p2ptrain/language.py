@@ -15,9 +15,8 @@ characters of English prose and code, about 100 distinct characters), so
 the task needs no download. It changes between Python versions, so the
 peers of one swarm should run the same one: a different vocabulary is
 refused (it is in the fingerprint, ``CharTask.agreement``), even one of as
-many characters. ``text=PATH``
-trains on any UTF-8 file instead. The vocabulary is the set of characters
-of the whole text.
+many characters. ``text=PATH`` trains on any UTF-8 file instead. The
+vocabulary is the set of characters of the whole text.
 
 The last ``validation`` fraction of the text is held out: the same for
 every peer, and never trained on. The rest is cut into one contiguous

@@ -617,7 +617,7 @@ class Node:
     def finish(self, status: str) -> None:
         """Write the final model and result, then release the sockets. Safe to call once per peer. A write
         that fails is logged in one line naming the file and kept in ``write_error`` (the command line
-        exits with running.EXIT_WRITE_FAILED); the sockets are released all the same."""
+        exits with rundir.EXIT_WRITE_FAILED); the sockets are released all the same."""
         if status == "completed" and self.isolated:
             self.log.warning("heard from no neighbour in the whole run: it trained alone. Are %s running, with "
                              "run id %s, and can they reach %s?", ",".join(self.in_neighbours), self.config.run_id,

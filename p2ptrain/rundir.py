@@ -43,6 +43,9 @@ class MetricsLine(TypedDict, total=False):
 
 # The statuses in result.json of a peer that went to its last round.
 FINISHED = frozenset({"completed", "isolated"})
+# The exit code of a peer that ran its rounds but could not write its final model or result (a full or
+# unwritable disk): the last checkpoint stays usable with --resume.
+EXIT_WRITE_FAILED = 4
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,12 @@ from .config import ConfigError, PeerConfig, resolve_peer_id
 from .keys import KeyFileError, check_keys_or_insecure, load_security, reachable_by_others
 from .node import Node
 from .replica import Replica, build_replica
+from .rundir import EXIT_WRITE_FAILED
 from .topology import Topology, TopologyError, load_topology
 from .transport import MessageLimits, TransportError, ZmqTransport
 
 # What a peer refuses to start with: the command line reports these in one line, with exit code 2.
 USER_ERRORS = (ConfigError, TopologyError, TransportError, KeyFileError)
-# The exit code of a peer that ran its rounds but could not write its final model or result (a full or
-# unwritable disk): the last checkpoint stays usable with --resume.
-EXIT_WRITE_FAILED = 4
 
 
 def open_node(config: PeerConfig, context: zmq.asyncio.Context, topology: Topology | None = None,

@@ -13,22 +13,18 @@ import torch
 
 from .progress import figure_label
 from .results import consensus_distance, load_model, peer_outcome, relative_error
-from .rundir import RunDir
+from .rundir import EXIT_WRITE_FAILED, RunDir
 from .topology import Topology
 
 # A peer that heard from no neighbour in the whole run ends with this status: its model trained alone.
 ISOLATED = "isolated"
 
 
-# A peer's exit code when it ran its rounds but could not write its model or result (running.EXIT_WRITE_FAILED).
-_WRITE_FAILED = 4
-
-
 def _status(written: str, exit_code: int | None) -> str:
     """The peer's own word for how it ended, or, where it wrote none, what its exit code tells."""
     if written == "not started" and exit_code is not None:
         return "stopped before its first round"  # it ran: stopped while it still imported torch
-    if written == "killed" and exit_code == _WRITE_FAILED:
+    if written == "killed" and exit_code == EXIT_WRITE_FAILED:
         return "could not write its outputs"
     return written
 

@@ -148,15 +148,15 @@ def _call(factory: Any, spec: str, arguments: dict[str, Any], written: dict[str,
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # no signature to read (some built-in callables): called as given
         parameters = None
-    if parameters is not None and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+    if parameters is not None:
         names = [name for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         unknown = sorted(set(arguments) - set(names))
-        if unknown:
+        if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
             raise TaskError(f"--task {spec!r} takes no --task-args {', '.join(unknown)}; it takes "
                             f"{', '.join(names) or 'none'}")
-    if parameters is not None:
-        arguments = {key: written[key] if key in written and parameters.get(key) is not None
-                     and parameters[key].annotation in (str, "str") else value for key, value in arguments.items()}
+        texts = {name for name in names if parameters[name].annotation in (str, "str")}
+        arguments = {key: written[key] if key in texts and key in written else value
+                     for key, value in arguments.items()}
     try:
         return factory(**arguments)
     except TypeError as error:

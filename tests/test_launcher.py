@@ -133,14 +133,13 @@ def test_a_peer_stopped_before_it_wrote_anything_is_told_from_one_never_started(
 
 
 def test_a_peer_that_ran_but_could_not_write_its_outputs_is_told_from_a_killed_one(tmp_path):
-    from p2ptrain import running, summary
+    from p2ptrain.running import EXIT_WRITE_FAILED
 
-    assert summary._WRITE_FAILED == running.EXIT_WRITE_FAILED
     topology, run_dir = generate("ring", 3), RunDir(tmp_path / "run")
     for peer_id in topology.ids:
         run_dir.peer(peer_id).path.mkdir(parents=True)
         run_dir.peer(peer_id).metrics.write_text('{"round": 0, "loss": 1.0}\n')
-    ended = summarise(topology, "gossip", run_dir, {"p0": 4, "p1": -9, "p2": 0}, wall_seconds=1.0)
+    ended = summarise(topology, "gossip", run_dir, {"p0": EXIT_WRITE_FAILED, "p1": -9, "p2": 0}, wall_seconds=1.0)
     assert [p["status"] for p in ended["peers"].values()] == ["could not write its outputs", "killed", "killed"]
 
 
